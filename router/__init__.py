@@ -1,0 +1,1 @@
+"""zeroserve router: the gateway (auth, routing, activator queue, control-plane API, CLI)."""
