@@ -1,0 +1,51 @@
+"""Settings of the gateway process (env prefix ``ZEROSERVE_``).
+
+Everything that lives on disk lives under ``home`` (``ZEROSERVE_HOME``, default ``~/.zeroserve``): the
+SQLite state database, example models, replica logs. The CLI reads the same settings to find the local
+gateway when no ``--url`` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8484
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZEROSERVE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".zeroserve")
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    # How long a config update may take to bring its new served entities up before it is declared
+    # failed (the previous config keeps serving).
+    rollout_timeout_s: float = Field(default=300.0, gt=0)
+    # Graceful shutdown: how long in-flight requests get to finish when the gateway stops.
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "state.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def local_url(self) -> str:
+        """The URL a client on this machine uses to reach the gateway."""
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
