@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.metrics_window import MetricsWindow, NoData, WindowReading
+
+STABLE_S = 60.0
+PANIC_S = 6.0
+
+
+def read(window: MetricsWindow, now: float) -> WindowReading:
+    reading = window.reading(now, STABLE_S, PANIC_S)
+    assert isinstance(reading, WindowReading)
+    return reading
+
+
+def test_no_reports_is_no_data_not_an_error() -> None:
+    assert isinstance(MetricsWindow(retention_s=60).reading(100.0, STABLE_S, PANIC_S), NoData)
+
+
+def test_first_report_is_taken_at_face_value() -> None:
+    window = MetricsWindow(retention_s=60)
+    window.report(100.0, in_flight=3, queued=2)
+    reading = read(window, 100.0)
+    assert reading.stable_concurrency == 5.0
+    assert reading.panic_concurrency == 5.0
+    assert reading.current_concurrency == 5.0
+    assert reading.queued == 2
+    assert reading.last_busy_at == 100.0
+    assert reading.observed_since == 100.0
+
+
+def test_constant_level_averages_to_itself() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=5)
+    for second in range(120):
+        window.report(1000.0 + second, in_flight=4, queued=0)
+    reading = read(window, 1119.5)
+    assert reading.stable_concurrency == pytest.approx(4.0)
+    assert reading.panic_concurrency == pytest.approx(4.0)
+
+
+def test_level_holds_between_sparse_reports() -> None:
+    # One report of 10, then nothing for 5 s (within the TTL): the level is 10 the whole time.
+    window = MetricsWindow(retention_s=60, sample_ttl_s=10)
+    window.report(0.0, in_flight=0, queued=0)
+    window.report(50.0, in_flight=10, queued=0)
+    reading = read(window, 55.0)
+    # Stable: 10 over 5 of the 55 observed seconds; panic: 10 over 5 of 6 s.
+    assert reading.stable_concurrency == pytest.approx(10 * 5 / 55)
+    assert reading.panic_concurrency == pytest.approx(10 * 5 / 6)
+
+
+def test_time_weighted_not_sample_weighted() -> None:
+    # 100 reports of 1 within the first second, then a level of 7 for 5 s: the mean over the 6 s
+    # panic window is (1 x 1 + 7 x 5) / 6 = 6, however many reports carried the first level.
+    window = MetricsWindow(retention_s=60, sample_ttl_s=10)
+    for step in range(100):
+        window.report(100.0 + step / 100, in_flight=1, queued=0)
+    window.report(101.0, in_flight=7, queued=0)
+    assert read(window, 106.0).panic_concurrency == pytest.approx(6.0)
+
+
+def test_window_only_counts_its_own_span() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=100)
+    window.report(0.0, in_flight=20, queued=0)
+    window.report(30.0, in_flight=0, queued=0)
+    reading = read(window, 90.0)
+    # Stable window [30, 90] has no traffic; the burst before it does not count.
+    assert reading.stable_concurrency == pytest.approx(0.0)
+    assert reading.last_busy_at == 30.0
+    partial = read(window, 60.0)
+    # Window [0, 60]: 20 for 30 s -> 10.
+    assert partial.stable_concurrency == pytest.approx(10.0)
+
+
+def test_partial_bucket_at_window_start_is_prorated() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=100)
+    window.report(0.0, in_flight=10, queued=0)
+    window.report(10.0, in_flight=0, queued=0)
+    # Panic window [4.5, 10.5]: 10 for 5.5 s of 6 -> 9.1666.
+    assert read(window, 10.5).panic_concurrency == pytest.approx(10 * 5.5 / 6)
+
+
+def test_sources_add_up() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=10)
+    window.report(0.0, in_flight=2, queued=1, source="router-a")
+    window.report(0.0, in_flight=3, queued=0, source="router-b")
+    reading = read(window, 3.0)
+    assert reading.current_concurrency == 6.0
+    assert reading.queued == 1
+    assert reading.panic_concurrency == pytest.approx(6.0)
+
+
+def test_late_source_segment_lands_in_an_older_bucket() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=10)
+    window.report(0.0, in_flight=4, queued=0, source="slow")
+    for second in range(1, 6):
+        window.report(float(second), in_flight=2, queued=0, source="fast")
+    window.report(3.0 + 0.5, in_flight=0, queued=0, source="slow")  # closes 0..3.5 into old buckets
+    # Area: slow 4 x 3.5 = 14, fast 2 x (6 - 1) = 10, over 6 s.
+    assert read(window, 6.0).panic_concurrency == pytest.approx(24 / 6)
+
+
+def test_silent_source_expires_after_ttl() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=5)
+    window.report(0.0, in_flight=10, queued=3)
+    reading = read(window, 20.0)
+    assert reading.current_concurrency == 0.0
+    assert reading.queued == 0
+    # It counted while it was fresh: (10 + 3) x 5 s over 20 s.
+    assert reading.stable_concurrency == pytest.approx(13 * 5 / 20)
+    assert reading.last_busy_at == 5.0
+
+
+def test_poke_is_demand_before_any_report() -> None:
+    window = MetricsWindow(retention_s=60)
+    window.poke(42.0)
+    reading = read(window, 42.0)
+    assert reading.poked
+    assert reading.last_busy_at == 42.0
+    assert reading.current_concurrency == 0.0
+    window.clear_poke()
+    assert not read(window, 43.0).poked
+
+
+def test_memory_is_bounded_by_retention() -> None:
+    window = MetricsWindow(retention_s=60, sample_ttl_s=5)
+    for tick in range(10_000):
+        window.report(tick * 0.5, in_flight=tick % 7, queued=0)
+    assert window.retained_buckets <= 63
+
+
+def test_negative_report_is_rejected() -> None:
+    with pytest.raises(ValueError, match="must be >= 0"):
+        MetricsWindow(retention_s=60).report(0.0, in_flight=-1, queued=0)

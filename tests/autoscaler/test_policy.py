@@ -1,0 +1,466 @@
+"""The scaling policy, rule by rule and boundary by boundary, then as scenarios over time.
+
+Cases are small dataclasses with readable ids; every one goes through ``expect_decision``. Scenarios
+feed a real ``MetricsWindow`` and step a fake ``now`` (no clock is read anywhere in the policy).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from autoscaler.metrics_window import MetricsWindow, NoData, WindowReading
+from autoscaler.policy import Decision, Fleet, PolicyState, decide
+from autoscaler.spec import AutoscalingSpec, WorkloadSize
+
+NOW = 1000.0
+# Wide enough that the ceiling is not what the case is about (ceil(400 / 4) = 100 replicas).
+ROOMY = AutoscalingSpec(max_provisioned_concurrency=400)
+ROOMY_FLOOR_1 = replace(ROOMY, scale_to_zero_enabled=False)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    want: int
+    stable: float = 0.0
+    panic: float | None = None  # None: same as stable
+    ready: int = 0
+    starting: int = 0
+    state: PolicyState = field(default_factory=PolicyState)
+    spec: AutoscalingSpec = ROOMY
+    now: float = NOW
+    queued: int = 0
+    current: float | None = None  # None: same as the panic figure
+    poked: bool = False
+    last_busy_at: float | None = NOW  # NOW: traffic right now
+    observed_since: float = 0.0
+    reason: str = ""  # a substring the reason must contain
+    exact_reason: str | None = None
+    panicking: bool | None = None
+
+
+def reading_for(case: Case) -> WindowReading:
+    panic = case.stable if case.panic is None else case.panic
+    return WindowReading(
+        stable_concurrency=case.stable,
+        panic_concurrency=panic,
+        current_concurrency=panic if case.current is None else case.current,
+        queued=case.queued,
+        last_busy_at=case.last_busy_at,
+        observed_since=case.observed_since,
+        poked=case.poked,
+    )
+
+
+def expect_decision(case: Case) -> tuple[Decision, PolicyState]:
+    decision, state = decide(reading_for(case), case.spec, case.state, case.now,
+                             Fleet(ready=case.ready, starting=case.starting))
+    assert decision.desired == case.want, decision.reason
+    assert state.desired == case.want
+    assert decision.previous == case.state.desired
+    assert case.reason in decision.reason
+    if case.exact_reason is not None:
+        assert decision.reason == case.exact_reason
+    if case.panicking is not None:
+        assert decision.panicking is case.panicking
+        assert state.panicking is case.panicking
+    return decision, state
+
+
+def run_cases(cases: Sequence[Case]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("case", cases, ids=lambda case: case.id)
+
+
+# --- target: ceil(concurrency / (C x utilization)) ------------------------------------------------
+
+TARGET_CASES = [
+    Case("idle-at-zero-stays-zero", want=0, stable=0.0, last_busy_at=None,
+         exact_reason="stable: 0.0 concurrent over 60 s, 0 ready -> 0"),
+    Case("exactly-one-target-is-one", want=1, stable=2.8, ready=1, state=PolicyState(desired=1)),
+    Case("just-over-one-target-is-two", want=2, stable=2.81, ready=1, state=PolicyState(desired=1)),
+    Case("exactly-two-targets-is-two", want=2, stable=5.6, ready=2, state=PolicyState(desired=2),
+         exact_reason="stable: 5.6 concurrent over 60 s, 2 ready -> 2"),
+    Case("just-over-two-targets-is-three", want=3, stable=5.61, ready=2, state=PolicyState(desired=2)),
+    Case("any-traffic-needs-one", want=1, stable=0.01, ready=1, state=PolicyState(desired=1)),
+    Case("ten-replicas", want=10, stable=28.0, ready=10, state=PolicyState(desired=10)),
+    Case("concurrency-10-util-half", want=3, stable=12.0, ready=3, state=PolicyState(desired=3),
+         spec=replace(ROOMY, container_concurrency=10, target_utilization=0.5)),
+    Case("full-utilization", want=2, stable=8.0, ready=2, state=PolicyState(desired=2),
+         spec=replace(ROOMY, target_utilization=1.0)),
+    Case("custom-window-named-in-reason", want=1, stable=1.0, ready=1, state=PolicyState(desired=1),
+         spec=replace(ROOMY, stable_window_s=30.0), reason="over 30 s"),
+]
+
+
+@run_cases(TARGET_CASES)
+def test_target(case: Case) -> None:
+    expect_decision(case)
+
+
+# --- panic: the panic figure >= 2x ready replicas -------------------------------------------------
+
+PANIC_CASES = [
+    Case("issue-example", want=14, stable=8.0, panic=37.0, ready=3, state=PolicyState(desired=3),
+         exact_reason="panic: 37.0 concurrent over 6 s, 3 ready -> 14", panicking=True),
+    Case("threshold-exactly-2x-panics", want=4, stable=5.6, panic=11.2, ready=2,
+         state=PolicyState(desired=2), panicking=True),
+    Case("just-under-threshold-stays-stable", want=2, stable=5.6, panic=8.4, ready=2,
+         state=PolicyState(desired=2), panicking=False, reason="stable:"),
+    Case("from-zero-burst-panics", want=2, stable=0.5, panic=5.6, ready=0, panicking=True),
+    Case("from-zero-one-request-is-not-panic", want=1, stable=2.8, panic=2.8, ready=0, panicking=False),
+    Case("custom-threshold-3x-not-reached", want=1, stable=2.8, panic=14.0, ready=2,
+         state=PolicyState(desired=2), spec=replace(ROOMY, panic_threshold=3.0), panicking=False),
+    Case("custom-threshold-3x-reached", want=6, stable=2.8, panic=16.8, ready=2,
+         state=PolicyState(desired=2), spec=replace(ROOMY, panic_threshold=3.0), panicking=True),
+    Case("custom-panic-window-in-reason", want=8, stable=1.0, panic=22.4, ready=1,
+         state=PolicyState(desired=1), spec=replace(ROOMY, panic_window_pct=20.0), reason="over 12 s"),
+    Case("panicking-never-scales-down", want=10, stable=2.8, panic=2.8, ready=10,
+         state=PolicyState(desired=10, panic_last_over_at=NOW - 10, panic_peak=10), panicking=True,
+         reason="holding panic peak 10"),
+    Case("panicking-still-scales-up", want=20, stable=10.0, panic=56.0, ready=10,
+         state=PolicyState(desired=10, panic_last_over_at=NOW - 10, panic_peak=10), panicking=True),
+    Case("panic-stays-one-tick-before-a-full-calm-window", want=10, stable=2.8, panic=2.8, ready=10,
+         state=PolicyState(desired=10, panic_last_over_at=NOW - 59.9, panic_peak=10), panicking=True),
+    Case("panic-ends-after-a-full-calm-window", want=5, stable=2.8, panic=2.8, ready=10,
+         state=PolicyState(desired=10, panic_last_over_at=NOW - 60.0, panic_peak=10), panicking=False,
+         reason="panic over after 60 s calm; stable: 2.8 concurrent over 60 s, 10 ready -> 1"),
+    Case("entering-panic-keeps-what-was-asked", want=5, stable=1.0, panic=8.4, ready=1,
+         state=PolicyState(desired=5), panicking=True, reason="holding panic peak 5"),
+]
+
+
+@run_cases(PANIC_CASES)
+def test_panic(case: Case) -> None:
+    expect_decision(case)
+
+
+def test_panic_is_extended_while_over_threshold() -> None:
+    case = Case("re-over", want=20, stable=10.0, panic=56.0, ready=10,
+                state=PolicyState(desired=10, panic_last_over_at=NOW - 50, panic_peak=10))
+    _, state = expect_decision(case)
+    assert state.panic_last_over_at == NOW
+    assert state.panic_peak == 20
+
+
+def test_leaving_panic_forgets_the_peak() -> None:
+    case = Case("leave", want=5, stable=2.8, ready=10,
+                state=PolicyState(desired=10, panic_last_over_at=NOW - 61, panic_peak=10))
+    _, state = expect_decision(case)
+    assert state.panic_last_over_at is None
+    assert state.panic_peak == 0
+
+
+# --- rate limits: up to 1000x, down to 1/2 of the ready replicas per decision --------------------
+
+RATE_CASES = [
+    Case("scale-down-halves-at-most", want=4, stable=2.8, ready=8, state=PolicyState(desired=8),
+         reason="scale-down rate 2x of 8 ready holds 4"),
+    Case("scale-down-exactly-half-has-no-note", want=4, stable=11.2, ready=8, state=PolicyState(desired=8),
+         exact_reason="stable: 11.2 concurrent over 60 s, 8 ready -> 4"),
+    Case("scale-down-rate-4x", want=2, stable=2.8, ready=8, state=PolicyState(desired=8),
+         spec=replace(ROOMY, max_scale_down_rate=4.0)),
+    Case("scale-down-odd-rounds-down", want=2, stable=0.5, ready=5, state=PolicyState(desired=5)),
+    Case("scale-up-rate-caps", want=6, stable=28.0, ready=3, state=PolicyState(desired=3),
+         spec=replace(ROOMY, max_scale_up_rate=2.0), reason="scale-up rate 2x of 3 ready caps at 6"),
+    Case("scale-up-rate-from-zero-counts-one", want=2, stable=28.0, panic=2.0, ready=0,
+         spec=replace(ROOMY, max_scale_up_rate=2.0)),
+    Case("scale-up-rate-applies-in-panic", want=4, stable=2.0, panic=56.0, ready=2,
+         state=PolicyState(desired=2), spec=replace(ROOMY, max_scale_up_rate=2.0), panicking=True),
+    Case("default-up-rate-is-not-limiting", want=100, stable=280.0, ready=1, state=PolicyState(desired=1)),
+]
+
+
+@run_cases(RATE_CASES)
+def test_rate_limits(case: Case) -> None:
+    expect_decision(case)
+
+
+# --- floor and ceiling ---------------------------------------------------------------------------
+
+FLOOR_CEILING_CASES = [
+    Case("no-scale-to-zero-floor-1", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
+         spec=ROOMY_FLOOR_1, last_busy_at=0.0, reason="floor 1"),
+    Case("reserved-floor-3", want=3, stable=0.0, ready=3, state=PolicyState(desired=3),
+         spec=replace(ROOMY, min_provisioned_concurrency=10), last_busy_at=0.0, reason="floor 3"),
+    Case("rate-limit-above-the-floor-still-applies", want=5, stable=0.0, ready=10,
+         state=PolicyState(desired=10), spec=replace(ROOMY, min_provisioned_concurrency=12),
+         last_busy_at=0.0),
+    Case("reserved-floor-under-the-rate-limit", want=3, stable=0.0, ready=4, state=PolicyState(desired=4),
+         spec=replace(ROOMY, min_provisioned_concurrency=12), last_busy_at=0.0, reason="floor 3"),
+    Case("small-ceiling-1", want=1, stable=28.0, ready=1, state=PolicyState(desired=1),
+         spec=AutoscalingSpec(), reason="ceiling 1"),
+    Case("medium-ceiling-4", want=4, stable=28.0, ready=1, state=PolicyState(desired=1),
+         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM), reason="ceiling 4"),
+    Case("large-ceiling-16", want=16, stable=100.0, ready=4, state=PolicyState(desired=4),
+         spec=AutoscalingSpec(workload_size=WorkloadSize.LARGE)),
+    Case("explicit-max-ceiling", want=3, stable=100.0, ready=1, state=PolicyState(desired=1),
+         spec=AutoscalingSpec(max_provisioned_concurrency=10)),
+    Case("ceiling-caps-panic", want=4, stable=5.0, panic=100.0, ready=1, state=PolicyState(desired=1),
+         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM), panicking=True, reason="ceiling 4"),
+    Case("ceiling-lowered-scales-down-at-once", want=1, stable=28.0, ready=10, state=PolicyState(desired=10),
+         spec=AutoscalingSpec()),
+]
+
+
+@run_cases(FLOOR_CEILING_CASES)
+def test_floor_and_ceiling(case: Case) -> None:
+    expect_decision(case)
+
+
+# --- scale-down delay: the highest recommendation of the last delay seconds ---------------------
+
+DELAYED = replace(ROOMY, scale_down_delay_s=30.0)
+
+DELAY_CASES = [
+    Case("no-delay-scales-down-now", want=3, stable=8.4, ready=6, state=PolicyState(desired=6)),
+    Case("delay-holds-earlier-higher", want=6, stable=8.4, ready=6, spec=DELAYED,
+         state=PolicyState(desired=6, recent_recommendations=((NOW - 10, 6),)),
+         reason="scale-down delay 30 s holds 6"),
+    Case("delay-expires-exactly", want=3, stable=8.4, ready=6, spec=DELAYED,
+         state=PolicyState(desired=6, recent_recommendations=((NOW - 30, 6),))),
+    Case("delay-never-delays-scale-up", want=9, stable=25.2, ready=6, spec=DELAYED,
+         state=PolicyState(desired=6, recent_recommendations=((NOW - 10, 6),))),
+    Case("delay-takes-the-max-not-the-latest", want=8, stable=2.8, ready=8, spec=DELAYED,
+         state=PolicyState(desired=5, recent_recommendations=((NOW - 20, 8), (NOW - 5, 5)))),
+]
+
+
+@run_cases(DELAY_CASES)
+def test_scale_down_delay(case: Case) -> None:
+    expect_decision(case)
+
+
+def test_delay_memory_is_a_decreasing_sliding_maximum() -> None:
+    state = PolicyState(desired=8, recent_recommendations=((NOW - 20, 8), (NOW - 5, 5)))
+    _, next_state = expect_decision(Case("m", want=8, stable=16.8, ready=8, spec=DELAYED, state=state))
+    # 6 replaces the 5 it dominates; 8 stays because it is older and higher.
+    assert next_state.recent_recommendations == ((NOW - 20, 8), (NOW, 6))
+
+
+def test_delay_memory_stays_bounded_over_a_long_decline() -> None:
+    state = PolicyState(desired=100)
+    spec = replace(ROOMY, scale_down_delay_s=3600.0)
+    for step in range(2000):
+        # Each tick asks for a little less: at most one entry per distinct value survives.
+        concurrency = max(0.0, 280.0 - step * 0.14)
+        _, state = decide(reading_for(Case("x", want=0, stable=concurrency)), spec, state,
+                          NOW + 2 * step, Fleet(ready=100))
+    assert len(state.recent_recommendations) <= 101
+
+
+# --- scale to zero: a full stable window without traffic, plus the grace period ----------------
+
+GATE_CASES = [
+    Case("idle-too-short-holds-one", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
+         last_busy_at=NOW - 89.9, reason="scale to zero waits for 90 s idle (60 s window + 30 s grace)"),
+    Case("idle-window-plus-grace-scales-to-zero", want=0, stable=0.0, ready=1, state=PolicyState(desired=1),
+         last_busy_at=NOW - 90.0, reason="idle 90.0 s >= 90 s -> scale to zero"),
+    Case("grace-zero-window-10", want=0, stable=0.0, ready=1, state=PolicyState(desired=1),
+         spec=replace(ROOMY, stable_window_s=10.0, scale_to_zero_grace_s=0.0), last_busy_at=NOW - 10.0),
+    Case("grace-zero-window-10-one-short", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
+         spec=replace(ROOMY, stable_window_s=10.0, scale_to_zero_grace_s=0.0), last_busy_at=NOW - 9.0),
+    Case("never-busy-counts-from-first-observation", want=1, stable=0.0, ready=1,
+         state=PolicyState(desired=1), last_busy_at=None, observed_since=NOW - 50),
+    Case("never-busy-long-enough", want=0, stable=0.0, ready=1, state=PolicyState(desired=1),
+         last_busy_at=None, observed_since=NOW - 500),
+    Case("gate-also-covers-a-starting-replica", want=1, stable=0.0, starting=1,
+         state=PolicyState(desired=1), last_busy_at=NOW - 5),
+    Case("already-at-zero-no-gate", want=0, stable=0.0, last_busy_at=NOW - 5,
+         exact_reason="stable: 0.0 concurrent over 60 s, 0 ready -> 0"),
+    Case("floor-wins-over-gate", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
+         spec=ROOMY_FLOOR_1, last_busy_at=NOW - 1000),
+    Case("gate-after-rate-limit-from-one", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
+         last_busy_at=NOW - 1),
+]
+
+
+@run_cases(GATE_CASES)
+def test_scale_to_zero_gate(case: Case) -> None:
+    expect_decision(case)
+
+
+# --- cold start: a waiting request at zero gets a replica at once -------------------------------
+
+COLD_CASES = [
+    Case("poke-at-zero-starts-one", want=1, stable=0.0, poked=True,
+         exact_reason="cold start: 1 request waiting, no replica -> 1"),
+    Case("queued-at-zero-starts-one", want=1, stable=0.0, panic=0.0, current=3.0, queued=3,
+         exact_reason="cold start: 3 requests waiting, no replica -> 1"),
+    Case("in-flight-level-at-zero", want=1, stable=0.0, panic=0.0, current=1.0),
+    Case("already-starting-no-fast-path", want=1, stable=0.0, starting=1, poked=True,
+         state=PolicyState(desired=1),
+         reason="stable: 0.0 concurrent over 60 s, 0 ready -> 0; scale to zero"),
+    Case("no-demand-no-start", want=0, stable=0.0, current=0.0, last_busy_at=NOW - 200),
+    Case("windows-already-want-more", want=2, stable=0.0, panic=5.6, poked=True, panicking=True),
+    Case("cold-start-respects-small-ceiling", want=1, stable=0.0, poked=True, spec=AutoscalingSpec()),
+]
+
+
+@run_cases(COLD_CASES)
+def test_cold_start_fast_path(case: Case) -> None:
+    expect_decision(case)
+
+
+# --- no data: no metric-driven change; floor and ceiling still apply -----------------------------
+
+NO_DATA_CASES = [
+    (PolicyState(desired=0), ROOMY, 0),
+    (PolicyState(desired=0), replace(ROOMY, min_provisioned_concurrency=8), 2),
+    (PolicyState(desired=0), ROOMY_FLOOR_1, 1),
+    (PolicyState(desired=3), ROOMY, 3),
+    (PolicyState(desired=5), AutoscalingSpec(), 1),
+]
+
+
+@pytest.mark.parametrize(("state", "spec", "want"), NO_DATA_CASES,
+                         ids=["zero-stays", "reserved-floor-2", "floor-1", "holds-3", "ceiling-1"])
+def test_no_data_is_no_change(state: PolicyState, spec: AutoscalingSpec, want: int) -> None:
+    decision, next_state = decide(NoData(), spec, state, NOW, Fleet(ready=state.desired))
+    assert decision.desired == want == next_state.desired
+    assert decision.reason.startswith("no data (no concurrency reports yet): hold")
+    assert decision.changed is (want != state.desired)
+
+
+def test_decide_is_pure() -> None:
+    case = Case("p", want=14, stable=8.0, panic=37.0, ready=3, state=PolicyState(desired=3))
+    first = expect_decision(case)
+    assert expect_decision(case) == first
+
+
+# --- scenarios: a real window, a fake now stepped tick by tick ----------------------------------
+
+
+@dataclass
+class Scenario:
+    """Drives window + policy like the loop does, with the replicas becoming ready at once."""
+
+    spec: AutoscalingSpec
+    now: float = 0.0
+    tick_s: float = 2.0
+    window: MetricsWindow = field(init=False)
+    state: PolicyState = field(default_factory=PolicyState)
+    history: list[Decision] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.window = MetricsWindow(retention_s=self.spec.stable_window_s, sample_ttl_s=10.0)
+
+    @property
+    def desired(self) -> int:
+        return self.state.desired
+
+    def tick(self) -> Decision:
+        reading = self.window.reading(self.now, self.spec.stable_window_s, self.spec.panic_window_s)
+        decision, self.state = decide(reading, self.spec, self.state, self.now,
+                                      Fleet(ready=self.state.desired))
+        self.window.clear_poke()
+        self.history.append(decision)
+        return decision
+
+    def run(self, seconds: float, concurrency: int) -> None:
+        """Hold a level of concurrency for ``seconds``, reporting and deciding every tick."""
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.window.report(self.now, in_flight=concurrency, queued=0)
+            self.tick()
+            self.now += self.tick_s
+
+    def direction_changes(self) -> int:
+        moves = [d.desired - d.previous for d in self.history if d.changed]
+        return sum(1 for a, b in itertools.pairwise(moves) if (a > 0) != (b > 0))
+
+
+def test_scenario_spike_from_idle_then_back_to_zero() -> None:
+    sim = Scenario(spec=ROOMY)
+    sim.run(20, 0)
+    assert sim.desired == 0
+    # A request arrives at zero: the poke gets a replica in the same instant.
+    sim.window.poke(sim.now)
+    assert sim.tick().reason.startswith("cold start")
+    assert sim.desired == 1
+    # A burst of 30 concurrent: panic follows the 6 s average up to ceil(30 / 2.8) = 11 in 3 ticks.
+    sim.run(4, 30)
+    assert sim.history[-1].panicking
+    sim.run(4, 30)
+    assert sim.desired == 11
+    assert sim.history[-1].panicking
+    # Traffic stops: panic holds 11 for a full calm stable window, then halving steps down.
+    sim.run(56, 0)
+    assert sim.desired == 11
+    sim.run(10, 0)
+    assert sim.desired < 11
+    # Last busy at t=28 (the burst ended): the gate holds the last replica until t=28+60+30=118.
+    sim.run(24, 0)
+    assert (sim.now, sim.desired) == (118.0, 1)  # the last tick ran at t=116
+    sim.run(2, 0)
+    assert sim.desired == 0
+    assert sim.history[-1].reason.endswith("idle 90.0 s >= 90 s -> scale to zero")
+    assert sim.direction_changes() == 1
+
+
+def test_scenario_steady_load_is_stable() -> None:
+    sim = Scenario(spec=ROOMY)
+    sim.window.poke(sim.now)
+    sim.tick()
+    sim.run(600, 5)  # 5 concurrent / 2.8 -> 2 replicas
+    assert sim.desired == 2
+    assert sim.direction_changes() == 0
+    # Going from 1 to 2 replicas is 2x: panic, which ends after a calm stable window (t >= 70 s).
+    assert sim.history[2].panicking
+    assert all(not d.panicking for d in sim.history[40:])
+
+
+def test_scenario_sawtooth_does_not_oscillate() -> None:
+    sim = Scenario(spec=ROOMY)
+    sim.window.poke(sim.now)
+    sim.tick()
+    for _ in range(30):  # 10 s at 12 concurrent, 10 s at 2: averages 7 over the stable window
+        sim.run(10, 12)
+        sim.run(10, 2)
+    late = sim.history[len(sim.history) // 2:]
+    assert {d.desired for d in late} <= {3, 4, 5}
+    assert sim.direction_changes() <= 2
+
+
+def test_scenario_reserved_floor_holds_while_idle() -> None:
+    sim = Scenario(spec=replace(ROOMY, min_provisioned_concurrency=8))
+    assert sim.tick().desired == 2  # no data yet: straight to the floor
+    sim.run(3600, 0)
+    assert sim.desired == 2
+    sim.run(60, 20)  # 20 / 2.8 -> 8
+    assert sim.desired == 8
+    sim.run(600, 0)
+    assert sim.desired == 2
+
+
+def test_scenario_scale_down_delay_smooths_a_dip() -> None:
+    spec = replace(ROOMY, stable_window_s=6.0, scale_down_delay_s=20.0)
+    sim = Scenario(spec=spec)
+    sim.window.poke(sim.now)
+    sim.tick()
+    sim.run(30, 14)  # 14 / 2.8 -> 5
+    assert sim.desired == 5
+    sim.run(10, 2)  # a dip shorter than the delay: held
+    assert sim.desired == 5
+    # Rate limit and delay together: 5 -> 2 (floor(5 / 2)) after the delay, then 2 -> 1 after another.
+    sim.run(30, 2)
+    assert sim.desired == 2
+    sim.run(20, 2)
+    assert sim.desired == 1
+
+
+def test_scenario_panic_threshold_boundary_over_time() -> None:
+    five_per_replica = replace(ROOMY, container_concurrency=10, target_utilization=0.5)
+    sim = Scenario(spec=five_per_replica)
+    sim.window.poke(sim.now)
+    sim.tick()
+    sim.run(120, 5)
+    assert sim.desired == 1
+    assert not sim.history[-1].panicking
+    # 10 concurrent asks 2 = 2x the 1 ready replica: that is panic, by the >= rule.
+    sim.run(6, 10)
+    assert sim.history[-1].panicking
+    assert sim.desired == 2
