@@ -1,0 +1,369 @@
+"""The data plane: the query routes of the gateway, from endpoint name to a replica's answer.
+
+``DataPlane`` owns the routing table, the activator and the upstream connection pool; the gateway mounts
+``dataplane_routes(dataplane)`` and registers ``error_response`` as its handler of ``ZeroserveError``.
+The handlers are plain ASGI callables, not Starlette request/response functions: bodies go through as
+bytes (the JSON is never parsed on the hot path) and no Request/Response objects are built per call.
+
+One request: read the body → find the endpoint → pick a served entity by traffic share → get a replica
+slot from the activator (waiting while the entity scales up) → forward over a pooled connection →
+answer with the replica's response and a ``served-model-name`` header. A connect error or a reset before
+any response byte is retried once on another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from autoscaler.types import EntityKey, ReplicaInfo
+from router.activator import Activator, ClientGone, ScaleRequester
+from router.proxy import (
+    HOP_BY_HOP,
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
+from router.routing import EndpointEntry, EndpointRouting, RoutingTable
+from router.stats import DataPlaneStats
+from router.traffic import choose_entity, peek_client_request_id, shadow_targets
+from runtime.errors import NoCapacity, PayloadTooLarge, UpstreamTimeout, ZeroserveError
+
+logger = logging.getLogger(__name__)
+
+SERVED_MODEL_NAME = "served-model-name"
+# Credentials and cookies are the gateway's business, never the replica's.
+_DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"authorization", b"cookie"}
+# The router's server writes its own date/server headers; the length is set for the body we send.
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
+# The probe an ejected replica must pass before it gets traffic again.
+_HEALTH_PATH = "/v2/health/ready"
+
+
+class DataPlane:
+    """The routing table, activator, upstream pool and stats of one gateway process."""
+
+    def __init__(
+        self,
+        table: RoutingTable | None = None,
+        *,
+        scaler: ScaleRequester | None = None,
+        pool: UpstreamPool | None = None,
+        activator: Activator | None = None,
+        max_body_bytes: int = 16 * 1024 * 1024,
+        upstream_model_name: Callable[[EntityKey], str] = lambda entity: entity.served_entity,
+    ) -> None:
+        self.table = table if table is not None else RoutingTable()
+        self.pool = pool if pool is not None else UpstreamPool()
+        self.activator = activator if activator is not None else Activator(scaler)
+        self.activator.set_health_check(self._health_check)
+        self.stats = DataPlaneStats()
+        self.max_body_bytes = max_body_bytes
+        # The model name a replica answers to on its /v2/models/{name} routes (the runtime's --name).
+        self.upstream_model_name = upstream_model_name
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def listener(self) -> Activator:
+        """The autoscaler's ``ReplicaListener``."""
+        return self.activator
+
+    async def start(self) -> None:
+        await self.activator.start()
+
+    async def aclose(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await self.activator.aclose()
+        await self.pool.aclose()
+
+    # -- routing table (called by the control plane) -------------------------------------------------
+
+    def set_endpoint(
+        self,
+        name: str,
+        routes: Iterable[tuple[EntityKey, int]],
+        settings: EndpointRouting | None = None,
+        *,
+        shadows: Iterable[tuple[EntityKey, int]] = (),
+    ) -> EndpointEntry:
+        """Route endpoint ``name``; requests still queued for entities it no longer routes get 503."""
+        previous = self.table.get(name)
+        entry = self.table.set_endpoint(name, routes, settings, shadows=shadows)
+        if previous is not None:
+            kept = set(entry.entities) | {route.entity for route in entry.shadows}
+            gone = [entity for entity in previous.entities if entity not in kept]
+            self.activator.forget_entities(gone, "the endpoint's config no longer routes to it")
+        return entry
+
+    def remove_endpoint(self, name: str) -> None:
+        previous = self.table.get(name)
+        self.table.remove_endpoint(name)
+        if previous is not None:
+            self.activator.forget_entities(previous.entities, f"endpoint {name!r} was deleted")
+
+    # -- the request path ---------------------------------------------------------------------------
+
+    async def forward(
+        self,
+        entry: EndpointEntry,
+        entity: EntityKey,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> UpstreamResponse:
+        """Send one request to a replica of ``entity`` (waiting for one if needed), retrying once on
+        another replica when the first one cannot be reached."""
+        settings = entry.settings
+        exclude: frozenset[str] = frozenset()
+        for attempt in (1, 2):
+            slot = await self.activator.acquire(
+                entity,
+                queue_timeout_s=settings.queue_timeout_s,
+                max_queue=settings.max_queue,
+                exclude=exclude,
+                disconnected=disconnected,
+            )
+            try:
+                response = await self.pool.request(
+                    slot.host, slot.port, method, target, headers, body, timeout_s=settings.upstream_timeout_s
+                )
+            except UpstreamConnectError as exc:
+                self.activator.release(slot, failed=True)
+                if attempt == 2:
+                    raise NoCapacity(
+                        f"No replica of '{entity.served_entity}' could be reached: {exc}"
+                    ) from exc
+                self.stats.entity(entity).retries += 1
+                exclude = frozenset({slot.replica_id})
+                continue
+            except (UpstreamTimeout, UpstreamProtocolError) as exc:
+                self.activator.release(slot, failed=True)
+                if isinstance(exc, UpstreamProtocolError):
+                    raise NoCapacity(f"The replica of '{entity.served_entity}' failed: {exc}") from exc
+                raise
+            except BaseException:
+                self.activator.release(slot)
+                raise
+            self.activator.release(slot)
+            return response
+        raise NoCapacity("unreachable: the retry loop always returns or raises")
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, upstream_path: Callable[[EntityKey], str]
+    ) -> None:
+        """Serve one query request for the endpoint named in the path; ``upstream_path`` gives the
+        replica's path for the chosen entity."""
+        started = time.perf_counter()
+        entity: EntityKey | None = None
+        status = 500
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+            entry = self.table.lookup(scope["path_params"]["name"])
+            client_request_id, body = peek_client_request_id(body)
+            entity = choose_entity(entry, client_request_id)
+            headers = [(name, value) for name, value in scope["headers"] if name not in _DROP_REQUEST_HEADERS]
+            method = scope["method"]
+            target = upstream_path(entity) + (
+                "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            )
+            if entry.shadows and method == "POST":
+                self._mirror(entry, method, target, headers, body)
+            try:
+                response = await self.forward(entry, entity, method, target, headers, body, lambda: receive())
+            except ZeroserveError as exc:
+                exc.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
+                raise
+            status = response.status
+            await _send_response(send, response, entity.served_entity)
+        except ZeroserveError as exc:
+            status = exc.status_code
+            raise
+        except ClientGone:
+            status = 499  # nginx's "client closed request": nobody is left to answer
+        finally:
+            self.stats.record(entity, status, time.perf_counter() - started)
+
+    def _mirror(
+        self, entry: EndpointEntry, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        # Shadow traffic is best effort: it never waits in a queue, and its answer is dropped.
+        for shadow in shadow_targets(entry):
+            task = asyncio.create_task(self._shadow(entry, shadow, method, target, headers, body))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        entry: EndpointEntry,
+        entity: EntityKey,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            slot = await self.activator.acquire(
+                entity, queue_timeout_s=entry.settings.queue_timeout_s, max_queue=0
+            )
+        except ZeroserveError as exc:
+            self.stats.record(entity, exc.status_code, time.perf_counter() - started)
+            return
+        try:
+            response = await self.pool.request(
+                slot.host,
+                slot.port,
+                method,
+                target,
+                headers,
+                body,
+                timeout_s=entry.settings.upstream_timeout_s,
+            )
+            status = response.status
+        except (ConnectionError, ZeroserveError) as exc:
+            logger.debug("shadow request to %s failed: %s", entity, exc)
+            status = getattr(exc, "status_code", 503)
+        finally:
+            self.activator.release(slot)
+            self.stats.record(entity, status, time.perf_counter() - started)
+
+    async def handle_model_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OIP model readiness, answered here without waking a scaled-to-zero entity: an endpoint is
+        ready when it routes traffic and none of its entities failed to deploy."""
+        entry = self.table.lookup(scope["path_params"]["name"])
+        failed = [self.activator.failed_reason(route.entity) for route in entry.routes if route.percent]
+        ready = bool(entry.cumulative) and not any(failed)
+        served = entry.cumulative[0][1].served_entity if entry.cumulative else ""
+        await _send_response(send, UpstreamResponse(200 if ready else 503, [], b""), served)
+
+    async def _health_check(self, replica: ReplicaInfo) -> bool:
+        slot = next(
+            (s for s in self.activator.replicas(replica.entity) if s.replica_id == replica.replica_id), None
+        )
+        if slot is None:
+            return False
+        try:
+            response = await self.pool.request(
+                slot.host, slot.port, "GET", _HEALTH_PATH, [], b"", timeout_s=2.0
+            )
+        except (ConnectionError, ZeroserveError):
+            return False
+        return response.status == 200
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send_response(send: Send, response: UpstreamResponse, served_model_name: str) -> None:
+    headers = [(name, value) for name, value in response.headers if name not in _DROP_RESPONSE_HEADERS]
+    headers.append((b"content-length", b"%d" % len(response.body)))
+    headers.append((b"served-model-name", served_model_name.encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The one place a ``ZeroserveError`` becomes an HTTP answer (register it on the gateway app).
+
+    Open Inference Protocol paths also get an ``error`` field: that is where tritonclient and KServe
+    clients look for the message.
+    """
+    if not isinstance(exc, ZeroserveError):
+        raise exc
+    payload: dict[str, str] = exc.to_dict()
+    if request.url.path.startswith("/v2/"):
+        payload["error"] = exc.message
+    return Response(
+        orjson.dumps(payload), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+    )
+
+
+class _Handler:
+    """An ASGI endpoint (Starlette's Route passes a callable object through as ASGI, unwrapped)."""
+
+    def __init__(self, call: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._call = call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call(scope, receive, send)
+
+
+def _proxied(dataplane: DataPlane, upstream_path: Callable[[EntityKey], str]) -> _Handler:
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        await dataplane.handle(scope, receive, send, upstream_path)
+
+    return _Handler(call)
+
+
+def _v2_server_ready(_: Request) -> Response:
+    return Response(b"", status_code=200)
+
+
+def _v2_server_metadata(_: Request) -> Response:
+    body = {"name": "zeroserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
+    """The query routes: MLflow scoring invocations and the Open Inference Protocol v2, where the model
+    name is the endpoint name (and any version maps to the endpoint's current config)."""
+    ready = _Handler(dataplane.handle_model_ready)
+    model = dataplane.upstream_model_name
+    metadata = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}")
+    infer = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}/infer")
+    return [
+        Route(
+            "/serving-endpoints/{name}/invocations",
+            _proxied(dataplane, lambda _: "/invocations"),
+            methods=["POST"],
+        ),
+        Route("/v2", _v2_server_metadata, methods=["GET"]),
+        Route("/v2/health/live", _v2_server_ready, methods=["GET"]),
+        Route("/v2/health/ready", _v2_server_ready, methods=["GET"]),
+        Route("/v2/models/{name}", metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def running(dataplane: DataPlane) -> Any:
+    """``async with running(dataplane):`` start it, and close it however the block ends."""
+    await dataplane.start()
+    try:
+        yield dataplane
+    finally:
+        await dataplane.aclose()

@@ -1,0 +1,284 @@
+"""The upstream HTTP/1.1 client: pooled keep-alive connections to replicas, on the hot path.
+
+A deliberately small client — an ``asyncio.Protocol`` per connection with ``httptools`` parsing the
+response — because every inference request pays for it twice (request out, response back). Measured on
+this kind of 2-core machine against a uvicorn replica (see ``benchmarks/router_overhead.py --clients``):
+it has about a third of httpx's per-request cost and is clearly ahead of aiohttp. It speaks only what
+replicas speak: one request at a time per connection, bodies buffered (inference payloads are bounded by
+the gateway's body limit), ``Content-Length`` or chunked responses.
+
+Errors say whether a retry is safe: ``UpstreamConnectError`` means the replica sent no byte of a
+response (refused, reset, closed before answering), so the request can go to another replica;
+``UpstreamProtocolError`` means it broke mid-response. An idle pooled connection that the replica closed
+meanwhile is retried once on a fresh connection here, so it never counts against the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import NamedTuple, cast
+
+import httptools
+
+from runtime.errors import UpstreamTimeout
+
+Headers = list[tuple[bytes, bytes]]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones this client or the router's server sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)
+
+
+class UpstreamConnectError(ConnectionError):
+    """No response byte came back: the request may be retried on another replica."""
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The replica broke the response off (or sent garbage) after it started answering."""
+
+
+class UpstreamResponse(NamedTuple):
+    status: int
+    headers: Headers  # as received, names lower-cased
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_chunks_until_eof",
+        "_headers",
+        "_parser",
+        "_waiter",
+        "closed",
+        "idle_since",
+        "received_any",
+        "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._headers: Headers = []
+        self._body: list[bytes] = []
+        self._chunks_until_eof = False
+        self.closed = False
+        self.received_any = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"malformed response from replica: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._chunks_until_eof:
+            # A response delimited by the end of the connection (no length, not chunked).
+            self._complete()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.received_any:
+            self._fail(UpstreamProtocolError("replica closed the connection mid-response"))
+        else:
+            self._fail(UpstreamConnectError(f"replica closed the connection before answering ({exc})"))
+
+    # httptools callbacks ---------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        headers = self._headers
+        self._chunks_until_eof = not any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in headers
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete()
+
+    # the client side -------------------------------------------------------------------------------
+    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
+        """Write one request and return the future of its response."""
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            raise UpstreamConnectError("pooled connection is closed")
+        self._headers = []
+        self._body = []
+        self.received_any = False
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        transport.write(data)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and self._parser.should_keep_alive() and not self._chunks_until_eof
+
+    def _complete(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        self._waiter = None
+        status = self._parser.get_status_code()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        waiter.set_result(UpstreamResponse(status, self._headers, body))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_exception(exc)
+
+
+class UpstreamPool:
+    """Keep-alive connections per replica address; one request per connection at a time."""
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_host: int = 64,
+        idle_timeout_s: float = 4.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        # Replicas run uvicorn, whose keep-alive timeout is 5 s: retire idle connections before that.
+        self._idle_timeout_s = idle_timeout_s
+        self._max_idle_per_host = max_idle_per_host
+        self._connect_timeout_s = connect_timeout_s
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        *,
+        timeout_s: float,
+    ) -> UpstreamResponse:
+        """Send one request; ``headers`` must not contain hop-by-hop ones (see ``HOP_BY_HOP``)."""
+        if self._closed:
+            raise UpstreamConnectError("upstream pool is closed")
+        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode("latin-1")]
+        if body or method in ("POST", "PUT", "PATCH"):
+            head.append(b"content-length: %d\r\n" % len(body))
+        for name, value in headers:
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"\r\n")
+        head.append(body)
+        data = b"".join(head)
+        key = (host, port)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(key, data)
+        except TimeoutError:
+            raise UpstreamTimeout(f"The model did not answer within {timeout_s:g} s.") from None
+
+    async def _exchange(self, key: tuple[str, int], data: bytes) -> UpstreamResponse:
+        connection = self._take_idle(key)
+        if connection is not None:
+            try:
+                response = await self._send(connection, data)
+            except UpstreamConnectError:
+                # The replica closed this idle connection meanwhile; a fresh one decides.
+                connection = None
+            else:
+                self._put_idle(key, connection)
+                return response
+        connection = await self._connect(key)
+        response = await self._send(connection, data)
+        self._put_idle(key, connection)
+        return response
+
+    async def _send(self, connection: _Connection, data: bytes) -> UpstreamResponse:
+        try:
+            return await connection.send(data)
+        except BaseException:
+            connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
+            raise
+
+    async def _connect(self, key: tuple[str, int]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, connection = await loop.create_connection(_Connection, key[0], key[1])
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamConnectError(f"cannot connect to replica at {key[0]}:{key[1]}: {exc}") from exc
+        return connection
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        expired_before = time.monotonic() - self._idle_timeout_s
+        while idle:
+            connection = idle.pop()  # most recently used first: its peer is least likely to close it
+            if not connection.closed and connection.idle_since > expired_before:
+                return connection
+            connection.close()
+        return None
+
+    def _put_idle(self, key: tuple[str, int], connection: _Connection) -> None:
+        if self._closed or not connection.reusable:
+            connection.close()
+            return
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self._max_idle_per_host:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    def forget(self, host: str, port: int) -> None:
+        """Close the idle connections to a replica that went away."""
+        for connection in self._idle.pop((host, port), []):
+            connection.close()
+
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+def forwardable(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
+    """The end-to-end headers of a message (names must already be lower-case, as ASGI gives them)."""
+    return [(name, value) for name, value in headers if name not in drop]
