@@ -217,7 +217,8 @@ def test_waiters_past_their_deadline_get_503_with_retry_after() -> None:
     late = h.request(timeout=1.0)
     h.now += 0.6  # early's deadline (100 + 1.0) has passed, late's (100.5 + 1.0) has not
     rejected = h.balancer.expire_due(h.now)
-    assert rejected == [Reject(early, early.error)] and isinstance(early.error, NoCapacity)
+    assert isinstance(early.error, NoCapacity)
+    assert rejected == [Reject(early, early.error)]
     assert early.error.status_code == 503 and early.error.headers["Retry-After"]
     assert late.error is None
     assert h.balancer.concurrency(A) == (0, 1)
@@ -311,6 +312,7 @@ def test_forgotten_entity_rejects_its_waiters() -> None:
     h = Harness()
     waiter = h.request()
     actions = h.balancer.forget_entity(A, "endpoint deleted")
+    assert waiter.error is not None
     assert actions == [Reject(waiter, waiter.error)]
     assert A not in h.balancer.entities()
 
