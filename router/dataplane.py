@@ -130,6 +130,7 @@ class DataPlane:
         settings = entry.settings
         exclude: frozenset[str] = frozenset()
         for attempt in (1, 2):
+            waited_from = time.perf_counter()
             slot = await self.activator.acquire(
                 entity,
                 queue_timeout_s=settings.queue_timeout_s,
@@ -137,6 +138,7 @@ class DataPlane:
                 exclude=exclude,
                 disconnected=disconnected,
             )
+            sent_at = time.perf_counter()
             try:
                 response = await self.pool.request(
                     slot.host, slot.port, method, target, headers, body, timeout_s=settings.upstream_timeout_s
@@ -159,6 +161,9 @@ class DataPlane:
                 self.activator.release(slot)
                 raise
             self.activator.release(slot)
+            stats = self.stats.entity(entity)
+            stats.record_queue_wait(sent_at - waited_from)
+            stats.record_upstream(time.perf_counter() - sent_at)
             return response
         raise NoCapacity("unreachable: the retry loop always returns or raises")
 

@@ -43,12 +43,26 @@ class RequestStats:
     latency_sum_s: float = 0.0
     count: int = 0
     retries: int = 0
+    # Same layout, for the two parts of a request a replica answered: waiting for a replica slot (the
+    # attempt that got the answer) and the replica's answer itself.
+    queue_wait_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    queue_wait_sum_s: float = 0.0
+    upstream_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    upstream_sum_s: float = 0.0
 
     def record(self, status: int, seconds: float) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
         self.count += 1
+
+    def record_queue_wait(self, seconds: float) -> None:
+        self.queue_wait_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.queue_wait_sum_s += seconds
+
+    def record_upstream(self, seconds: float) -> None:
+        self.upstream_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.upstream_sum_s += seconds
 
     def cumulative_buckets(self) -> list[tuple[float, int]]:
         """(upper bound, requests at or below it) pairs, ending with (inf, count)."""
