@@ -1,0 +1,196 @@
+"""``zeroserve endpoints create|get|list|update|delete``: the serving-endpoints API from a terminal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from router.cli import cli
+from router.cli._client import GatewayClient, gateway_options, load_json_argument, print_json
+from router.cli._render import console, endpoints_table, err_console, show_endpoint
+
+API = "/api/2.0/serving-endpoints"
+
+
+@cli.group()
+def endpoints() -> None:
+    """Create, inspect, update and delete serving endpoints."""
+
+
+def _key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
+        result[key] = value
+    return result
+
+
+def entity_options(command: Any) -> Any:
+    """Options describing one served entity (the common case); ``--json``/``--file`` give anything else."""
+    options = [
+        click.option("--model", "model_uri",
+                     help="Model URI (s3://, file://, models:/, runs:/) or registered model name."),
+        click.option("--version", "model_version", help="Model version (for registered models)."),
+        click.option("--served-name", help="Served entity name [default: {model}-{version}]."),
+        click.option("--workload-size",
+                     type=click.Choice(["Small", "Medium", "Large"], case_sensitive=False)),
+        click.option("--scale-to-zero/--no-scale-to-zero", default=None,
+                     help="Allow the entity to scale to zero replicas when idle."),
+        click.option("--min-concurrency", type=click.IntRange(min=0),
+                     help="Reserved concurrency floor (min_provisioned_concurrency)."),
+        click.option("--max-concurrency", type=click.IntRange(min=1),
+                     help="Concurrency ceiling (max_provisioned_concurrency)."),
+        click.option("--concurrency", type=click.IntRange(min=1),
+                     help="Requests one replica takes at once (autoscaling.container_concurrency)."),
+        click.option("--env", multiple=True, metavar="KEY=VALUE",
+                     help="Environment variable of the replicas."),
+        click.option("--json", "json_text", help="The config (served_entities, traffic_config) as JSON."),
+        click.option("--file", "-f", "json_file", help="The config as a JSON file ('-' for stdin)."),
+        click.option("--wait/--no-wait", default=True, show_default=True,
+                     help="Wait until the config update is done."),
+        click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def config_from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["json_text"] is not None or opts["json_file"] is not None:
+        if opts["model_uri"]:
+            raise click.UsageError("give --model or the whole config with --json/--file, not both")
+        config = load_json_argument(opts["json_text"], opts["json_file"], "the config")
+        if not isinstance(config, dict):
+            raise click.ClickException("the config must be a JSON object")
+        return config
+    if not opts["model_uri"]:
+        raise click.UsageError("give --model (or the whole config with --json/--file)")
+    entity: dict[str, Any] = {"entity_name": opts["model_uri"]}
+    if opts["model_version"]:
+        entity["entity_version"] = opts["model_version"]
+    if opts["served_name"]:
+        entity["name"] = opts["served_name"]
+    if opts["workload_size"]:
+        entity["workload_size"] = opts["workload_size"].capitalize()
+    if opts["scale_to_zero"] is not None:
+        entity["scale_to_zero_enabled"] = opts["scale_to_zero"]
+    if opts["min_concurrency"] is not None:
+        entity["min_provisioned_concurrency"] = opts["min_concurrency"]
+    if opts["max_concurrency"] is not None:
+        entity["max_provisioned_concurrency"] = opts["max_concurrency"]
+    if opts["concurrency"] is not None:
+        entity["autoscaling"] = {"container_concurrency": opts["concurrency"]}
+    if opts["env"]:
+        entity["environment_vars"] = _key_values(opts["env"], "--env")
+    return {"served_entities": [entity]}
+
+
+def wait_for_update(client: GatewayClient, name: str, timeout_s: float, quiet: bool) -> dict[str, Any]:
+    """Poll until the endpoint's config update is done; a failed update is an error (exit 1)."""
+    deadline = time.monotonic() + timeout_s
+    status = err_console.status(f"waiting for {name}...") if not quiet else None
+    if status is not None:
+        status.start()
+    try:
+        while True:
+            endpoint: dict[str, Any] = client.call("GET", f"{API}/{name}")
+            state = endpoint.get("state", {})
+            update = state.get("config_update")
+            if update != "IN_PROGRESS":
+                break
+            if status is not None:
+                status.update(f"waiting for {name}: {_progress(endpoint)}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"{name}: config update still in progress after {timeout_s:g} s")
+            time.sleep(0.5)
+    finally:
+        if status is not None:
+            status.stop()
+    if update in ("UPDATE_FAILED", "UPDATE_CANCELED"):
+        reason = state.get("config_update_message") or "no reason given"
+        raise click.ClickException(f"{name}: config update {update}: {reason}")
+    return endpoint
+
+
+def _progress(endpoint: dict[str, Any]) -> str:
+    config = endpoint.get("pending_config") or endpoint.get("config") or {}
+    parts = []
+    for entity in config.get("served_entities", []):
+        state = entity.get("state", {})
+        deployment = state.get("deployment", "?").removeprefix("DEPLOYMENT_").lower()
+        parts.append(f"{entity.get('name')} {deployment}")
+    return ", ".join(parts) or "starting"
+
+
+def _finish(client: GatewayClient, endpoint: dict[str, Any], output: str, wait: bool, timeout: float) -> None:
+    if wait:
+        endpoint = wait_for_update(client, endpoint["name"], timeout, quiet=output == "json")
+    if output == "json":
+        print_json(endpoint)
+    else:
+        show_endpoint(endpoint)
+
+
+@endpoints.command("create")
+@click.argument("name")
+@entity_options
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Tag of the endpoint.")
+@gateway_options
+def create(client: GatewayClient, output: str, name: str, tag: tuple[str, ...], **opts: Any) -> None:
+    """Create endpoint NAME serving one model (--model) or a whole config (--json/--file)."""
+    body: dict[str, Any] = {"name": name, "config": config_from_options(opts)}
+    if tag:
+        body["tags"] = [{"key": k, "value": v} for k, v in _key_values(tag, "--tag").items()]
+    endpoint = client.call("POST", API, body)
+    _finish(client, endpoint, output, opts["wait"], opts["timeout"])
+
+
+@endpoints.command("update")
+@click.argument("name")
+@entity_options
+@gateway_options
+def update(client: GatewayClient, output: str, name: str, **opts: Any) -> None:
+    """Replace the config of endpoint NAME (zero-downtime rollout)."""
+    endpoint = client.call("PUT", f"{API}/{name}/config", config_from_options(opts))
+    _finish(client, endpoint, output, opts["wait"], opts["timeout"])
+
+
+@endpoints.command("get")
+@click.argument("name")
+@gateway_options
+def get(client: GatewayClient, output: str, name: str) -> None:
+    """Show endpoint NAME: config, pending config, state of every served entity."""
+    endpoint = client.call("GET", f"{API}/{name}")
+    if output == "json":
+        print_json(endpoint)
+    else:
+        show_endpoint(endpoint)
+
+
+@endpoints.command("list")
+@gateway_options
+def list_endpoints(client: GatewayClient, output: str) -> None:
+    """List serving endpoints."""
+    listed = client.call("GET", API).get("endpoints", [])
+    if output == "json":
+        print_json(listed)
+    elif not listed:
+        console.print("no endpoints yet: create one with `zeroserve endpoints create NAME --model URI`")
+    else:
+        console.print(endpoints_table(listed))
+
+
+@endpoints.command("delete")
+@click.argument("name")
+@gateway_options
+def delete(client: GatewayClient, output: str, name: str) -> None:
+    """Delete endpoint NAME (its replicas drain and stop)."""
+    client.call("DELETE", f"{API}/{name}")
+    if output == "json":
+        print_json({"deleted": name})
+    else:
+        console.print(f"deleted {name}")
