@@ -43,6 +43,7 @@ class Ref:
     version_key: str
     immutable: bool
     checked_at: float  # wall-clock time of the last confirmation by the store (for the freshness TTL)
+    local_path: str | None = None  # an MLflow URI whose artifacts are a local directory, served in place
 
 
 def fsync_dir(path: Path) -> None:
@@ -178,9 +179,11 @@ class Cache:
             except FileNotFoundError:
                 bad.append(entry)
                 continue
-            if stat.st_size != entry.size or stat.st_mtime_ns != SENTINEL_MTIME_NS:
-                bad.append(entry)
-            elif full and sha256_file(path) != entry.sha256:
+            if (
+                stat.st_size != entry.size
+                or stat.st_mtime_ns != SENTINEL_MTIME_NS
+                or (full and sha256_file(path) != entry.sha256)
+            ):
                 bad.append(entry)
         return manifest, bad
 

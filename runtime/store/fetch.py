@@ -27,9 +27,10 @@ from runtime.store.sources import (
     StoreUnreachable,
     list_local,
 )
-from runtime.store.uri import LocalSource, MlflowSource, ModelSource, S3Source, parse_model_uri
+from runtime.store.uri import LocalSource, ModelSource, S3Source, parse_model_uri
 
 log = logging.getLogger("zeroserve.store")
+
 
 class FetchProgress(Protocol):
     """Progress of one fetch: ``start`` once with the bytes to download, then ``advance`` per chunk."""
@@ -64,9 +65,13 @@ async def fetch_model(
             if handle is None:
                 raise StoreError(f"cannot fetch {uri} and no cached copy exists: {exc.message}") from exc
             metrics.add("offline_fallbacks")
-            log.warning("store unreachable for %s (%s); serving cached version %s", uri, exc, handle.version_key)
+            log.warning(
+                "store unreachable for %s (%s); serving cached version %s", uri, exc, handle.version_key
+            )
             return handle
-        if isinstance(resolved, ModelHandle):
+        if isinstance(resolved, ModelHandle):  # an MLflow URI whose artifacts are a local directory
+            if source.immutable:
+                cache.write_ref(Ref(uri, resolved.version_key, True, time.time(), str(resolved.path)))
             return resolved
         return await _materialize(cache, uri, resolved, settings, progress)
 
@@ -88,6 +93,9 @@ def _open_from_ref(cache: Cache, uri: str, settings: StoreSettings, *, offline: 
     )
     if not (fresh or offline):
         return None
+    if ref.local_path is not None:
+        path = Path(ref.local_path)
+        return ModelHandle(uri=uri, path=path, version_key=ref.version_key) if path.is_dir() else None
     return _open_published(cache, uri, ref.version_key, settings)
 
 
@@ -148,7 +156,9 @@ async def _materialize(
         cache.write_ref(Ref(uri, key, resolved.immutable, time.time()))
         evicted = evict(cache, settings.cache_max_bytes)
         if evicted:
-            log.info("evicted %d cached version(s) to stay under %d bytes", len(evicted), settings.cache_max_bytes)
+            log.info(
+                "evicted %d cached version(s) to stay under %d bytes", len(evicted), settings.cache_max_bytes
+            )
         return ModelHandle(uri=uri, path=path, version_key=key, manifest=manifest, pin=pin)
     except BaseException:
         pin.release()
@@ -172,8 +182,9 @@ def _adopt_if_published(
     cache.touch(key)
     cache.write_ref(Ref(uri, key, resolved.immutable, time.time()))
     metrics.add("hits")
-    return ModelHandle(uri=uri, path=cache.tree_path(key), version_key=key, manifest=manifest, pin=pin,
-                       from_cache=True)
+    return ModelHandle(
+        uri=uri, path=cache.tree_path(key), version_key=key, manifest=manifest, pin=pin, from_cache=True
+    )
 
 
 @contextlib.asynccontextmanager
@@ -189,7 +200,9 @@ async def _single_flight(path: Path, timeout_s: float, uri: str) -> AsyncIterato
             break
         except Timeout:
             if time.monotonic() > deadline:
-                raise StoreError(f"timed out after {timeout_s:.0f}s waiting for another fetch of {uri}") from None
+                raise StoreError(
+                    f"timed out after {timeout_s:.0f}s waiting for another fetch of {uri}"
+                ) from None
             await asyncio.sleep(0.05)
     try:
         yield
@@ -221,7 +234,9 @@ async def _download_all(
             if size != file.size:
                 raise StoreError(f"{resolved.location}/{file.path}: got {size} bytes, expected {file.size}")
             if file.md5 is not None and digests.md5 is not None and digests.md5 != file.md5:
-                raise StoreError(f"{resolved.location}/{file.path}: MD5 {digests.md5} does not match ETag {file.md5}")
+                raise StoreError(
+                    f"{resolved.location}/{file.path}: MD5 {digests.md5} does not match ETag {file.md5}"
+                )
             cache.adopt_blob(temp, digests.sha256)
             cache.remember_etag(file.etag, file.size, file.version_id, digests.sha256)
             entries[file.path] = FileEntry(file.path, file.size, digests.sha256, file.etag, file.version_id)

@@ -54,4 +54,4 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         state = "pinned" if self.pinned else "unpinned"
-        return f"ModelHandle(uri={self.uri!r}, version_key={self.version_key!r}, path={str(self.path)!r}, {state})"
+        return f"ModelHandle(uri={self.uri!r}, version_key={self.version_key!r}, path='{self.path}', {state})"

@@ -64,7 +64,9 @@ def parse_model_uri(uri: str) -> ModelSource:
     scheme = parts.scheme.lower()
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise InvalidParameterValue(f"file URI {uri!r} names host {parts.netloc!r}; only local files work")
+            raise InvalidParameterValue(
+                f"file URI {uri!r} names host {parts.netloc!r}; only local files work"
+            )
         path = unquote(parts.path)
         if not path:
             raise InvalidParameterValue(f"file URI {uri!r} has no path")
@@ -89,7 +91,9 @@ def parse_model_uri(uri: str) -> ModelSource:
             return MlflowSource(text, immutable=False)
         pieces = name_and_ref.split("/")
         # models:/name/3 and MLflow 3's models:/m-<id> name fixed content; latest and stages move.
-        fixed = (len(pieces) == 2 and pieces[1].isdigit()) or (len(pieces) == 1 and pieces[0].startswith("m-"))
+        fixed = (len(pieces) == 2 and pieces[1].isdigit()) or (
+            len(pieces) == 1 and pieces[0].startswith("m-")
+        )
         return MlflowSource(text, immutable=fixed)
     if scheme == "runs":
         if not text[len("runs:") :].lstrip("/"):
