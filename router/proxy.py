@@ -62,6 +62,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_chunks_until_eof",
         "_headers",
+        "_keep_alive",
         "_parser",
         "_waiter",
         "closed",
@@ -77,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self._headers: Headers = []
         self._body: list[bytes] = []
         self._chunks_until_eof = False
+        self._keep_alive = False
         self.closed = False
         self.received_any = False
         self.idle_since = 0.0
@@ -112,6 +114,8 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        # Read now: once the message is complete the parser resets and forgets it.
+        self._keep_alive = self._parser.should_keep_alive()
         headers = self._headers
         self._chunks_until_eof = not any(
             name in (b"content-length", b"transfer-encoding") for name, _ in headers
@@ -131,6 +135,7 @@ class _Connection(asyncio.Protocol):
             raise UpstreamConnectError("pooled connection is closed")
         self._headers = []
         self._body = []
+        self._keep_alive = False
         self.received_any = False
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         transport.write(data)
@@ -143,7 +148,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return not self.closed and self._parser.should_keep_alive() and not self._chunks_until_eof
+        return not self.closed and self._keep_alive and not self._chunks_until_eof
 
     def _complete(self) -> None:
         waiter = self._waiter

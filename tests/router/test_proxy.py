@@ -1,0 +1,166 @@
+"""The upstream client against real loopback servers: uvicorn for normal traffic, scripted raw TCP
+servers for the protocol edge cases (stale keep-alive, resets, chunked and close-delimited bodies)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.proxy import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, forwardable
+from runtime.errors import UpstreamTimeout
+from tests.router._servers import echo_replica, free_port, raw_server, read_request
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[UpstreamPool]:
+    upstream = UpstreamPool()
+    try:
+        yield upstream
+    finally:
+        await upstream.aclose()
+
+
+async def test_keep_alive_connection_is_reused(pool: UpstreamPool) -> None:
+    async with echo_replica("r1") as replica:
+        ports = set()
+        for index in range(5):
+            body = b'{"inputs": [%d]}' % index
+            headers = [(b"content-type", b"application/json")]
+            response = await pool.request(
+                "127.0.0.1", replica.port, "POST", "/invocations", headers, body, timeout_s=5
+            )
+            assert response.status == 200 and response.body == body
+            assert (b"content-type", b"application/json") in response.headers
+            ports.add(dict(response.headers)[b"x-client-port"])
+        assert len(ports) == 1  # one connection for all five
+        assert pool.idle_connections() == 1
+
+
+async def test_concurrent_requests_open_parallel_connections(pool: UpstreamPool) -> None:
+    async with echo_replica("r1", delay_s=0.05) as replica:
+        responses = await asyncio.gather(
+            *(
+                pool.request("127.0.0.1", replica.port, "POST", "/invocations", [], b"x", timeout_s=5)
+                for _ in range(4)
+            )
+        )
+        assert {dict(r.headers)[b"x-client-port"] for r in responses}.__len__() == 4
+        assert replica.max_in_flight == 4
+
+
+async def test_chunked_response_is_decoded(pool: UpstreamPool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()  # keep the connection until the client closes it
+
+    async with raw_server(script) as port:
+        response = await pool.request("127.0.0.1", port, "GET", "/x", [], b"", timeout_s=5)
+    assert response.body == b"hello world"
+
+
+async def test_close_delimited_response_reads_to_eof(pool: UpstreamPool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with raw_server(script) as port:
+        response = await pool.request("127.0.0.1", port, "GET", "/x", [], b"", timeout_s=5)
+    assert response.body == b"all of it"
+    assert pool.idle_connections() == 0
+
+
+async def test_connection_refused_is_a_retryable_connect_error(pool: UpstreamPool) -> None:
+    with pytest.raises(UpstreamConnectError, match="cannot connect"):
+        await pool.request("127.0.0.1", free_port(), "POST", "/invocations", [], b"{}", timeout_s=5)
+
+
+async def test_close_before_any_response_byte_is_a_retryable_connect_error(pool: UpstreamPool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)  # then hang up without a word
+
+    async with raw_server(script) as port:
+        with pytest.raises(UpstreamConnectError, match="before answering"):
+            await pool.request("127.0.0.1", port, "POST", "/invocations", [], b"{}", timeout_s=5)
+
+
+async def test_stale_idle_connection_is_replaced_transparently(pool: UpstreamPool) -> None:
+    connections = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        # Keep-alive was promised, but the server closes once the client has sent its next request.
+        await reader.read(1)
+
+    async with raw_server(script) as port:
+        for _ in range(3):
+            response = await pool.request("127.0.0.1", port, "POST", "/invocations", [], b"{}", timeout_s=5)
+            assert response.body == b"ok"
+    assert connections == 3
+
+
+async def test_reset_mid_response_is_a_protocol_error(pool: UpstreamPool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    async with raw_server(script) as port:
+        with pytest.raises(UpstreamProtocolError, match="mid-response"):
+            await pool.request("127.0.0.1", port, "POST", "/invocations", [], b"{}", timeout_s=5)
+
+
+async def test_garbage_response_is_a_protocol_error(pool: UpstreamPool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SPDY/9 what\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(script) as port:
+        with pytest.raises(UpstreamProtocolError, match="malformed"):
+            await pool.request("127.0.0.1", port, "GET", "/", [], b"", timeout_s=5)
+
+
+async def test_timeout_answers_504_and_drops_the_connection(pool: UpstreamPool) -> None:
+    async with echo_replica("slow", delay_s=0.5) as replica:
+        with pytest.raises(UpstreamTimeout) as caught:
+            await pool.request("127.0.0.1", replica.port, "POST", "/invocations", [], b"{}", timeout_s=0.1)
+        assert caught.value.status_code == 504
+        assert pool.idle_connections() == 0
+
+
+async def test_closed_pool_refuses_requests() -> None:
+    pool = UpstreamPool()
+    async with echo_replica("r1") as replica:
+        await pool.request("127.0.0.1", replica.port, "GET", "/v2/models/m", [], b"", timeout_s=5)
+        assert pool.idle_connections() == 1
+        await pool.aclose()
+        assert pool.idle_connections() == 0
+        with pytest.raises(UpstreamConnectError, match="closed"):
+            await pool.request("127.0.0.1", replica.port, "GET", "/v2/models/m", [], b"", timeout_s=5)
+
+
+def test_forwardable_drops_hop_by_hop_headers() -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"connection", b"keep-alive"),
+        (b"transfer-encoding", b"chunked"),
+        (b"host", b"gateway"),
+        (b"content-length", b"10"),
+        (b"inference-header-content-length", b"42"),
+    ]
+    assert forwardable(headers) == [
+        (b"content-type", b"application/json"),
+        (b"inference-header-content-length", b"42"),
+    ]
