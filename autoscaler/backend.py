@@ -1,0 +1,82 @@
+"""What the autoscaler loop needs from the world: a ``Backend`` that runs replicas and a ``Clock``.
+
+Both are ``typing.Protocol``s so that the loop can be driven by hand-written fakes in tests
+(``autoscaler.testing``) and by the real thing in production (``autoscaler.backends.local``, and a
+Kubernetes backend that scales Deployments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from typing import Protocol
+
+from autoscaler.spec import EntitySpec
+from autoscaler.types import EntityKey, ReplicaInfo
+from runtime.errors import ModelLoadError
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds: every duration and deadline in the autoscaler is measured with this."""
+
+    def wall(self) -> float:
+        """Unix seconds, only to stamp records that people read (the decision history)."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ReplicaHealth(enum.Enum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # running but failing its readiness probe
+    EXITED = "exited"  # the process is gone
+
+
+class ReplicaStartError(ModelLoadError):
+    """A replica could not start: the model failed to load, the process died, or it timed out."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class Backend(Protocol):
+    """Starts and stops replicas. Every method is safe to call for a replica that is already gone."""
+
+    async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
+        """Start a replica and return once it passed its readiness probe (model loaded and warm).
+
+        Raises ``ReplicaStartError`` (with the tail of the replica's log) when it cannot start within
+        ``spec.start_timeout_s``. If cancelled, it must stop whatever it already started.
+        """
+        ...
+
+    async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
+        """Ask the replica to exit (it finishes in-flight requests), kill it after ``timeout_s``."""
+        ...
+
+    async def health(self, replica_id: str) -> ReplicaHealth: ...
+
+    def list_replicas(self) -> list[ReplicaInfo]:
+        """The replicas this backend runs right now."""
+        ...
+
+    def logs(self, replica_id: str) -> str:
+        """The replica's captured output (bounded), kept for a while after it is gone."""
+        ...
+
+    async def close(self) -> None:
+        """Stop everything this backend started (replicas and any warm pool)."""
+        ...
