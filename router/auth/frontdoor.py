@@ -1,0 +1,105 @@
+"""The front door assembled: stores, authorizer, rate limiter, audit, and the middleware stack.
+
+The gateway builds one ``FrontDoor`` over its database and endpoint directory, mounts ``routes()``,
+wraps its app with ``wrap()``, and calls ``startup()`` once (which may return a freshly generated admin
+token to print). Outermost first, a request passes:
+
+    trusted proxies -> limits (size, time, last-resort 500) -> audit -> authentication
+        -> endpoint guard (data-plane permissions, rate limits) -> app
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+from router.auth.audit import AuditLog, AuditMiddleware
+from router.auth.guard import DATAPLANE_RULES, EndpointGuard, GuardRule
+from router.auth.limits import LimitsMiddleware
+from router.auth.middleware import ALWAYS_PUBLIC, V2_HEALTH, AuthMiddleware
+from router.auth.permissions import Authorizer, PermissionStore
+from router.auth.ratelimit import RateLimiter, enforce
+from router.auth.settings import SecuritySettings
+from router.auth.tls import trusted_proxy_app
+from router.auth.tokens import TokenStore
+from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
+from router.db import Database
+from router.state import EndpointStore
+
+log = logging.getLogger("zeroserve.auth")
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        db: Database,
+        directory: EndpointDirectory,
+        settings: SecuritySettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings if settings is not None else SecuritySettings()
+        admin = self.settings.admin_token
+        ttl = self.settings.auth_cache_ttl_s
+        self.tokens = TokenStore(
+            db, clock=clock, monotonic=monotonic, cache_ttl_s=ttl,
+            static_admin_token=admin.get_secret_value() if admin is not None else None,
+        )
+        self.permissions = PermissionStore(db, monotonic=monotonic, cache_ttl_s=ttl)
+        self.directory = directory
+        self.authorizer = Authorizer(self.permissions, directory)
+        self.limiter = RateLimiter()
+        self.audit = AuditLog(db, clock=clock)
+        self._monotonic = monotonic
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.settings.insecure_no_auth
+
+    def startup(self) -> str | None:
+        """Make sure an admin can get in; returns a newly generated admin token to print once, or None."""
+        if not self.auth_enabled:
+            return None
+        return self.tokens.ensure_admin_token()
+
+    def admit_query(self, principal: Principal | None, endpoint: str) -> EndpointRef | None:
+        """``CAN_QUERY`` on the endpoint, then its rate limits (429 REQUEST_LIMIT_EXCEEDED)."""
+        ref = self.authorizer.authorize(principal, endpoint, PermissionLevel.CAN_QUERY)
+        if ref is not None:
+            enforce(self.limiter, ref, principal, self._monotonic())
+        return ref
+
+    def public_paths(self) -> frozenset[str]:
+        return ALWAYS_PUBLIC | (V2_HEALTH if self.settings.public_v2_health else frozenset())
+
+    def routes(self, endpoint_store: EndpointStore | None = None) -> list[BaseRoute]:
+        """Token, audit, identity and permissions routes; with the endpoint store, also the
+        ``rate-limits`` and ``ai-gateway`` settings of endpoints."""
+        from router.auth.api import front_door_routes
+
+        return front_door_routes(self, endpoint_store)
+
+    def wrap(self, app: ASGIApp, *, guard_rules: Iterable[GuardRule] = DATAPLANE_RULES) -> ASGIApp:
+        """The gateway app behind the front door's middleware (see the module docstring for the order)."""
+        settings = self.settings
+        wrapped: ASGIApp = EndpointGuard(app, front_door=self, rules=guard_rules)
+        wrapped = AuthMiddleware(
+            wrapped,
+            tokens=self.tokens if self.auth_enabled else None,
+            front_door=self,
+            public_paths=self.public_paths(),
+        )
+        wrapped = AuditMiddleware(wrapped, audit=self.audit)
+        wrapped = LimitsMiddleware(
+            wrapped,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+            debug=settings.debug,
+        )
+        return trusted_proxy_app(wrapped, settings.trusted_proxies)
