@@ -1,0 +1,137 @@
+"""Structured JSON logs, and the request id that ties a log line to the response a client holds.
+
+Every request gets an id: the client's own ``x-request-id`` when it sends a sane one, else a fresh one.
+The id goes into the ASGI scope (``zeroserve.request_id``), into a context variable that the JSON
+formatter adds to every log line written while the request runs, and back to the client as the
+``x-request-id`` response header. One access-log line per request records method, path, status,
+duration, principal and request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_SCOPE_KEY = "zeroserve.request_id"
+REQUEST_ID_HEADER = b"x-request-id"
+
+request_id_var: ContextVar[str | None] = ContextVar("zeroserve_request_id", default=None)
+
+# Ids from clients are echoed into logs and headers: keep them short and free of anything that could
+# split a header or a log line.
+_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime"}
+
+access_logger = logging.getLogger("zeroserve.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id, and the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> logging.Handler:
+    """Send every ``zeroserve`` (and uvicorn) log line to ``stream`` as JSON; returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing.formatter, JsonFormatter):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn installs its own plain-text handlers; let its records reach ours instead.
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    # Our access log replaces uvicorn's (it carries the request id and the principal).
+    logging.getLogger("uvicorn.access").disabled = True
+    return handler
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _SAFE_REQUEST_ID.match(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
+
+
+class RequestIdMiddleware:
+    """Assigns the request id, returns it in ``x-request-id``, and writes the access log line."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope["headers"])
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+        header_value = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(name, value) for name, value in message.get("headers", [])
+                           if name.lower() != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, header_value))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                principal = scope.get("zeroserve.principal")
+                access_logger.info(
+                    "%s %s %d", scope["method"], scope["path"], status,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                        "principal": getattr(principal, "name", None),
+                        "client": (scope.get("client") or (None,))[0],
+                    },
+                )
+            request_id_var.reset(token)

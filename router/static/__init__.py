@@ -1,0 +1,1 @@
+"""Dashboard assets (HTML, JS, CSS) shipped in the package, served with no external network."""
