@@ -1,0 +1,316 @@
+"""The data plane's routes, end to end inside one event loop: httpx (ASGI transport) → the data plane
+→ real uvicorn stand-in replicas on loopback (``tests.router._servers.EchoReplica``).
+
+Replica arrival is announced to the activator directly, as the autoscaler's backend would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+
+from autoscaler.types import EntityKey, ReplicaInfo
+from router.dataplane import DataPlane, dataplane_routes, error_response, running
+from router.routing import EndpointRouting
+from runtime.errors import ZeroserveError
+from tests.router._servers import echo_replica, free_port
+
+A = EntityKey("ep", "a")
+B = EntityKey("ep", "b")
+JSON = {"content-type": "application/json"}
+
+
+class Poker:
+    def __init__(self) -> None:
+        self.pokes: list[EntityKey] = []
+
+    def poke(self, entity: EntityKey) -> None:
+        self.pokes.append(entity)
+
+    def report(self, entity: EntityKey, in_flight: int, queued: int) -> None:
+        pass
+
+
+@pytest.fixture
+async def dataplane() -> AsyncIterator[DataPlane]:
+    async with running(DataPlane(scaler=Poker())) as plane:
+        yield plane
+
+
+@pytest.fixture
+async def client(dataplane: DataPlane) -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        yield http
+
+
+async def test_invocation_passes_the_body_through_and_names_the_served_model(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        body = b'{"dataframe_split": {"columns": ["x"], "data": [[1.25]]}}'
+        headers = {**JSON, "authorization": "Bearer secret", "x-custom": "kept"}
+        response = await client.post("/serving-endpoints/ep/invocations?v=1", content=body, headers=headers)
+    assert response.status_code == 200
+    assert response.content == body
+    assert response.headers["served-model-name"] == "a"
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-path"] == "/invocations"
+    seen = replica.seen_headers[0]
+    assert "authorization" not in seen  # the gateway's credentials stay at the gateway
+    assert seen["x-custom"] == "kept"
+
+
+async def test_unknown_endpoint_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/serving-endpoints/nope/invocations", content=b"{}", headers=JSON)
+    assert response.status_code == 404
+    assert response.json() == {
+        "error_code": "RESOURCE_DOES_NOT_EXIST",
+        "message": "Endpoint with name 'nope' does not exist.",
+    }
+
+
+async def test_model_errors_pass_through_unchanged(dataplane: DataPlane, client: httpx.AsyncClient) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        response = await client.post(
+            "/serving-endpoints/ep/invocations?status=400", content=b"{}", headers=JSON
+        )
+    assert response.status_code == 400
+    assert response.json() == {"error_code": "BAD_REQUEST", "message": "model says no (r1)"}
+    assert response.headers["served-model-name"] == "a"
+
+
+async def test_open_inference_protocol_routes_map_the_endpoint_to_the_replica_model(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}
+                ]
+            }
+        )
+        body = header + struct.pack("<2f", 1.5, 2.5)
+        infer = await client.post(
+            "/v2/models/ep/infer",
+            content=body,
+            headers={
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(len(header)),
+            },
+        )
+        metadata = await client.get("/v2/models/ep/versions/3")
+        ready = await client.get("/v2/models/ep/ready")
+        server = await client.get("/v2/health/ready")
+    assert infer.status_code == 200
+    assert infer.content == body  # binary tensor bytes untouched
+    assert infer.headers["inference-header-content-length"] == str(len(header))
+    assert infer.headers["x-path"] == "/v2/models/a/infer"
+    assert metadata.json() == {"name": "a"} and metadata.headers["served-model-name"] == "a"
+    assert ready.status_code == 200 and ready.headers["served-model-name"] == "a"
+    assert server.status_code == 200
+
+
+async def test_oip_errors_carry_the_error_field_clients_read(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v2/models/nope/infer", content=b"{}", headers=JSON)
+    assert response.status_code == 404
+    assert response.json()["error"] == "Endpoint with name 'nope' does not exist."
+
+
+async def test_model_ready_is_answered_without_waking_a_scaled_to_zero_entity(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    dataplane.set_endpoint("ep", [(A, 100)])
+    assert (await client.get("/v2/models/ep/ready")).status_code == 200
+    assert dataplane.activator.concurrency(A) == (0, 0)
+    dataplane.activator.entity_failed(A, "bad model")
+    assert (await client.get("/v2/models/ep/ready")).status_code == 503
+
+
+async def test_request_at_zero_waits_for_the_replica_then_succeeds(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        pending = asyncio.create_task(
+            client.post("/serving-endpoints/ep/invocations", content=b"[1]", headers=JSON)
+        )
+        await asyncio.sleep(0.05)
+        assert dataplane.activator.concurrency(A) == (0, 1)
+        dataplane.activator.replica_ready(replica.info(A))
+        response = await asyncio.wait_for(pending, 5)
+    assert response.status_code == 200 and response.content == b"[1]"
+
+
+async def test_full_queue_is_429_and_timeout_is_503_with_retry_after(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(queue_timeout_s=0.3, max_queue=2))
+    waiting = [
+        asyncio.create_task(client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    full = await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    assert full.status_code == 429
+    assert full.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert full.headers["served-model-name"] == "a"
+    for response in await asyncio.gather(*waiting):
+        assert response.status_code == 503
+        assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert response.headers["retry-after"]
+
+
+async def test_failed_entity_answers_503_with_the_reason(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    dataplane.set_endpoint("ep", [(A, 100)])
+    pending = asyncio.create_task(
+        client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    )
+    await asyncio.sleep(0.05)
+    dataplane.activator.entity_failed(A, "onnxruntime cannot load model.onnx")
+    response = await asyncio.wait_for(pending, 1)
+    assert response.status_code == 503
+    assert "onnxruntime cannot load model.onnx" in response.json()["message"]
+    again = await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    assert again.status_code == 503 and "cannot load" in again.json()["message"]
+
+
+async def test_upstream_timeout_is_504(dataplane: DataPlane, client: httpx.AsyncClient) -> None:
+    async with echo_replica("slow", delay_s=0.5) as replica:
+        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(upstream_timeout_s=0.1))
+        dataplane.activator.replica_ready(replica.info(A))
+        response = await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    assert response.status_code == 504
+    assert response.json()["error_code"] == "DEADLINE_EXCEEDED"
+
+
+async def test_unreachable_replica_is_retried_elsewhere_then_ejected(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("good", capacity=8) as good:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dead = ReplicaInfo("dead", A, f"http://127.0.0.1:{free_port()}", 8)
+        dataplane.activator.replica_ready(dead)
+        dataplane.activator.replica_ready(good.info(A))
+        responses = [
+            await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+            for _ in range(20)
+        ]
+    assert all(response.status_code == 200 for response in responses)
+    assert good.requests == 20
+    dead_slot = next(slot for slot in dataplane.activator.replicas(A) if slot.replica_id == "dead")
+    assert dead_slot.ejected  # two failures in a row: out of rotation until a health check passes
+    assert dataplane.stats.entity(A).retries == 2
+
+
+async def test_load_never_exceeds_replica_capacity(dataplane: DataPlane, client: httpx.AsyncClient) -> None:
+    async with (
+        echo_replica("r1", capacity=3, delay_s=0.02) as one,
+        echo_replica("r2", capacity=3, delay_s=0.02) as two,
+    ):
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(one.info(A))
+        dataplane.activator.replica_ready(two.info(A))
+        responses = await asyncio.gather(
+            *(
+                client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+                for _ in range(40)
+            )
+        )
+    assert all(response.status_code == 200 for response in responses)
+    assert one.max_in_flight <= 3 and two.max_in_flight <= 3
+    assert one.requests + two.requests == 40 and min(one.requests, two.requests) >= 10
+
+
+async def test_client_request_id_is_stripped_and_pins_the_entity(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("ra") as ra, echo_replica("rb") as rb:
+        dataplane.set_endpoint("ep", [(A, 50), (B, 50)])
+        dataplane.activator.replica_ready(ra.info(A))
+        dataplane.activator.replica_ready(rb.info(B))
+        served = set()
+        for _ in range(10):
+            body = b'{"client_request_id": "order-17", "inputs": [1]}'
+            response = await client.post("/serving-endpoints/ep/invocations", content=body, headers=JSON)
+            assert orjson.loads(response.content) == {"inputs": [1]}
+            served.add(response.headers["served-model-name"])
+        bad = await client.post(
+            "/serving-endpoints/ep/invocations",
+            content=b'{"client_request_id": 5, "inputs": [1]}',
+            headers=JSON,
+        )
+    assert len(served) == 1
+    assert bad.status_code == 400 and "client_request_id" in bad.json()["message"]
+
+
+async def test_shadow_entity_gets_a_copy_whose_answer_is_dropped(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("main") as main, echo_replica("shadow") as shadow:
+        dataplane.set_endpoint("ep", [(A, 100)], shadows=[(B, 100)])
+        dataplane.activator.replica_ready(main.info(A))
+        dataplane.activator.replica_ready(shadow.info(B))
+        for _ in range(5):
+            response = await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+            assert response.headers["served-model-name"] == "a"
+        for _ in range(100):
+            if shadow.requests == 5:
+                break
+            await asyncio.sleep(0.01)
+    assert main.requests == 5 and shadow.requests == 5
+
+
+async def test_oversized_body_is_413(dataplane: DataPlane, client: httpx.AsyncClient) -> None:
+    dataplane.max_body_bytes = 1000
+    dataplane.set_endpoint("ep", [(A, 100)])
+    response = await client.post("/serving-endpoints/ep/invocations", content=b"x" * 1001, headers=JSON)
+    assert response.status_code == 413 and response.json()["error_code"] == "REQUEST_TOO_LARGE"
+
+
+async def test_rerouted_endpoint_releases_requests_queued_for_the_old_entity(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    dataplane.set_endpoint("ep", [(A, 100)])
+    pending = asyncio.create_task(
+        client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    )
+    await asyncio.sleep(0.05)
+    dataplane.set_endpoint("ep", [(B, 100)])
+    response = await asyncio.wait_for(pending, 1)
+    assert response.status_code == 503 and "no longer routes" in response.json()["message"]
+    dataplane.remove_endpoint("ep")
+    assert (
+        await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+    ).status_code == 404
+
+
+async def test_stats_count_requests_by_entity_and_status(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        for path in ("/serving-endpoints/ep/invocations", "/serving-endpoints/ep/invocations?status=422"):
+            await client.post(path, content=b"{}", headers=JSON)
+        await client.post("/serving-endpoints/missing/invocations", content=b"{}", headers=JSON)
+    stats = dataplane.stats.entity(A)
+    assert stats.by_status == {200: 1, 422: 1}
+    assert stats.count == 2 and stats.errors() == 1
+    assert stats.cumulative_buckets()[-1] == (float("inf"), 2)
+    assert dataplane.stats.unrouted_by_status == {404: 1}
