@@ -1,0 +1,111 @@
+"""Request ids and structured JSON logs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from router.observability.logging import (
+    REQUEST_ID_SCOPE_KEY,
+    JsonFormatter,
+    RequestIdMiddleware,
+    configure_logging,
+    request_id_var,
+)
+
+app_logger = logging.getLogger("zeroserve.test_app")
+
+
+async def hello(request: Request) -> Response:
+    app_logger.info("handling", extra={"endpoint": "fraud"})
+    return PlainTextResponse(request.scope[REQUEST_ID_SCOPE_KEY])
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("kaput")
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_level = root.level
+    handler = configure_logging("INFO", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+
+
+def client() -> httpx.AsyncClient:
+    app = Starlette(routes=[Route("/hello", hello), Route("/boom", boom)])
+    transport = httpx.ASGITransport(app=RequestIdMiddleware(app), raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+async def test_every_response_carries_a_fresh_request_id(log_stream: io.StringIO) -> None:
+    async with client() as http:
+        first = await http.get("/hello")
+        second = await http.get("/hello")
+    assert first.status_code == 200
+    assert first.headers["x-request-id"] == first.text  # the handler saw the same id
+    assert len(first.headers["x-request-id"]) == 32
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    records = lines(log_stream)
+    handled = [r for r in records if r["message"] == "handling"]
+    assert handled[0]["request_id"] == first.headers["x-request-id"]
+    assert handled[0]["endpoint"] == "fraud" and handled[0]["level"] == "info"
+    access = [r for r in records if r["logger"] == "zeroserve.access"]
+    assert access[0]["request_id"] == first.headers["x-request-id"]
+    assert access[0]["method"] == "GET" and access[0]["path"] == "/hello" and access[0]["status"] == 200
+    assert isinstance(access[0]["duration_ms"], float)
+    assert request_id_var.get() is None  # nothing leaks out of the request
+
+
+async def test_a_sane_client_id_is_kept_and_an_unsafe_one_replaced(log_stream: io.StringIO) -> None:
+    async with client() as http:
+        kept = await http.get("/hello", headers={"x-request-id": "trace-42.a_b:c"})
+        replaced = await http.get("/hello", headers={"x-request-id": "bad id\twith spaces"})
+        too_long = await http.get("/hello", headers={"x-request-id": "x" * 200})
+    assert kept.headers["x-request-id"] == "trace-42.a_b:c"
+    assert replaced.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(replaced.headers["x-request-id"]) == 32
+    assert len(too_long.headers["x-request-id"]) == 32
+
+
+async def test_a_failing_handler_is_logged_with_its_request_id(log_stream: io.StringIO) -> None:
+    async with client() as http:
+        response = await http.get("/boom", headers={"x-request-id": "req-boom"})
+    assert response.status_code == 500
+    access = [r for r in lines(log_stream) if r["logger"] == "zeroserve.access"]
+    assert access[-1]["status"] == 500 and access[-1]["request_id"] == "req-boom"
+
+
+def test_formatter_writes_exceptions_and_non_json_extras() -> None:
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        record = logging.getLogger("x").makeRecord(
+            "x", logging.ERROR, __file__, 1, "failed %s", ("here",), exc_info=sys.exc_info(),
+            extra={"path": Path("/tmp")})
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert entry["message"] == "failed here" and entry["level"] == "error"
+    assert "ValueError: bad value" in entry["exception"]
+    assert entry["path"] == "/tmp"
+    assert entry["ts"].endswith("Z")
