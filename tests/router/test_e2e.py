@@ -1,0 +1,236 @@
+"""The data plane end to end with real processes: replicas are ``python -m runtime`` serving an ONNX
+logistic regression, the router is uvicorn serving the data-plane routes on loopback, clients are
+aiohttp and the stock tritonclient.
+
+Scale-from-zero here uses ``StartOnPoke``, a minimal stand-in for the autoscaler that starts one real
+replica when first poked (the router side — queueing, poking, dispatching on ``replica_ready`` — is
+what is under test; the autoscaler's own tests cover its policy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+import pytest
+from starlette.applications import Starlette
+
+from autoscaler.types import EntityKey
+from router.dataplane import DataPlane, dataplane_routes, error_response, running
+from router.routing import EndpointRouting
+from runtime.errors import ZeroserveError
+from runtime.examples import logreg_rows, make_logreg_onnx
+from tests.router._replicas import ReplicaProcess, replicas_for_test, start_replica
+from tests.router._servers import serving
+
+A = EntityKey("ep", "a")
+B = EntityKey("ep", "b")
+N_FEATURES = 20
+
+
+def body(rows: int = 1) -> bytes:
+    return b'{"inputs": %s}' % str(logreg_rows(N_FEATURES, rows).tolist()).encode()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_logreg_onnx(tmp_path_factory.mktemp("models") / "logreg", n_features=N_FEATURES)
+
+
+class StartOnPoke:
+    """Starts one replica of an entity the first time the router pokes for it."""
+
+    def __init__(self, dataplane: DataPlane, model_dir: Path, started: list[ReplicaProcess]) -> None:
+        self._dataplane = dataplane
+        self._model_dir = model_dir
+        self._started = started
+        self._starting: dict[EntityKey, asyncio.Task[None]] = {}
+        self.pokes = 0
+
+    def poke(self, entity: EntityKey) -> None:
+        self.pokes += 1
+        if entity not in self._starting:
+            self._starting[entity] = asyncio.create_task(self._start(entity))
+
+    def report(self, entity: EntityKey, in_flight: int, queued: int) -> None:
+        pass
+
+    async def _start(self, entity: EntityKey) -> None:
+        replica = await start_replica(self._model_dir, entity, f"{entity.served_entity}-1")
+        self._started.append(replica)
+        self._dataplane.activator.replica_ready(replica.info)
+
+
+@pytest.fixture
+async def dataplane() -> AsyncIterator[DataPlane]:
+    async with running(DataPlane()) as plane:
+        yield plane
+
+
+@pytest.fixture
+async def gateway(dataplane: DataPlane) -> AsyncIterator[str]:
+    app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
+    async with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+class Client:
+    """aiohttp, the fastest client at hand: the router and the client share this process."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self._base_url = base_url
+        self._session = session
+
+    async def post(self, path: str, data: bytes) -> Answer:
+        headers = {"content-type": "application/json"}
+        async with self._session.post(self._base_url + path, data=data, headers=headers) as response:
+            content = await response.read()
+            return Answer(response.status, {k.lower(): v for k, v in response.headers.items()}, content)
+
+
+@pytest.fixture
+async def client(gateway: str) -> AsyncIterator[Client]:
+    connector = aiohttp.TCPConnector(limit=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield Client(gateway, session)
+
+
+async def invoke(client: Client, rows: int = 1) -> Answer:
+    return await client.post("/serving-endpoints/ep/invocations", body(rows))
+
+
+async def test_200_concurrent_requests_at_zero_all_succeed_once_a_replica_is_up(
+    dataplane: DataPlane, client: Client, model_dir: Path
+) -> None:
+    async with replicas_for_test() as started:
+        scaler = StartOnPoke(dataplane, model_dir, started)
+        dataplane.activator.set_scaler(scaler)
+        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(queue_timeout_s=60))
+        responses = await asyncio.gather(*(invoke(client) for _ in range(200)))
+    assert [r.status_code for r in responses] == [200] * 200
+    assert all("predictions" in r.json() and r.headers["served-model-name"] == "a" for r in responses)
+    assert len(started) == 1  # one cold start served them all
+    assert 1 <= scaler.pokes <= 50  # a burst pokes once per interval, not 200 times
+    assert dataplane.activator.concurrency(A) == (0, 0)
+
+
+async def test_full_queue_answers_429_at_once_while_queued_ones_succeed(
+    dataplane: DataPlane, client: Client, model_dir: Path
+) -> None:
+    async with replicas_for_test() as started:
+        dataplane.activator.set_scaler(StartOnPoke(dataplane, model_dir, started))
+        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(max_queue=5))
+
+        async def timed() -> tuple[int, float]:
+            began = time.monotonic()
+            response = await invoke(client)
+            return response.status_code, time.monotonic() - began
+
+        results = await asyncio.gather(*(timed() for _ in range(20)))
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: 5, 429: 15}
+    assert max(seconds for status, seconds in results if status == 429) < 1.0  # not held for the cold start
+
+
+async def test_replica_killed_mid_load_loses_no_request(
+    dataplane: DataPlane, client: Client, model_dir: Path
+) -> None:
+    async with replicas_for_test() as started:
+        first, second = await asyncio.gather(
+            start_replica(model_dir, A, "a-1"), start_replica(model_dir, A, "a-2")
+        )
+        started += [first, second]
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(first.info)
+        dataplane.activator.replica_ready(second.info)
+        done = 0
+
+        async def worker(count: int) -> list[int]:
+            nonlocal done
+            statuses = []
+            for _ in range(count):
+                statuses.append((await invoke(client, rows=4)).status_code)
+                done += 1
+                if done == 100:
+                    first.kill()  # SIGKILL with requests in flight and pooled connections open
+            return statuses
+
+        results = await asyncio.gather(*(worker(25) for _ in range(12)))
+    statuses = [status for worker_statuses in results for status in worker_statuses]
+    assert statuses == [200] * 300
+    killed = next(slot for slot in dataplane.activator.replicas(A) if slot.replica_id == "a-1")
+    assert killed.ejected  # no health check passes: it stays out of rotation
+
+
+async def test_traffic_split_90_10_within_3_percent(
+    dataplane: DataPlane, client: Client, model_dir: Path
+) -> None:
+    async with replicas_for_test() as started:
+        started += await asyncio.gather(
+            start_replica(model_dir, A, "a-1"), start_replica(model_dir, B, "b-1")
+        )
+        dataplane.set_endpoint("ep", [(A, 90), (B, 10)])
+        for replica in started:
+            dataplane.activator.replica_ready(replica.info)
+        served: Counter[str] = Counter()
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                response = await invoke(client)
+                assert response.status_code == 200
+                served[response.headers["served-model-name"]] += 1
+
+        await asyncio.gather(*(worker(125) for _ in range(16)))
+    assert sum(served.values()) == 2000
+    assert abs(served["a"] / 2000 - 0.90) <= 0.03, served
+
+
+async def test_stock_tritonclient_infers_through_the_router(
+    dataplane: DataPlane, gateway: str, model_dir: Path
+) -> None:
+    import tritonclient.http as triton
+
+    async with replicas_for_test() as started:
+        started.append(await start_replica(model_dir, A, "a-1"))
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(started[0].info)
+        rows = logreg_rows(N_FEATURES, 3).astype(np.float32)
+
+        def call() -> tuple[bool, dict[str, object], np.ndarray]:
+            client = triton.InferenceServerClient(gateway.removeprefix("http://"))
+            try:
+                tensor = triton.InferInput("float_input", list(rows.shape), "FP32")
+                tensor.set_data_from_numpy(rows, binary_data=True)
+                output = triton.InferRequestedOutput("probabilities", binary_data=True)
+                result = client.infer("ep", [tensor], outputs=[output])
+                return (
+                    client.is_model_ready("ep"),
+                    client.get_model_metadata("ep"),
+                    result.as_numpy("probabilities"),
+                )
+            finally:
+                client.close()
+
+        ready, metadata, probabilities = await asyncio.to_thread(call)
+    assert ready
+    assert metadata["name"] == "a"
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
