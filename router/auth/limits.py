@@ -116,9 +116,9 @@ class LimitsMiddleware:
             extra = {"Connection": "close"} if isinstance(error, PayloadTooLarge | RequestTimeout) else None
             await send_error(send, error, extra)
         except Exception as exc:
-            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if response_started:
-                raise
+                raise  # the server logs it; the client already has its answer
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             message = "Internal error."
             if self.debug:
                 message += "\n" + "".join(traceback.format_exception(exc))

@@ -119,7 +119,8 @@ def test_body_shorter_than_its_content_length_times_out(port: int) -> None:
 def test_body_longer_than_its_content_length_does_not_smuggle_a_request(port: int) -> None:
     # The extra bytes are parsed as the start of a next request, which is garbage: a clean 400, and the
     # connection is closed rather than left in an unknown state.
-    response = raw_exchange(port, b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}GARBAGE\r\n\r\n")
+    request = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}GARBAGE\r\n\r\n"
+    response = raw_exchange(port, request)
     assert b"HTTP/1.1 400" in response
     assert b"HTTP/1.1 5" not in response
     assert_healthy(port)

@@ -3,6 +3,7 @@ request heads bounded in size and time, X-Forwarded-* believed only from trusted
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -28,7 +29,8 @@ async def whoami(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     body = f"{scope['client'][0]} {scope['scheme']}".encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -43,7 +45,8 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -89,14 +92,16 @@ def test_tls12_is_accepted(https_port: int, certificate: tuple[Path, Path]) -> N
     with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
         assert tls.version() == "TLSv1.2"
-        assert "GCM" in tls.cipher()[0] or "CHACHA20" in tls.cipher()[0]
+        cipher = tls.cipher()
+        assert cipher is not None and ("GCM" in cipher[0] or "CHACHA20" in cipher[0])
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")  # offering them is the point
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["tls1.0", "tls1.1"])
 def test_old_tls_is_refused(https_port: int, certificate: tuple[Path, Path], version: ssl.TLSVersion) -> None:
     context = client_context(certificate[0], version)
-    with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw, pytest.raises(ssl.SSLError) as err:
+    raw = socket.create_connection(("127.0.0.1", https_port), timeout=5)
+    with raw, pytest.raises(ssl.SSLError) as err:
         context.wrap_socket(raw, server_hostname="127.0.0.1")
     # The server's refusal, not the client's inability to offer the version.
     # (the server alerts or hangs up; a client unable to offer the version would say NO_PROTOCOLS_AVAILABLE).
@@ -165,10 +170,8 @@ def test_trickled_head_times_out(limited_port: int) -> None:
                 time.sleep(0.05)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        try:
+        with contextlib.suppress(ConnectionResetError):
             answer = sock.recv(65536)
-        except ConnectionResetError:
-            pass
     assert answer.startswith(b"HTTP/1.1 408")
     assert time.monotonic() - started < 4
 
