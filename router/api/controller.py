@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from autoscaler.spec import EntitySpec
@@ -31,7 +31,7 @@ from router.api.models import (
     validate_name,
 )
 from router.api.specs import check_specs, routing_for
-from router.routing import RoutingTable
+from router.routing import EndpointRouting
 from router.state import EndpointRecord, EndpointStore
 from runtime.errors import InvalidParameterValue
 
@@ -52,12 +52,22 @@ class Scaler(RolloutProbe, Protocol):
     async def remove(self, entity: EntityKey) -> Any: ...
 
 
+class Router(Protocol):
+    """Where traffic goes (``router.dataplane.DataPlane``, or a bare ``RoutingTable``)."""
+
+    def set_endpoint(
+        self, name: str, routes: Iterable[tuple[EntityKey, int]], settings: EndpointRouting | None = None
+    ) -> Any: ...
+
+    def remove_endpoint(self, name: str) -> None: ...
+
+
 class EndpointController:
     def __init__(
         self,
         store: EndpointStore,
         scaler: Scaler,
-        routing: RoutingTable,
+        routing: Router,
         *,
         rollout_timeout_s: float = 300.0,
         poll_interval_s: float = 0.05,
@@ -71,6 +81,8 @@ class EndpointController:
         # Entity removals in the background, per endpoint: a re-created endpoint of the same name waits
         # for them so that its entities never collide with the old ones still draining.
         self._removals: dict[str, set[asyncio.Task[None]]] = {}
+        # Called with the record of each deleted endpoint (e.g. to drop its permission grants).
+        self.on_deleted: list[Callable[[EndpointRecord], Any]] = []
 
     # ---- API actions -------------------------------------------------------------------------
 
@@ -111,6 +123,8 @@ class EndpointController:
         self.routing.remove_endpoint(name)
         keys = {EntityKey(name, e.name) for e in _entities(record.config, record.pending)}
         self._remove_later(name, keys)
+        for hook in self.on_deleted:
+            hook(record)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

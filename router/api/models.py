@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -211,8 +212,14 @@ def _describe(exc: ValidationError, prefix: str) -> str:
     return "; ".join(problems)
 
 
-def normalize_config(raw: EndpointCoreConfigInput, prefix: str = "config") -> EndpointConfig:
-    """Validate the cross-field rules and resolve names, URIs and traffic."""
+Resolver = Callable[[str, "str | None", str], str]
+
+
+def normalize_config(
+    raw: EndpointCoreConfigInput, prefix: str = "config", *, resolve: Resolver | None = None
+) -> EndpointConfig:
+    """Validate the cross-field rules and resolve names, URIs (``resolve``, default the registry rule)
+    and traffic."""
     if raw.served_entities and raw.served_models:
         raise InvalidParameterValue(f"{prefix}: give served_entities or served_models, not both")
     legacy = not raw.served_entities and bool(raw.served_models)
@@ -222,7 +229,10 @@ def normalize_config(raw: EndpointCoreConfigInput, prefix: str = "config") -> En
         raise InvalidParameterValue(f"{prefix}.served_entities: at least one served entity is required")
     if len(inputs) > 15:
         raise InvalidParameterValue(f"{prefix}.{field}: at most 15 served entities per endpoint")
-    entities = [_normalize_entity(item, f"{prefix}.{field}[{i}]", legacy) for i, item in enumerate(inputs)]
+    resolver = resolve or resolve_model_uri
+    entities = [
+        _normalize_entity(item, f"{prefix}.{field}[{i}]", legacy, resolver) for i, item in enumerate(inputs)
+    ]
     seen: set[str] = set()
     for i, entity in enumerate(entities):
         if entity.name in seen:
@@ -233,12 +243,12 @@ def normalize_config(raw: EndpointCoreConfigInput, prefix: str = "config") -> En
     return EndpointConfig(served_entities=entities, routes=_normalize_routes(raw, entities, prefix))
 
 
-def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool) -> ServedEntity:
+def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool, resolve: Resolver) -> ServedEntity:
     entity_name = item.entity_name or item.model_name
     version = item.entity_version or item.model_version
     if not entity_name:
         raise InvalidParameterValue(f"{where}.{'model_name' if legacy else 'entity_name'}: is required")
-    model_uri = resolve_model_uri(entity_name, version, where)
+    model_uri = resolve(entity_name, version, where)
     if item.name is not None:
         name = validate_name(item.name, f"{where}.name")
     else:

@@ -116,8 +116,6 @@ def _entity(
     record: EndpointRecord, version: ConfigVersion, entity: ServedEntity, state_of: StateOf
 ) -> dict[str, Any]:
     state = state_of(EntityKey(record.name, entity.name)) or UNKNOWN
-    autoscaling = dataclasses.asdict(entity_spec(entity).autoscaling)
-    autoscaling["workload_size"] = autoscaling["workload_size"].value
     return _without_none({
         "name": entity.name,
         "entity_name": entity.entity_name,
@@ -129,7 +127,7 @@ def _entity(
         "min_provisioned_concurrency": entity.min_provisioned_concurrency,
         "max_provisioned_concurrency": entity.max_provisioned_concurrency,
         "environment_vars": entity.environment_vars or None,
-        "autoscaling": autoscaling,
+        "autoscaling": autoscaling_view(entity),
         "creation_timestamp": version.created_ms,
         "creator": record.creator,
         "state": {
@@ -139,6 +137,13 @@ def _entity(
             "scaling": state.scaling,
         },
     })
+
+
+def autoscaling_view(entity: ServedEntity) -> dict[str, Any]:
+    """The effective autoscaling settings of an entity (its own plus the defaults)."""
+    autoscaling = dataclasses.asdict(entity_spec(entity).autoscaling)
+    autoscaling["workload_size"] = autoscaling["workload_size"].value
+    return autoscaling
 
 
 def _as_served_model(entity: dict[str, Any]) -> dict[str, Any]:

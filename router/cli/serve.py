@@ -1,0 +1,212 @@
+"""``zeroserve serve``, ``up``, ``status``, ``invoke`` and ``logs``: run a gateway and look at it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from router.cli import cli
+from router.cli._client import GatewayClient, gateway_options, load_json_argument, print_json
+from router.cli._render import console, endpoint_state, err_console
+from router.cli.endpoints import API
+
+EXAMPLE_ENDPOINT = "propensity"
+
+
+def _settings(host: str | None, port: int | None, home: str | None) -> Any:
+    from router.settings import GatewaySettings
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if home is not None:
+        overrides["home"] = Path(home)
+    try:
+        return GatewaySettings(**overrides)
+    except Exception as exc:  # pydantic's ValidationError: show it as a usage problem, not a traceback
+        raise click.ClickException(f"invalid gateway settings: {exc}") from None
+
+
+def _server_options(command: Any) -> Any:
+    options = [
+        click.option("--host", default=None, help="Address to listen on [env ZEROSERVE_HOST, 127.0.0.1]."),
+        click.option("--port", type=click.IntRange(0, 65535), default=None,
+                     help="Port [env ZEROSERVE_PORT, 8484; 0 picks a free one]."),
+        click.option("--home", default=None, help="State directory [env ZEROSERVE_HOME, ~/.zeroserve]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run(settings: Any, hooks: list[Any]) -> None:
+    from router.gateway import serve
+
+    try:
+        serve(settings, on_ready=hooks)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("serve")
+@_server_options
+def serve_command(host: str | None, port: int | None, home: str | None) -> None:
+    """Run the gateway: control-plane API, data plane, autoscaler and local replicas, in one process."""
+    _run(_settings(host, port, home), [])
+
+
+@cli.command("up")
+@_server_options
+@click.option("--example", is_flag=True, help="Also deploy the example endpoint (a propensity model).")
+def up(host: str | None, port: int | None, home: str | None, example: bool) -> None:
+    """Start the gateway in the foreground (Ctrl-C stops it); with --example, deploy an example model."""
+    settings = _settings(host, port, home)
+    hooks = [_deploy_example] if example else [_print_ready]
+    _run(settings, hooks)
+
+
+async def _print_ready(gateway: Any) -> None:
+    console.print(f"[bold green]zeroserve is up[/] at {gateway.url}  (state in {gateway.settings.home})")
+
+
+async def _deploy_example(gateway: Any) -> None:
+    # In the background: the HTTP server starts accepting only after start-up hooks return.
+    task = asyncio.create_task(_example(gateway), name="deploy example")
+    gateway.background = task  # keep a reference for the life of the gateway
+
+
+async def _example(gateway: Any) -> None:
+    from router.cli.example import deploy_example
+
+    try:
+        lines = await deploy_example(gateway)
+    except Exception as exc:
+        err_console.print(f"[red]could not deploy the example endpoint:[/] {exc}")
+        return
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@cli.command("status")
+@gateway_options
+def status(client: GatewayClient, output: str) -> None:
+    """A table of endpoints, their served entities, replicas and recent scaling reasons."""
+    listed = client.call("GET", API).get("endpoints", [])
+    details = [client.call("GET", f"{API}/{e['name']}") for e in listed]
+    if output == "json":
+        print_json(details)
+        return
+    if not details:
+        console.print(f"gateway {client.url}: no endpoints yet")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"gateway {client.url}", title_justify="left")
+    for column in ("endpoint", "state", "served entity", "traffic", "deployment", "replicas", "last scaling"):
+        table.add_column(column)
+    for endpoint in details:
+        config = endpoint.get("config") or endpoint.get("pending_config") or {}
+        traffic = {r.get("served_entity_name"): r.get("traffic_percentage")
+                   for r in (config.get("traffic_config") or {}).get("routes", [])}
+        first = True
+        for entity in config.get("served_entities", []) or [{}]:
+            state = entity.get("state", {})
+            replicas = state.get("replicas", {})
+            scaling = state.get("scaling") or []
+            table.add_row(
+                endpoint["name"] if first else "",
+                endpoint_state(endpoint) if first else "",
+                entity.get("name", "-"),
+                f"{traffic.get(entity.get('name'), 0)}%" if entity else "",
+                state.get("deployment", "-").removeprefix("DEPLOYMENT_"),
+                _replicas(replicas),
+                scaling[-1]["reason"] if scaling else "-",
+            )
+            first = False
+    console.print(table)
+
+
+def _replicas(replicas: dict[str, int]) -> str:
+    if not replicas:
+        return "-"
+    text = f"{replicas.get('ready', 0)} ready / {replicas.get('desired', 0)} desired"
+    for state in ("starting", "draining"):
+        if replicas.get(state):
+            text += f", {replicas[state]} {state}"
+    return text
+
+
+@cli.command("invoke")
+@click.argument("name")
+@click.option("--json", "json_text", help="Request body, e.g. '{\"dataframe_records\": [...]}'.")
+@click.option("--file", "-f", "json_file", help="Request body from a JSON file ('-' for stdin).")
+@click.option("--csv", "csv_file", help="Send a CSV file (text/csv) instead of JSON.")
+@gateway_options
+def invoke(client: GatewayClient, output: str, name: str, json_text: str | None, json_file: str | None,
+           csv_file: str | None) -> None:
+    """Query endpoint NAME (MLflow scoring protocol) and print the predictions."""
+    path = f"/serving-endpoints/{name}/invocations"
+    if csv_file is not None:
+        if json_text is not None or json_file is not None:
+            raise click.UsageError("give --csv or a JSON body, not both")
+        try:
+            content = click.open_file(csv_file, "rb").read()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {csv_file}: {exc.strerror}") from None
+        response = client.request("POST", path, content=content, headers={"Content-Type": "text/csv"})
+    else:
+        body = load_json_argument(json_text, json_file, "the request body")
+        response = client.request("POST", path, json=body)
+    served = response.headers.get("served-model-name", "")
+    try:
+        answer = response.json()
+    except ValueError:
+        raise click.ClickException("the endpoint answered with something that is not JSON") from None
+    if output == "json":
+        print_json(answer)
+        return
+    err_console.print(f"served by [bold]{served}[/]")
+    click.echo(json.dumps(answer))
+
+
+@cli.command("logs")
+@click.argument("name")
+@click.argument("served", required=False)
+@click.option("--build", is_flag=True, help="Show how the replicas were brought up instead.")
+@gateway_options
+def logs(client: GatewayClient, output: str, name: str, served: str | None, build: bool) -> None:
+    """Logs of endpoint NAME's served entity SERVED (default: every served entity)."""
+    if served is None:
+        endpoint = client.call("GET", f"{API}/{name}")
+        config = endpoint.get("config") or endpoint.get("pending_config") or {}
+        names = [e["name"] for e in config.get("served_entities", [])]
+    else:
+        names = [served]
+    kind = "build-logs" if build else "logs"
+    collected = {
+        n: client.call("GET", f"{API}/{name}/served-models/{n}/{kind}").get("logs", "") for n in names
+    }
+    if output == "json":
+        print_json(collected)
+        return
+    for entity, text in collected.items():
+        if len(collected) > 1:
+            console.print(f"[bold]== {entity} ==[/]")
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+def curl_command(url: str, name: str, body: dict[str, Any], token: str | None) -> str:
+    parts = ["curl", "-s", f"{url}/serving-endpoints/{name}/invocations"]
+    parts += ["-H", "Content-Type: application/json"]
+    if token:
+        parts += ["-H", f"Authorization: Bearer {token}"]
+    parts += ["-d", json.dumps(body)]
+    return " ".join(shlex.quote(part) for part in parts)

@@ -1,0 +1,265 @@
+"""The gateway: one asyncio process holding the control-plane API, the data plane, the autoscaler
+loop and its backend, with desired state in SQLite under ``ZEROSERVE_HOME``.
+
+Start-up order matters for a restart after a crash: open the database, start the data plane (so it can
+take replica announcements), start the autoscaler, then restore every stored endpoint (its active
+config is applied and routed, interrupted rollouts resume). Only then does ``/readyz`` answer 200 and
+``gateway.json`` tell the CLI where the gateway is. Shutdown runs the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import version as package_version
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from autoscaler.backend import Backend, Clock
+from autoscaler.loop import Autoscaler
+from autoscaler.types import EntityKey
+from router.api.controller import EndpointController
+from router.api.handlers import ControlPlane, JSONResponse
+from router.api.observed import AutoscalerScaler, endpoint_metrics
+from router.api.openapi import gateway_openapi
+from router.auth.access import FrontDoorAccess
+from router.auth.directory import StoreDirectory
+from router.auth.frontdoor import FrontDoor
+from router.auth.settings import SecuritySettings
+from router.dataplane import DataPlane, dataplane_routes, error_response
+from router.db import Database
+from router.settings import GatewaySettings
+from router.state import EndpointStore
+from runtime.errors import ZeroserveError
+
+logger = logging.getLogger(__name__)
+
+ReadyHook = Callable[["Gateway"], Awaitable[None]]
+
+
+def _version() -> str:
+    try:
+        return package_version("zeroserve")
+    except Exception:
+        return "0"
+
+
+class Gateway:
+    """All parts of one gateway process, wired together; ``app`` is the ASGI application to serve."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        backend: Backend | None = None,
+        clock: Clock | None = None,
+        security: SecuritySettings | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.ensure_home()
+        self.db = Database(settings.db_path)
+        self.store = EndpointStore(self.db)
+        self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
+        self.dataplane = DataPlane()
+        self.backend = backend if backend is not None else _local_backend(settings)
+        self.autoscaler = Autoscaler(self.backend, clock, self.dataplane.listener)
+        self.dataplane.activator.set_scaler(self.autoscaler)
+        self.scaler = AutoscalerScaler(self.autoscaler)
+        self.controller = EndpointController(
+            self.store, self.scaler, self.dataplane, rollout_timeout_s=settings.rollout_timeout_s
+        )
+        # Grants are keyed by endpoint id: a deleted endpoint's go with it.
+        self.controller.on_deleted.append(lambda record: self.front_door.permissions.forget(record.id))
+        self.control_plane = ControlPlane(
+            controller=self.controller,
+            state_of=self.scaler.entity_state,
+            logs_of=self.scaler.logs,
+            build_logs_of=self.scaler.build_logs,
+            metrics_of=self.endpoint_metrics,
+            access=FrontDoorAccess(self.front_door),
+        )
+        self.ready = False
+        self.url: str | None = None
+        # A generated admin token (first start only), to be shown once.
+        self.admin_token: str | None = None
+        self.on_ready: list[ReadyHook] = []
+        self.background: set[asyncio.Task[Any]] = set()
+        self.app = Starlette(
+            routes=self.routes(),
+            exception_handlers={ZeroserveError: error_response, HTTPException: _http_error},
+            lifespan=self._lifespan,
+        )
+        # What the server runs: the app behind the front door (auth, limits, audit, rate limits).
+        self.asgi = self.front_door.wrap(self.app)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            *self.control_plane.routes(),
+            *self.front_door.routes(self.store),
+            *dataplane_routes(self.dataplane),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.admin_token = self.front_door.startup()
+        await self.dataplane.start()
+        await self.autoscaler.start()
+        await self.controller.restore()
+        self.ready = True
+        for hook in self.on_ready:
+            await hook(self)
+
+    async def aclose(self) -> None:
+        self.ready = False
+        self._forget_url()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.controller.aclose()
+        await self.autoscaler.stop()  # drains and stops every replica, closes the backend
+        await self.dataplane.aclose()
+        self.db.close()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    def announce(self, url: str) -> None:
+        """Record where this gateway listens, for the CLI on this machine (``gateway.json``)."""
+        self.url = url
+        path = self.settings.home / "gateway.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        temporary.replace(path)
+
+    def _forget_url(self) -> None:
+        path = self.settings.home / "gateway.json"
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    # ---- operational routes ------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the process answers."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: state restored, endpoints re-applied."""
+        if not self.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok", "endpoints": len(self.store.list_all())})
+
+    async def openapi(self, request: Request) -> Response:
+        """The OpenAPI document of every route of this gateway."""
+        return JSONResponse(gateway_openapi(self.app.routes, _version()))
+
+    def endpoint_metrics(self, name: str) -> bytes:
+        record = self.store.get(name)
+        versions = [v for v in (record.config, record.pending) if v is not None]
+        keys = sorted({EntityKey(name, e.name) for v in versions for e in v.config.served_entities})
+        return endpoint_metrics(name, keys, self.dataplane.stats, self.scaler.entity_state)
+
+
+def _local_backend(settings: GatewaySettings) -> Backend:
+    from autoscaler.backends.local import LocalBackend
+
+    backend: Backend = LocalBackend()
+    return backend
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Unknown routes and methods answer in the API's error shape, like everything else.
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        code, message = "ENDPOINT_NOT_FOUND", f"No API found for '{request.method} {request.url.path}'"
+    elif exc.status_code == 405:
+        code, message = "BAD_REQUEST", f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        code, message = "BAD_REQUEST", str(exc.detail)
+    return JSONResponse({"error_code": code, "message": message}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving, so that port 0 resolves to a real port we can announce."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    settings: GatewaySettings,
+    *,
+    security: SecuritySettings | None = None,
+    on_ready: list[ReadyHook] | None = None,
+    **gateway_args: Any,
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM (uvicorn with uvloop and httptools)."""
+    import uvicorn
+
+    from router.auth.tls import INSECURE_BANNER, harden, insecure_bind_error, uvicorn_options
+
+    security = security or SecuritySettings()
+    if security.insecure_no_auth:
+        refusal = insecure_bind_error(settings.host)
+        if refusal is not None:
+            raise OSError(refusal)
+        logger.warning(INSECURE_BANNER)
+    options = uvicorn_options(
+        ssl_certfile=str(security.ssl_certfile) if security.ssl_certfile else None,
+        ssl_keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
+        max_header_bytes=security.max_header_bytes,
+        header_timeout_s=security.header_timeout_s,
+    )
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    scheme = "https" if security.ssl_certfile else "http"
+    url = f"{scheme}://{'[' + display_host + ']' if ':' in display_host else display_host}:{port}"
+    gateway = Gateway(settings, security=security, **gateway_args)
+
+    async def announce(gw: Gateway) -> None:
+        gw.announce(url)
+        logger.info("zeroserve gateway ready at %s", url)
+
+    gateway.on_ready.append(announce)
+    gateway.on_ready.extend(on_ready or [])
+    config = uvicorn.Config(
+        gateway.asgi,
+        loop="uvloop",
+        lifespan="on",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        access_log=False,
+        **options,
+    )
+    server = uvicorn.Server(harden(config))
+    server.run(sockets=[sock])

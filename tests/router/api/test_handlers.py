@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from autoscaler.types import EntityKey
+from tests.router.api.conftest import API, Harness, entity
+
+
+async def create(harness: Harness, name: str = "ep", **config: Any) -> dict[str, Any]:
+    body = {"name": name, "config": {"served_entities": [entity()], **config}}
+    response = await harness.client.post(API, json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_create_answers_in_progress_then_becomes_ready(harness: Harness) -> None:
+    created = await create(harness)
+    assert created["state"] == {"ready": "NOT_READY", "config_update": "IN_PROGRESS"}
+    assert created["pending_config"]["config_version"] == 1
+    assert created["endpoint_url"] == "http://gateway/serving-endpoints/ep/invocations"
+    assert isinstance(created["creation_timestamp"], int) and created["creation_timestamp"] > 1e12
+    assert len(created["id"]) == 32
+
+    body = await harness.settle("ep")
+    assert body["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}
+    assert "pending_config" not in body
+    config = body["config"]
+    assert config["config_version"] == 1
+    (served,) = config["served_entities"]
+    assert served["name"] == "propensity-1"
+    assert served["entity_version"] == "1"
+    assert served["state"]["deployment"] == "DEPLOYMENT_READY"
+    assert served["state"]["replicas"] == {"desired": 1, "starting": 0, "ready": 1, "draining": 0}
+    assert served["state"]["scaling"], "the first scale-up has a reason"
+    assert served["autoscaling"]["container_concurrency"] == 4
+    assert config["traffic_config"]["routes"] == [
+        {"served_entity_name": "propensity-1", "served_model_name": "propensity-1", "traffic_percentage": 100}
+    ]
+    assert harness.gateway.dataplane.table.lookup("ep").entities == (EntityKey("ep", "propensity-1"),)
+
+
+async def test_list_get_and_errors(harness: Harness) -> None:
+    await create(harness, "a")
+    await create(harness, "b")
+    listed = (await harness.client.get(API)).json()["endpoints"]
+    assert [e["name"] for e in listed] == ["a", "b"]
+    assert listed[0]["config"]["served_entities"] == [
+        {"name": "propensity-1", "entity_name": "file:///models/propensity", "entity_version": "1"}
+    ]
+
+    duplicate = await harness.client.post(API, json={"name": "a", "config": {"served_entities": [entity()]}})
+    assert duplicate.status_code == 409
+    assert duplicate.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+
+    missing = await harness.client.get(f"{API}/nope")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Serving endpoint 'nope' does not exist."
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "bad name", "config": {"served_entities": [entity()]}}, "name 'bad name' is invalid"),
+        ({"name": "ep", "config": {"served_entities": [entity(workload_size="XL")]}},
+         "config.served_entities[0].workload_size"),
+        ({"name": "ep", "config": {"served_entities": [entity(min_provisioned_concurrency=100)]}},
+         "config.served_entities[0]: min_provisioned_concurrency must be <= max_provisioned_concurrency (4)"),
+        ({"name": "ep"}, "config: Field required"),
+        ({"name": "ep", "config": {"name": "other", "served_entities": [entity()]}}, "does not match"),
+        ([1, 2], "must be a JSON object"),
+    ],
+    ids=["bad-name", "bad-size", "floor-above-ceiling", "no-config", "config-name-mismatch", "not-object"],
+)
+async def test_invalid_create_is_400_naming_the_field(harness: Harness, body: Any, fragment: str) -> None:
+    response = await harness.client.post(API, json=body)
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert fragment in response.json()["message"]
+    assert (await harness.client.get(API)).json()["endpoints"] == []
+
+
+async def test_malformed_json_and_unknown_routes(harness: Harness) -> None:
+    headers = {"Content-Type": "application/json"}
+    response = await harness.client.post(API, content=b"{not json", headers=headers)
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["message"]
+    unknown = await harness.client.get("/api/2.0/nothing-here")
+    assert unknown.status_code == 404
+    assert unknown.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    well_known = await harness.client.get("/.well-known/databricks-config")
+    assert well_known.status_code == 404
+
+
+async def test_unknown_fields_are_ignored(harness: Harness) -> None:
+    body = {"name": "ep", "newer_field": 1, "config": {"served_entities": [entity(newer=True)], "x": {}}}
+    assert (await harness.client.post(API, json=body)).status_code == 200
+
+
+async def test_tags_patch_and_delete(harness: Harness) -> None:
+    await create(harness, "ep")
+    response = await harness.client.patch(
+        f"{API}/ep/tags", json={"add_tags": [{"key": "team", "value": "ds"}, {"key": "flag"}]}
+    )
+    assert response.json() == {"tags": [{"key": "flag"}, {"key": "team", "value": "ds"}]}
+    response = await harness.client.patch(f"{API}/ep/tags", json={"delete_tags": ["flag"]})
+    assert response.json() == {"tags": [{"key": "team", "value": "ds"}]}
+    assert (await harness.client.get(f"{API}/ep")).json()["tags"] == [{"key": "team", "value": "ds"}]
+
+    await harness.settle("ep")
+    assert (await harness.client.delete(f"{API}/ep")).json() == {}
+    assert (await harness.client.get(f"{API}/ep")).status_code == 404
+    assert "ep" not in harness.gateway.dataplane.table
+    assert (await harness.client.delete(f"{API}/ep")).status_code == 404
+    # The name is free again at once; the old entity has been removed first.
+    await create(harness, "ep")
+    assert (await harness.settle("ep"))["state"]["ready"] == "READY"
+
+
+async def test_logs_metrics_openapi_and_events(harness: Harness) -> None:
+    await create(harness, "ep")
+    await harness.settle("ep")
+    logs = await harness.client.get(f"{API}/ep/served-models/propensity-1/logs")
+    assert "fake replica" in logs.json()["logs"]
+    build = await harness.client.get(f"{API}/ep/served-models/propensity-1/build-logs")
+    assert "model file:///models/propensity" in build.json()["logs"]
+    missing = await harness.client.get(f"{API}/ep/served-models/nope/logs")
+    assert missing.status_code == 404
+
+    metrics = await harness.client.get(f"{API}/ep/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'zeroserve_replicas{endpoint="ep",served_entity="propensity-1",state="ready"} 1.0' in metrics.text
+
+    document = (await harness.client.get("/openapi.json")).json()
+    paths = document["paths"]
+    for path in ("/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/{name}/config",
+                 "/serving-endpoints/{name}/invocations", "/v2/models/{name}/infer", "/healthz"):
+        assert path in paths
+    assert "requestBody" in paths["/api/2.0/serving-endpoints"]["post"]
+    endpoint_doc = (await harness.client.get(f"{API}/ep/openapi")).json()
+    assert "/serving-endpoints/ep/invocations" in endpoint_doc["paths"]
+
+    events = (await harness.client.get(f"{API}/ep/events")).json()["events"]
+    assert [e["kind"] for e in events] == ["CREATED", "UPDATE_SUCCEEDED"]
+    assert events[0]["principal"] == "admin"
+
+
+async def test_no_token_is_401_and_probes_are_public(harness: Harness) -> None:
+    client = harness.client
+    assert (await client.get(API, headers={"Authorization": ""})).status_code == 401
+    assert (await client.get("/healthz", headers={"Authorization": ""})).status_code == 200
+    ready = await client.get("/readyz", headers={"Authorization": ""})
+    assert ready.json()["status"] == "ok"
