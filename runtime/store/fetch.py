@@ -134,12 +134,12 @@ async def _materialize(
     key = version_key(resolved.location, resolved.files)
     pin = cache.pin(key)
     try:
-        handle = _adopt_if_published(cache, uri, key, resolved, settings, pin)
+        handle = _adopt_if_published(cache, uri, key, resolved, settings, pin, repair=False)
         if handle is not None:
             return handle
         async with _single_flight(cache.lock_path(key), settings.lock_timeout_s, uri):
             # Another process may have published it while this one waited for the lock.
-            handle = _adopt_if_published(cache, uri, key, resolved, settings, pin)
+            handle = _adopt_if_published(cache, uri, key, resolved, settings, pin, repair=True)
             if handle is not None:
                 return handle
             metrics.add("misses")
@@ -166,10 +166,21 @@ async def _materialize(
 
 
 def _adopt_if_published(
-    cache: Cache, uri: str, key: str, resolved: Resolved, settings: StoreSettings, pin: Pin
+    cache: Cache,
+    uri: str,
+    key: str,
+    resolved: Resolved,
+    settings: StoreSettings,
+    pin: Pin,
+    *,
+    repair: bool,
 ) -> ModelHandle | None:
+    """A handle on the published version ``key`` if it verifies; ``repair`` (under the fetch lock)
+    drops the blobs of a damaged one so that the fetch that follows replaces them."""
     manifest, bad = cache.check_version(key, full=settings.cache_verify == "full")
     if manifest is None:
+        return None
+    if bad and not repair:
         return None
     if bad:
         # Never load a damaged file: drop the damaged blobs (their inodes stay valid for any process

@@ -38,13 +38,16 @@ _RETRYABLE_CODES = {
 }  # fmt: skip
 # Transport failures: the store may answer if asked again (and if it never does, it is unreachable).
 _TRANSPORT_ERRORS = (
-    boto_errors.HTTPClientError,  # connection refused/reset/closed, timeouts, proxy errors
+    boto_errors.HTTPClientError,  # resets, closed connections, timeouts, proxy errors
+    boto_errors.ConnectionError,  # connection refused, endpoint unreachable
     boto_errors.ResponseStreamingError,
     boto_errors.IncompleteReadError,
     aiohttp.ClientError,
     asyncio.TimeoutError,
     ConnectionError,
 )
+# The body failed the store's checksum (CRC32/SHA of the object): refetch the range from its start.
+_CORRUPT_BODY = (boto_errors.ChecksumError, boto_errors.FlexibleChecksumError)
 
 _session: AioSession | None = None
 
@@ -180,9 +183,18 @@ class S3Store:
                         await self._drain(body, fd, cursor, end, progress)
                 if cursor.offset < end:
                     raise _ShortRead(f"body ended at byte {cursor.offset} of {end}")
-            except (*_TRANSPORT_ERRORS, _ShortRead, boto_errors.ClientError) as exc:
+            except (
+                *_TRANSPORT_ERRORS,
+                _ShortRead,
+                boto_errors.ClientError,
+                *_CORRUPT_BODY,
+            ) as exc:
                 if isinstance(exc, boto_errors.ClientError) and not _retryable(exc):
                     raise _definitive(exc, f"s3://{bucket}/{file.key}") from exc
+                if isinstance(exc, _CORRUPT_BODY):
+                    # The store's own checksum of the body failed: what was written is suspect, so the
+                    # range starts over instead of resuming.
+                    cursor.offset = began_at = start
                 # Progress resets the count: a link that keeps dropping but keeps moving gets there.
                 failures = 0 if cursor.offset > began_at else failures + 1
                 if failures >= self._settings.retry_attempts:

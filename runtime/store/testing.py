@@ -11,6 +11,7 @@ import http.client
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -41,7 +42,9 @@ class S3Proxy:
 
     ``counts["GET"]`` is the number of object GETs seen. ``cut_gets(n, after_bytes)`` makes the next
     ``n`` object GETs drop the connection after that many body bytes; ``fail_gets(n, status)`` answers
-    the next ``n`` with an S3 error (503 SlowDown by default) without forwarding them.
+    the next ``n`` with an S3 error (503 SlowDown by default) without forwarding them;
+    ``corrupt_gets(n)`` flips the first body byte of the next ``n``; ``before_get`` (if set) runs
+    before each object GET is forwarded.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -51,6 +54,8 @@ class S3Proxy:
         self._lock = threading.Lock()
         self._cuts: list[int] = []
         self._failures: list[int] = []
+        self._corruptions = 0
+        self.before_get: Callable[[], None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-proxy", daemon=True)
@@ -90,16 +95,29 @@ class S3Proxy:
         with self._lock:
             self._failures.extend([status] * count)
 
-    def _next_fault(self, kind: str) -> tuple[int | None, int | None]:
+    def corrupt_gets(self, count: int) -> None:
+        with self._lock:
+            self._corruptions += count
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._cuts.clear()
+            self._failures.clear()
+            self._corruptions = 0
+
+    def _next_fault(self, kind: str) -> tuple[int | None, int | None, bool]:
         with self._lock:
             self.counts[kind] += 1
             if kind != "GET":
-                return None, None
+                return None, None, False
             if self._failures:
-                return self._failures.pop(0), None
+                return self._failures.pop(0), None, False
             if self._cuts:
-                return None, self._cuts.pop(0)
-            return None, None
+                return None, self._cuts.pop(0), False
+            if self._corruptions:
+                self._corruptions -= 1
+                return None, None, True
+            return None, None, False
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -112,7 +130,9 @@ class S3Proxy:
 
             def _forward(self) -> None:
                 kind = request_kind(self.command, self.path)
-                status, cut_after = proxy._next_fault(kind)
+                status, cut_after, corrupt = proxy._next_fault(kind)
+                if kind == "GET" and proxy.before_get is not None:
+                    proxy.before_get()
                 if kind == "GET" and self.headers.get("Range"):
                     with proxy._lock:
                         proxy.ranges.append(self.headers["Range"])
@@ -139,6 +159,8 @@ class S3Proxy:
                     self.end_headers()
                     sent = 0
                     while chunk := response.read(_CHUNK):
+                        if corrupt and sent == 0 and response.status < 300:
+                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                         if cut_after is not None and sent + len(chunk) > cut_after:
                             self.wfile.write(chunk[: cut_after - sent])
                             self.wfile.flush()
@@ -151,7 +173,7 @@ class S3Proxy:
                     upstream.close()
 
             def _send_error(self, status: int) -> None:
-                code = "SlowDown" if status == 503 else "InternalError"
+                code = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey"}.get(status, "InternalError")
                 payload = (
                     f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                     f"<Message>injected by S3Proxy</Message></Error>"

@@ -22,8 +22,11 @@ _DUMMY_AWS = {
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     saved = {k: os.environ.get(k) for k in _DUMMY_AWS}
     os.environ.update(_DUMMY_AWS)  # never reach for real credentials
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
