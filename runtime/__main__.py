@@ -1,0 +1,120 @@
+"""``python -m runtime --model-uri URI --port PORT``: one replica process.
+
+Prints exactly one line, ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ...}``, once the model is
+loaded, warmed and the port accepts requests. Exits 1 with a message naming the URI when the model
+cannot be fetched or loaded, and 0 after a graceful drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+READY_PREFIX = "ZEROSERVE_REPLICA_READY"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description="Serve one model version.")
+    parser.add_argument("--model-uri", required=True, help="s3://, file://, models:/, runs:/ or a local path")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed when ready)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", help="the served model name (default: the model directory's name)")
+    parser.add_argument("--model-version", help="the version reported by the Open Inference Protocol")
+    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-batch-delay-ms", type=float)
+    parser.add_argument("--no-batching", action="store_true", help="run every request on its own")
+    parser.add_argument("--concurrency", type=int, help="requests processed at once (container concurrency)")
+    parser.add_argument("--drain-timeout", type=float, help="seconds to finish in-flight requests on SIGTERM")
+    parser.add_argument("--execution", choices=["auto", "inline", "thread"])
+    parser.add_argument("--log-level", default=os.environ.get("ZEROSERVE_LOG_LEVEL", "WARNING"))
+    return parser.parse_args(argv)
+
+
+def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "max_batch_size": args.max_batch_size,
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "concurrency": args.concurrency,
+        "drain_timeout_s": args.drain_timeout,
+        "execution": args.execution,
+    }
+    if args.no_batching:
+        overrides["batching"] = False
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def announce_ready(port: int) -> None:
+    line = json.dumps({"port": port, "pid": os.getpid()})
+    sys.stdout.write(f"{READY_PREFIX} {line}\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from pydantic import ValidationError
+
+    from runtime.config import ReplicaSettings
+    from runtime.errors import ZeroserveError
+
+    try:
+        settings = ReplicaSettings(**_settings_overrides(args))
+    except ValidationError as exc:
+        print(f"zeroserve replica: invalid settings: {exc}", file=sys.stderr)
+        return 2
+
+    from runtime.server import serve
+    from runtime.store import open_model
+
+    uri = args.model_uri
+    try:
+        handle = open_model(uri)
+    except Exception as exc:  # any store failure ends the process with a message naming the URI
+        print(f"zeroserve replica: cannot fetch model {uri!r}: {_reason(exc)}", file=sys.stderr)
+        return 1
+    try:
+        serve(
+            handle.path,
+            host=args.host,
+            port=args.port,
+            served_name=args.name or name_from_uri(uri),
+            settings=settings,
+            on_ready=announce_ready,
+            model_version=args.model_version,
+        )
+    except ZeroserveError as exc:
+        print(f"zeroserve replica: cannot load model {uri!r}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"zeroserve replica: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        handle.close()
+    return 0
+
+
+def name_from_uri(uri: str) -> str:
+    """A served name for a model URI: ``models:/churn/3`` and ``s3://b/m/churn.onnx`` give ``churn``."""
+    path = uri.split("?", 1)[0].split("://", 1)[-1]
+    if uri.startswith("models:/"):
+        path = path.removeprefix("models:/")
+        return path.strip("/").split("/", 1)[0] or "model"
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    stem = last.rsplit(".", 1)[0] if "." in last else last
+    return stem or "model"
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

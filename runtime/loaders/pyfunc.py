@@ -1,0 +1,97 @@
+"""MLflow models of any flavor, through ``mlflow.pyfunc`` (imported only when such a model is served)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InferenceError, InvalidInput
+from runtime.loaders._imports import quiet_import
+from runtime.loaders._mlmodel import MLmodelInfo
+from runtime.loaders.base import LoadedModel
+from runtime.types import ColumnSchema, Layout, Params, Prediction, Tensors, TensorSchema
+
+# MLflow's error codes that mean "the input was wrong", as its own scoring server answers them.
+_INPUT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE"})
+
+
+class PyfuncModel(LoadedModel):
+    flavor = "mlflow.pyfunc"
+
+    def __init__(self, path: Path, info: MLmodelInfo) -> None:
+        pyfunc = quiet_import("mlflow.pyfunc")
+        self._pd = quiet_import("pandas")
+        self._mlflow_exception = quiet_import("mlflow.exceptions").MlflowException
+        self._model = pyfunc.load_model(str(path))
+        loader = info.flavors.get("python_function", {}).get("loader_module", "mlflow.pyfunc.model")
+        super().__init__(
+            input_schema=info.input_schema,
+            output_specs=info.output_specs,
+            example=info.example,
+            accepts_params=True,
+            description=f"{path.name} ({loader})",
+        )
+        self._unnamed_tensor = info.unnamed_tensor
+        schema = info.input_schema
+        self._uniform_float = (
+            isinstance(schema, ColumnSchema)
+            and len({column.dtype for column in schema.columns}) == 1
+            and schema.columns[0].dtype.kind == "f"
+        )
+
+    def predict(self, inputs: Tensors, params: Params | None = None) -> Prediction:
+        data = self._model_input(inputs)
+        try:
+            result = self._model.predict(data, params=dict(params)) if params else self._model.predict(data)
+        except self._mlflow_exception as exc:
+            if exc.error_code in _INPUT_ERROR_CODES:
+                raise InvalidInput(exc.message) from exc
+            raise InferenceError(f"the model failed: {exc.message}") from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            # MLflow's scoring server answers errors raised by predict as bad requests, and so do we.
+            raise InvalidInput(f"the model rejected the input: {exc}") from exc
+        except Exception as exc:
+            raise InferenceError(f"the model failed: {type(exc).__name__}: {exc}") from exc
+        return self._prediction(result)
+
+    def _model_input(self, inputs: Tensors) -> Any:
+        schema = self.input_schema
+        if isinstance(schema, TensorSchema):
+            if self._unnamed_tensor and len(inputs) == 1:
+                return next(iter(inputs.values()))
+            return inputs
+        if schema is None:
+            if set(inputs) == {""}:
+                return inputs[""]
+            if not all(array.ndim == 1 for array in inputs.values()):
+                return inputs
+        if self._uniform_float and len(inputs) > 1:
+            # One 2-D block makes a single-block DataFrame: far cheaper than one block per column.
+            return self._pd.DataFrame(
+                np.column_stack(list(inputs.values())), columns=list(inputs), copy=False
+            )
+        return self._pd.DataFrame(inputs, copy=False)
+
+    def _prediction(self, result: Any) -> Prediction:
+        pd = self._pd
+        if isinstance(result, pd.DataFrame):
+            return Prediction({str(name): result[name].to_numpy() for name in result.columns}, Layout.RECORDS)
+        if isinstance(result, pd.Series):
+            return Prediction({str(result.name or "predictions"): result.to_numpy()}, Layout.SINGLE)
+        if isinstance(result, dict):
+            return Prediction({str(name): _array(value) for name, value in result.items()}, Layout.COLUMNS)
+        name = self.output_specs[0].name if len(self.output_specs) == 1 else "predictions"
+        return Prediction({name: _array(result)}, Layout.SINGLE)
+
+
+def _array(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError:  # ragged lists
+        boxed = np.empty(len(value), dtype=object)
+        boxed[:] = list(value)
+        return boxed

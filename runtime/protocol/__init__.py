@@ -1,0 +1,1 @@
+"""Wire protocols: MLflow scoring and the Open Inference Protocol (v2)."""

@@ -1,0 +1,165 @@
+"""Serving a model directory: load → warm up → listen → drain on SIGTERM → exit.
+
+``serve`` is usable from an already-running, pre-imported process (the autoscaler's warm pool forks a
+process that imported onnxruntime/numpy and calls ``serve`` in it), and from ``python -m runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from runtime.app import build_app
+from runtime.config import ReplicaSettings
+from runtime.loaders import load_model
+from runtime.replica import Replica
+from runtime.warmup import warm_up
+
+logger = logging.getLogger(__name__)
+
+_DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with zeroserve's lifecycle around it.
+
+    uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the process with
+    the signal; a replica that drained cleanly must exit 0 instead, so signals are handled here.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, replica: Replica, on_ready: Callable[[int], None] | None
+    ) -> None:
+        super().__init__(config)
+        self.replica = replica
+        self.on_ready = on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _DRAIN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.replica.begin_drain()
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.replica.start()
+        await super().startup(sockets=sockets)
+        if self.started and self.on_ready is not None and sockets:
+            self.on_ready(sockets[0].getsockname()[1])
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.replica.begin_drain()
+        await super().shutdown(sockets=sockets)
+        await self.replica.stop()
+
+
+def default_name(model_dir: str | os.PathLike[str]) -> str:
+    name = Path(model_dir).name
+    return name if name and name not in (".", "..") else "model"
+
+
+def serve(
+    model_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    served_name: str | None = None,
+    settings: ReplicaSettings | None = None,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    model_version: str | None = None,
+) -> None:
+    """Load, warm up and serve the model in ``model_dir`` until SIGTERM/SIGINT (or ``Ctrl+C``).
+
+    Blocks. ``on_ready(port)`` is called once the model is loaded and warmed and the socket accepts
+    requests. Raises ``ModelLoadError`` (before listening) when the model cannot be loaded. On a signal,
+    stops accepting, finishes in-flight requests within ``settings.drain_timeout_s`` and returns.
+    """
+    settings = settings or ReplicaSettings()
+    model = load_model(model_dir, settings=settings)
+    try:
+        warm = warm_up(model)
+        replica = Replica(
+            model,
+            name=served_name or default_name(model_dir),
+            version=model_version,
+            settings=settings,
+            warm=warm,
+        )
+        logger.info("serving %r (warm-up: %s)", replica, warm)
+        listener = sock if sock is not None else bind_socket(host, port)
+        try:
+            _run(replica, listener, on_ready, settings)
+        finally:
+            listener.close()
+    finally:
+        model.close()
+
+
+def _run(
+    replica: Replica,
+    listener: socket.socket,
+    on_ready: Callable[[int], None] | None,
+    settings: ReplicaSettings,
+) -> None:
+    config = uvicorn.Config(
+        build_app(replica),
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.001),
+        timeout_keep_alive=75,  # longer than the router's pool idle timeout, so the router closes first
+    )
+    server = _Server(config, replica, on_ready)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(server.serve(sockets=[listener]))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return None
+    factory: Any = uvloop.new_event_loop
+    return factory  # type: ignore[no-any-return]
