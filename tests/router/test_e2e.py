@@ -2,14 +2,15 @@
 logistic regression, the router is uvicorn serving the data-plane routes on loopback, clients are
 aiohttp and the stock tritonclient.
 
-Scale-from-zero here uses ``StartOnPoke``, a minimal stand-in for the autoscaler that starts one real
-replica when first poked (the router side — queueing, poking, dispatching on ``replica_ready`` — is
-what is under test; the autoscaler's own tests cover its policy).
+Requests at an entity at zero go through the real ``Autoscaler`` and ``LocalBackend`` (poke → start a
+replica process → ``replica_ready`` → dispatch); the tests at steady state announce replicas they started
+themselves, to control exactly which replica is killed or which entity takes traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,12 +24,15 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
+from autoscaler.backends.local import LocalBackend
+from autoscaler.loop import Autoscaler
+from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey
 from router.dataplane import DataPlane, dataplane_routes, error_response, running
 from router.routing import EndpointRouting
 from runtime.errors import ZeroserveError
 from runtime.examples import logreg_rows, make_logreg_onnx
-from tests.router._replicas import ReplicaProcess, replicas_for_test, start_replica
+from tests.router._replicas import replicas_for_test, start_replica
 from tests.router._servers import serving
 
 A = EntityKey("ep", "a")
@@ -45,28 +49,27 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_logreg_onnx(tmp_path_factory.mktemp("models") / "logreg", n_features=N_FEATURES)
 
 
-class StartOnPoke:
-    """Starts one replica of an entity the first time the router pokes for it."""
-
-    def __init__(self, dataplane: DataPlane, model_dir: Path, started: list[ReplicaProcess]) -> None:
-        self._dataplane = dataplane
-        self._model_dir = model_dir
-        self._started = started
-        self._starting: dict[EntityKey, asyncio.Task[None]] = {}
-        self.pokes = 0
-
-    def poke(self, entity: EntityKey) -> None:
-        self.pokes += 1
-        if entity not in self._starting:
-            self._starting[entity] = asyncio.create_task(self._start(entity))
-
-    def report(self, entity: EntityKey, in_flight: int, queued: int) -> None:
-        pass
-
-    async def _start(self, entity: EntityKey) -> None:
-        replica = await start_replica(self._model_dir, entity, f"{entity.served_entity}-1")
-        self._started.append(replica)
-        self._dataplane.activator.replica_ready(replica.info)
+@contextlib.asynccontextmanager
+async def autoscaled(
+    dataplane: DataPlane, entity: EntityKey, model_dir: Path, **autoscaling: Any
+) -> AsyncIterator[Autoscaler]:
+    """The real autoscaler and local backend behind the data plane, managing ``entity`` from zero."""
+    backend = LocalBackend(warm_pool_size=0)
+    await backend.open()
+    autoscaler = Autoscaler(backend, listener=dataplane.listener, tick_s=0.5, max_start_failures=1)
+    dataplane.activator.set_scaler(autoscaler)
+    spec = EntitySpec(
+        model_uri=model_dir.as_uri(),
+        served_name=entity.served_entity,
+        autoscaling=AutoscalingSpec(**autoscaling),
+    )
+    autoscaler.apply(entity, spec)
+    await autoscaler.start()
+    try:
+        yield autoscaler
+    finally:
+        dataplane.activator.set_scaler(None)
+        await asyncio.wait_for(autoscaler.stop(), 30)
 
 
 @pytest.fixture
@@ -120,24 +123,21 @@ async def invoke(client: Client, rows: int = 1) -> Answer:
 async def test_200_concurrent_requests_at_zero_all_succeed_once_a_replica_is_up(
     dataplane: DataPlane, client: Client, model_dir: Path
 ) -> None:
-    async with replicas_for_test() as started:
-        scaler = StartOnPoke(dataplane, model_dir, started)
-        dataplane.activator.set_scaler(scaler)
-        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(queue_timeout_s=60))
+    dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(queue_timeout_s=60))
+    async with autoscaled(dataplane, A, model_dir) as autoscaler:
+        assert autoscaler.status(A).ready == 0
         responses = await asyncio.gather(*(invoke(client) for _ in range(200)))
+        assert autoscaler.status(A).ready >= 1
     assert [r.status_code for r in responses] == [200] * 200
     assert all("predictions" in r.json() and r.headers["served-model-name"] == "a" for r in responses)
-    assert len(started) == 1  # one cold start served them all
-    assert 1 <= scaler.pokes <= 50  # a burst pokes once per interval, not 200 times
     assert dataplane.activator.concurrency(A) == (0, 0)
 
 
 async def test_full_queue_answers_429_at_once_while_queued_ones_succeed(
     dataplane: DataPlane, client: Client, model_dir: Path
 ) -> None:
-    async with replicas_for_test() as started:
-        dataplane.activator.set_scaler(StartOnPoke(dataplane, model_dir, started))
-        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(max_queue=5))
+    dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(max_queue=5))
+    async with autoscaled(dataplane, A, model_dir):
 
         async def timed() -> tuple[int, float]:
             began = time.monotonic()
@@ -148,6 +148,25 @@ async def test_full_queue_answers_429_at_once_while_queued_ones_succeed(
     statuses = Counter(status for status, _ in results)
     assert statuses == {200: 5, 429: 15}
     assert max(seconds for status, seconds in results if status == 429) < 1.0  # not held for the cold start
+
+
+async def test_failing_model_answers_503_with_the_reason_fast(
+    dataplane: DataPlane, client: Client, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"this is not an onnx model")
+    dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(queue_timeout_s=60))
+    async with autoscaled(dataplane, A, broken):
+        began = time.monotonic()
+        responses = await asyncio.gather(*(invoke(client) for _ in range(20)))
+        waited = time.monotonic() - began
+        again = await invoke(client)  # after the failure: answered at once, not queued
+    assert waited < 10  # the failed start (~1-2 s), not the 60 s queue timeout, ends the wait
+    for response in [*responses, again]:
+        assert response.status_code == 503
+        assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "failed to deploy" in response.json()["message"]
 
 
 async def test_replica_killed_mid_load_loses_no_request(
