@@ -1,0 +1,370 @@
+"""What the router adds: the same replica measured directly and through the data plane, in one run.
+
+    python -m benchmarks.router_overhead [--quick] [--no-clients] [--no-burst]
+
+Three processes per measurement — the replica (``python -m runtime`` serving an ONNX logistic
+regression), the router (uvicorn + ``router.dataplane`` with the replica announced to its activator),
+and the load generator — so the load generator's own work is not charged to the router. The load
+generator uses the router's own upstream client (the fastest at hand, see the client table) for both
+the direct and the routed runs, so the comparison is like for like.
+
+Tables:
+1. latency at concurrency 1 and 16, direct vs routed: added p50 / p99, routed req/s as a share of direct;
+   targets (2-core machine, router and replica share the cores): added p50 <= 0.5 ms at c=1, added p99
+   <= 2 ms at c=16, routed >= 60% of direct. Knative's queue-proxy alone adds p50 4.3 ms / p99 5.4 ms.
+2. 1,000 requests arriving at once at an entity scaled to zero (real autoscaler + local backend): time
+   to the first and the last response, errors.
+3. upstream client candidates against the replica directly: httpx, aiohttp, ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+READY = "BENCH_READY"
+N_FEATURES = 20
+BODY = orjson.dumps({"inputs": [[0.1 * i for i in range(N_FEATURES)]]})
+HEADERS = [(b"content-type", b"application/json")]
+
+
+# --- the processes ---------------------------------------------------------------------------------
+
+
+def _spawn(argv: list[str], ready_prefix: str, timeout_s: float = 120.0) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{argv[:4]} exited with {process.wait()} before it was ready")
+        if line.startswith(ready_prefix):
+            return process, line[len(ready_prefix) :].strip()
+    process.kill()
+    raise RuntimeError(f"{argv[:4]} was not ready within {timeout_s} s")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@contextlib.contextmanager
+def replica(model_dir: Path, capacity: int) -> Iterator[int]:
+    argv = [sys.executable, "-m", "runtime", "--model-uri", model_dir.as_uri(), "--port", "0", "--name", "m"]
+    process, rest = _spawn([*argv, "--concurrency", str(capacity)], "ZEROSERVE_REPLICA_READY")
+    try:
+        yield int(orjson.loads(rest)["port"])
+    finally:
+        _stop(process)
+
+
+@contextlib.contextmanager
+def router(*args: str) -> Iterator[int]:
+    process, rest = _spawn(
+        [sys.executable, "-m", "benchmarks.router_overhead", "--role", "router", *args], READY
+    )
+    try:
+        yield int(rest)
+    finally:
+        _stop(process)
+
+
+def load(port: int, path: str, concurrency: int, requests: int, warmup: int) -> dict[str, Any]:
+    """Run the load generator in its own process and return its summary."""
+    argv = [sys.executable, "-m", "benchmarks.router_overhead", "--role", "loadgen", "--port", str(port)]
+    argv += ["--path", path, "--concurrency", str(concurrency), "--requests", str(requests)]
+    argv += ["--warmup", str(warmup)]
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
+    return dict(orjson.loads(output.strip().splitlines()[-1]))
+
+
+# --- roles run in child processes -----------------------------------------------------------------
+
+
+async def _serve_router(args: argparse.Namespace) -> None:
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from autoscaler.types import EntityKey, ReplicaInfo
+    from router.dataplane import DataPlane, dataplane_routes, error_response
+    from router.routing import EndpointRouting
+    from runtime.errors import ZeroserveError
+
+    entity = EntityKey("bench", "m")
+    dataplane = DataPlane()
+    dataplane.set_endpoint("bench", [(entity, 100)], EndpointRouting(max_queue=4096, queue_timeout_s=120))
+    app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
+    autoscaler = None
+    if args.replica_port:
+        dataplane.activator.replica_ready(
+            ReplicaInfo("r1", entity, f"http://127.0.0.1:{args.replica_port}", args.capacity)
+        )
+    else:
+        from autoscaler.backends.local import LocalBackend
+        from autoscaler.loop import Autoscaler
+        from autoscaler.spec import AutoscalingSpec, EntitySpec
+
+        backend = LocalBackend()
+        await backend.open()
+        if backend.pool is not None:
+            await backend.pool.wait_full()  # a gateway that has been up a while has a full warm pool
+        autoscaler = Autoscaler(backend, listener=dataplane.listener, tick_s=1.0)
+        dataplane.activator.set_scaler(autoscaler)
+        scaling = AutoscalingSpec(container_concurrency=args.capacity, max_provisioned_concurrency=64)
+        autoscaler.apply(entity, EntitySpec(model_uri=args.model_uri, served_name="m", autoscaling=scaling))
+        await autoscaler.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    await dataplane.start()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(1000):  # uvicorn offers no started event; poll its flag
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    print(f"{READY} {sock.getsockname()[1]}", flush=True)
+    await serving
+    if autoscaler is not None:
+        await autoscaler.stop()
+    await dataplane.aclose()
+
+
+async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    from router.proxy import UpstreamPool
+
+    pool = UpstreamPool(max_idle_per_host=args.concurrency + 8)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    first_answer: list[float] = []
+
+    async def worker(count: int, record: bool) -> None:
+        for _ in range(count):
+            began = time.perf_counter()
+            try:
+                response = await pool.request(
+                    "127.0.0.1", args.port, "POST", args.path, HEADERS, BODY, timeout_s=300
+                )
+                status = response.status
+            except Exception:
+                status = 0
+            if record:
+                latencies.append(time.perf_counter() - began)
+                statuses[status] = statuses.get(status, 0) + 1
+                if not first_answer:
+                    first_answer.append(time.perf_counter())
+
+    if args.warmup:
+        await asyncio.gather(
+            *(worker(args.warmup // args.concurrency or 1, False) for _ in range(args.concurrency))
+        )
+    per_worker = max(1, args.requests // args.concurrency)
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(per_worker, True) for _ in range(args.concurrency)))
+    elapsed = time.perf_counter() - began
+    await pool.aclose()
+    latencies.sort()
+    return {
+        "p50_ms": 1000 * _percentile(latencies, 0.50),
+        "p99_ms": 1000 * _percentile(latencies, 0.99),
+        "mean_ms": 1000 * statistics.fmean(latencies),
+        "rps": len(latencies) / elapsed,
+        "elapsed_s": elapsed,
+        "first_s": first_answer[0] - began if first_answer else float("nan"),
+        "ok": statuses.get(200, 0),
+        "errors": sum(count for status, count in statuses.items() if status != 200),
+        "statuses": {str(status): count for status, count in statuses.items()},
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def _compare_clients(port: int, requests: int) -> list[tuple[str, float, float]]:
+    """(client, c=1 p50 ms, c=16 req/s) for each candidate upstream client, against the replica."""
+    import aiohttp
+    import httpx
+
+    from router.proxy import UpstreamPool
+
+    url = f"http://127.0.0.1:{port}/invocations"
+
+    async def measure(call: Any) -> tuple[float, float]:
+        for _ in range(100):
+            await call()
+        latencies = []
+        for _ in range(requests):
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+        latencies.sort()
+
+        async def worker() -> None:
+            for _ in range(requests // 16):
+                await call()
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        return 1000 * _percentile(latencies, 0.5), (requests // 16 * 16) / (time.perf_counter() - began)
+
+    results = []
+    pool = UpstreamPool()
+
+    async def ours() -> None:
+        response = await pool.request("127.0.0.1", port, "POST", "/invocations", HEADERS, BODY, timeout_s=30)
+        assert response.status == 200
+
+    results.append(("zeroserve (asyncio + httptools)", *await measure(ours)))
+    await pool.aclose()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
+        async def with_aiohttp() -> None:
+            async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
+                await response.read()
+
+        results.append(("aiohttp", *await measure(with_aiohttp)))
+    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64)) as client:
+
+        async def with_httpx() -> None:
+            (await client.post(url, content=BODY, headers={"content-type": "application/json"})).read()
+
+        results.append(("httpx", *await measure(with_httpx)))
+    return results
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests (about a minute)")
+    parser.add_argument("--no-clients", action="store_true", help="skip the upstream client comparison")
+    parser.add_argument("--no-burst", action="store_true", help="skip the 1,000 requests at zero")
+    parser.add_argument("--capacity", type=int, default=16, help="replica concurrency C")
+    parser.add_argument(
+        "--role", choices=["main", "router", "loadgen"], default="main", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--replica-port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--model-uri", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="/invocations", help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import uvloop
+
+    if args.role == "router":
+        uvloop.run(_serve_router(args))
+        return
+    if args.role == "loadgen":
+        print(orjson.dumps(uvloop.run(_loadgen(args))).decode())
+        return
+
+    from runtime.examples import make_logreg_onnx
+
+    n1, n16 = (1000, 4000) if args.quick else (4000, 16000)
+    routed_path = "/serving-endpoints/bench/invocations"
+    with tempfile.TemporaryDirectory(prefix="zeroserve-bench-") as tmp:
+        model_dir = make_logreg_onnx(Path(tmp) / "logreg", n_features=N_FEATURES)
+        rows = []
+        with (
+            replica(model_dir, args.capacity) as replica_port,
+            router("--replica-port", str(replica_port), "--capacity", str(args.capacity)) as router_port,
+        ):
+            for concurrency, requests in ((1, n1), (16, n16)):
+                warmup = max(200, requests // 10)
+                direct = load(replica_port, "/invocations", concurrency, requests, warmup)
+                routed = load(router_port, routed_path, concurrency, requests, warmup)
+                rows.append((concurrency, direct, routed))
+            clients = (
+                []
+                if args.no_clients
+                else uvloop.run(_compare_clients(replica_port, 500 if args.quick else 2000))
+            )
+        burst = None
+        if not args.no_burst:
+            with router("--model-uri", model_dir.as_uri(), "--capacity", "4") as router_port:
+                burst = load(router_port, routed_path, 1000, 1000, 0)
+
+    print("\nrouter overhead (same replica, direct vs through the router; load generator in its own process)")
+    print(
+        f"{'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
+        f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6}  target"
+    )
+    for concurrency, direct, routed in rows:
+        added50 = routed["p50_ms"] - direct["p50_ms"]
+        added99 = routed["p99_ms"] - direct["p99_ms"]
+        ratio = routed["rps"] / direct["rps"]
+        if concurrency == 1:
+            target = f"added p50 <= 0.5 ms: {_verdict(added50 <= 0.5)}"
+        else:
+            target = f"added p99 <= 2 ms: {_verdict(added99 <= 2.0)}, ratio >= 0.60: {_verdict(ratio >= 0.6)}"
+        print(
+            f"{concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms {added50:>8.3f}ms "
+            f"{direct['p99_ms']:>9.3f}ms {routed['p99_ms']:>9.3f}ms {added99:>8.3f}ms "
+            f"{direct['rps']:>11.0f} {routed['rps']:>11.0f} {ratio:>6.2f}  {target}"
+        )
+        for label, result in (("direct", direct), ("routed", routed)):
+            if result["errors"]:
+                print(f"    {label}: {result['errors']} errors {result['statuses']}")
+    print("    reference: Knative's queue-proxy alone adds p50 4.3 ms / p99 5.4 ms")
+    if burst is not None:
+        print("\n1,000 requests at once at an entity scaled to zero (real autoscaler + local backend, C=4)")
+        print(
+            f"  first response {burst['first_s']:.2f} s, last response {burst['elapsed_s']:.2f} s, "
+            f"ok {burst['ok']}, errors {burst['errors']} {_verdict(burst['errors'] == 0)}"
+        )
+    if clients:
+        print("\nupstream client candidates, straight to the replica (same process, one at a time)")
+        print(f"  {'client':<32} {'c=1 p50':>9} {'c=16 req/s':>11} {'vs ours':>8}")
+        ours = clients[0][2]
+        for name, p50, rps in clients:
+            print(f"  {name:<32} {p50:>7.3f}ms {rps:>11.0f} {rps / ours:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
