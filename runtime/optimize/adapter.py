@@ -70,18 +70,26 @@ class OnnxAdapter:
             raise InvalidInput(f"input {list(feed.sources)} cannot be read as {dtype.name}: {exc}") from exc
 
     def answer(self, output: Array) -> Any:
-        """The native answer, from the graph's ``spec.output.graph_output`` output."""
+        """The native answer (an array, or a data frame where the native model returns one), from the
+        graph's ``spec.output.graph_output`` output."""
+        answer = self.answer_array(output)
+        columns = self.spec.output.frame_columns
+        if columns is not None:
+            import pandas as pd
+
+            return pd.DataFrame(answer, columns=list(columns))
+        return answer
+
+    def answer_array(self, output: Array) -> Array:
+        """The native answer's values: the graph output, column-selected, reshaped and cast."""
         spec = self.spec.output
         if spec.column is not None:
             output = output[:, spec.column]
         if spec.ndim == 1 and output.ndim == 2 and output.shape[1] == 1:
             output = output.reshape(-1)
-        output = output.astype(self._output_dtype, copy=False)
-        if spec.frame_columns is not None:
-            import pandas as pd
-
-            return pd.DataFrame(output.reshape(len(output), -1), columns=list(spec.frame_columns))
-        return output
+        elif spec.frame_columns is not None and output.ndim == 1:
+            output = output.reshape(-1, 1)
+        return output.astype(self._output_dtype, copy=False)
 
 
 class OptimizedModel:
