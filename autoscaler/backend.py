@@ -55,6 +55,10 @@ class ReplicaStartError(ModelLoadError):
 class Backend(Protocol):
     """Starts and stops replicas. Every method is safe to call for a replica that is already gone."""
 
+    async def open(self) -> None:
+        """Get ready to start replicas (the local backend fills its warm pool here)."""
+        ...
+
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         """Start a replica and return once it passed its readiness probe (model loaded and warm).
 

@@ -112,6 +112,7 @@ class Autoscaler:
     # --- lifecycle of the autoscaler itself ---
 
     async def start(self) -> None:
+        await self._backend.open()
         self._started = True
         now = self._clock.now()
         for entity in list(self._entities.values()):

@@ -149,16 +149,20 @@ def _require(condition: bool, field_name: str, rule: str, value: object) -> None
 
 @dataclass(frozen=True, slots=True)
 class BatchingSpec:
-    """Adaptive batching inside a replica: merge up to max_batch_size requests waiting at most
-    max_batch_delay_ms. ``max_batch_size`` 1 turns batching off."""
+    """Adaptive batching inside a replica. ``None`` leaves a setting to the runtime's default
+    (``runtime.config.ReplicaSettings``: up to 64 rows, waiting at most 2 ms for requests already
+    arriving, so an idle replica adds no delay)."""
 
-    max_batch_size: int = 1
-    max_batch_delay_ms: float = 2.0
+    enabled: bool = True
+    max_batch_size: int | None = None
+    max_batch_delay_ms: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1", self.max_batch_size)
-        _require(math.isfinite(self.max_batch_delay_ms) and self.max_batch_delay_ms >= 0,
-                 "max_batch_delay_ms", "must be >= 0", self.max_batch_delay_ms)
+        if self.max_batch_size is not None:
+            _require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1", self.max_batch_size)
+        if self.max_batch_delay_ms is not None:
+            _require(math.isfinite(self.max_batch_delay_ms) and self.max_batch_delay_ms >= 0,
+                     "max_batch_delay_ms", "must be >= 0", self.max_batch_delay_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,8 @@ class EntitySpec:
 
     model_uri: str
     served_name: str
+    # The version the Open Inference Protocol reports (the registry version when there is one).
+    model_version: str | None = None
     environment_vars: Mapping[str, str] = field(default_factory=dict)
     workload_type: str = "CPU"
     autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
@@ -202,6 +208,7 @@ class EntitySpec:
         return (
             self.model_uri == other.model_uri
             and self.served_name == other.served_name
+            and self.model_version == other.model_version
             and dict(self.environment_vars) == dict(other.environment_vars)
             and self.workload_type == other.workload_type
             and self.batching == other.batching

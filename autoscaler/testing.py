@@ -80,7 +80,11 @@ class FakeBackend:
     replicas: dict[str, FakeReplica] = field(default_factory=dict)
     starts: int = 0
     stops: list[str] = field(default_factory=list)
+    opened: bool = False
     closed: bool = False
+
+    async def open(self) -> None:
+        self.opened = True
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         self.starts += 1

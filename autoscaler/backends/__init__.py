@@ -1,0 +1,1 @@
+"""Backends that run replicas: ``local`` (processes on this machine, with a warm pool)."""

@@ -1,0 +1,250 @@
+"""The local backend: each replica is a process on this machine, on its own loopback port.
+
+A replica is ``python -m runtime`` (through ``autoscaler.backends._worker``, which adds a
+parent-death guard), or an idle warm-pool worker handed the same arguments (see ``warm_pool``). It is
+ready when it printed ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ...}`` and answers
+``GET /v2/health/ready`` with 200. Its merged stdout/stderr is kept (bounded) while it runs and for the
+last ``kept_logs`` replicas after it is gone, for the logs API and for start-failure reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
+from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
+from autoscaler.spec import EntitySpec
+from autoscaler.types import EntityKey, ReplicaInfo
+
+logger = logging.getLogger("zeroserve.autoscaler.local")
+
+_PROBE_PATH = "/v2/health/ready"
+
+
+def runtime_argv(spec: EntitySpec, host: str) -> list[str]:
+    """The ``python -m runtime`` arguments for a replica of ``spec``."""
+    argv = ["--model-uri", spec.model_uri, "--port", "0", "--host", host, "--name", spec.served_name,
+            "--concurrency", str(spec.autoscaling.container_concurrency),
+            "--drain-timeout", f"{spec.drain_timeout_s:g}"]
+    if spec.model_version:
+        argv += ["--model-version", spec.model_version]
+    batching = spec.batching
+    if not batching.enabled:
+        argv.append("--no-batching")
+    else:
+        if batching.max_batch_size is not None:
+            argv += ["--max-batch-size", str(batching.max_batch_size)]
+        if batching.max_batch_delay_ms is not None:
+            argv += ["--max-batch-delay-ms", f"{batching.max_batch_delay_ms:g}"]
+    return argv
+
+
+@dataclass(eq=False)
+class _LocalReplica:
+    replica_id: str
+    entity: EntityKey
+    process: asyncio.subprocess.Process
+    output: ProcessOutput
+    capacity: int
+    from_pool: bool
+    url: str | None = None
+
+
+class LocalBackend:
+    """Replicas as local processes, with a warm pool of ``warm_pool_size`` pre-imported workers."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        warm_pool_size: int = 2,
+        preload: tuple[str, ...] = ("onnx",),
+        environment: Mapping[str, str] | None = None,
+        log_lines: int = 2000,
+        kept_logs: int = 64,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        self._host = host
+        self._environment = dict(os.environ if environment is None else environment)
+        self._pool = WarmPool(warm_pool_size, preload, self._environment) if warm_pool_size > 0 else None
+        self._log_lines = log_lines
+        self._kept_logs = kept_logs
+        self._probe_timeout_s = probe_timeout_s
+        self._replicas: dict[str, _LocalReplica] = {}
+        self._gone: OrderedDict[str, ProcessOutput] = OrderedDict()
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def pool(self) -> WarmPool | None:
+        return self._pool
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = self._new_client()
+            # The first request through a client imports its async backend (~50 ms): pay it here, on a
+            # port nothing listens on, rather than on the first cold start.
+            await self._probe("http://127.0.0.1:1")
+        if self._pool is not None:
+            self._pool.start()
+
+    # --- the Backend protocol ---
+
+    async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
+        argv = runtime_argv(spec, self._host)
+        environment = dict(spec.environment_vars)
+        worker = None
+        if self._pool is not None and not needs_fresh_process(environment):
+            worker = self._pool.take()
+        if worker is not None:
+            process, output = worker.process, worker.output
+            output.note(f"--- warm pool worker {process.pid} becomes replica {replica_id} ---")
+            worker.assign(argv, environment)
+        else:
+            process = await spawn(["--", *argv], {**self._environment, **environment})
+            assert process.stdout is not None
+            output = ProcessOutput(process.stdout, self._log_lines)
+        replica = _LocalReplica(replica_id, entity, process, output, spec.autoscaling.container_concurrency,
+                                from_pool=worker is not None)
+        self._replicas[replica_id] = replica
+        try:
+            async with asyncio.timeout(spec.start_timeout_s):
+                replica.url = await self._until_ready(replica)
+        except BaseException as error:
+            if self._pool is not None:
+                self._pool.refill()
+            await kill(process)
+            await self._retire(replica)
+            if isinstance(error, TimeoutError):
+                message = f"replica {replica_id} was not ready within {spec.start_timeout_s:g} s"
+                raise ReplicaStartError(message, log_tail=output.tail()) from None
+            raise
+        if self._pool is not None:
+            self._pool.refill()
+        logger.info("replica %s of %s ready at %s (pid %s, %s)", replica_id, entity, replica.url,
+                    process.pid, "warm pool" if replica.from_pool else "new process")
+        return ReplicaInfo(replica_id, entity, replica.url, replica.capacity)
+
+    async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            return
+        # One extra second over the replica's own drain timeout: it exits by itself when it can.
+        code = await terminate(replica.process, timeout_s + 1.0)
+        replica.output.note(f"--- replica {replica_id} stopped (exit code {code}) ---")
+        await self._retire(replica)
+
+    async def health(self, replica_id: str) -> ReplicaHealth:
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            return ReplicaHealth.EXITED
+        if replica.process.returncode is not None:
+            replica.output.note(f"--- replica {replica_id} exited unexpectedly "
+                                f"(exit code {replica.process.returncode}) ---")
+            await self._retire(replica)
+            return ReplicaHealth.EXITED
+        if replica.url is None:
+            return ReplicaHealth.UNHEALTHY
+        return ReplicaHealth.HEALTHY if await self._probe(replica.url) else ReplicaHealth.UNHEALTHY
+
+    def list_replicas(self) -> list[ReplicaInfo]:
+        return [ReplicaInfo(r.replica_id, r.entity, r.url, r.capacity)
+                for r in self._replicas.values() if r.url is not None and r.process.returncode is None]
+
+    def logs(self, replica_id: str) -> str:
+        replica = self._replicas.get(replica_id)
+        output = replica.output if replica is not None else self._gone.get(replica_id)
+        return output.text() if output is not None else ""
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        replicas = list(self._replicas.values())
+        await asyncio.gather(*(terminate(r.process, 5.0) for r in replicas), return_exceptions=True)
+        for replica in replicas:
+            await self._retire(replica)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- extras for tests and the CLI ---
+
+    def pid(self, replica_id: str) -> int | None:
+        replica = self._replicas.get(replica_id)
+        return replica.process.pid if replica is not None else None
+
+    def started_from_pool(self, replica_id: str) -> bool:
+        replica = self._replicas.get(replica_id)
+        return replica is not None and replica.from_pool
+
+    # --- internals ---
+
+    async def _until_ready(self, replica: _LocalReplica) -> str:
+        exited = asyncio.create_task(replica.process.wait())
+        try:
+            waiting: set[asyncio.Future[object]] = {replica.output.ready, exited}  # type: ignore[arg-type]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        output = replica.output
+        if output.ready.done() and not output.ready.cancelled():
+            url = f"http://{self._url_host()}:{int(output.ready.result()['port'])}"
+            await self._probe_until_ready(replica, url)
+            return url
+        code = await replica.process.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await output.closed.wait()
+        last_line = next((line for line in reversed(output.tail().splitlines()) if line.strip()), "")
+        raise ReplicaStartError(f"replica {replica.replica_id} exited with code {code} before it was ready"
+                                + (f": {last_line}" if last_line else ""), log_tail=output.tail())
+
+    async def _probe_until_ready(self, replica: _LocalReplica, url: str) -> None:
+        # The runtime announces readiness only once it listens, so this passes at the first try unless
+        # something is badly wrong; it is here so that "ready" always means "answered the probe".
+        delay = 0.01
+        while not await self._probe(url):
+            if replica.process.returncode is not None:
+                raise ReplicaStartError(f"replica {replica.replica_id} exited right after announcing ready",
+                                        log_tail=replica.output.tail())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _probe(self, url: str) -> bool:
+        if self._client is None:
+            self._client = self._new_client()
+        try:
+            response = await self._client.get(url + _PROBE_PATH)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # Probes go to loopback replicas only: no proxies from the environment, and no TLS (so no CA
+        # bundle to load, which costs ~150 ms).
+        return httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
+
+    def _url_host(self) -> str:
+        if self._host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if self._host == "::":
+            return "[::1]"
+        return f"[{self._host}]" if ":" in self._host else self._host
+
+    async def _retire(self, replica: _LocalReplica) -> None:
+        if self._replicas.pop(replica.replica_id, None) is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await replica.output.closed.wait()
+        self._gone[replica.replica_id] = replica.output
+        while len(self._gone) > self._kept_logs:
+            self._gone.popitem(last=False)

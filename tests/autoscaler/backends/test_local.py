@@ -1,0 +1,198 @@
+"""The local backend with real replica processes, driven by the real autoscaler loop and clock.
+
+Windows are short (2 s stable, 1 s grace) so that scaling happens in seconds; every process a test
+starts is stopped by the fixture's ``finally`` (``Autoscaler.stop`` closes the backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backends.local import LocalBackend, runtime_argv
+from autoscaler.lifecycle import DeploymentState
+from autoscaler.loop import Autoscaler
+from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec
+from autoscaler.testing import RecordingListener
+from autoscaler.types import EntityKey
+
+KEY = EntityKey("iris", "logreg")
+FAST = AutoscalingSpec(stable_window_s=2.0, scale_to_zero_grace_s=1.0, max_provisioned_concurrency=12)
+INPUT = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [0.9, 0.1, 0.2, 0.3]}]}
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Local:
+    backend: LocalBackend
+    scaler: Autoscaler
+    listener: RecordingListener
+
+    def ready(self) -> int:
+        return len(self.scaler.replicas(KEY))
+
+
+@pytest.fixture
+async def local(replica_environment: dict[str, str]) -> AsyncIterator[Local]:
+    backend = LocalBackend(warm_pool_size=1, environment=replica_environment)
+    listener = RecordingListener()
+    scaler = Autoscaler(backend, listener=listener, tick_s=0.2, backoff_base_s=0.2)
+    await scaler.start()
+    try:
+        yield Local(backend, scaler, listener)
+    finally:
+        await scaler.stop()
+    assert backend.list_replicas() == []
+
+
+def spec_for(uri: str, **scaling: object) -> EntitySpec:
+    return EntitySpec(uri, "logreg", autoscaling=dataclasses.replace(FAST, **scaling))  # type: ignore[arg-type]
+
+
+async def test_zero_to_one_on_the_first_poke_then_back_to_zero(local: Local, onnx_model_uri: str) -> None:
+    assert local.backend.pool is not None
+    await local.backend.pool.wait_full()
+    local.scaler.apply(KEY, spec_for(onnx_model_uri))
+    assert local.ready() == 0
+    local.scaler.poke(KEY)
+    await eventually(lambda: local.ready() == 1, what="the first replica")
+    [replica] = local.scaler.replicas(KEY)
+    assert local.backend.started_from_pool(replica.replica_id)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{replica.url}/v2/models/logreg/infer", json=INPUT)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [1]
+    # No traffic: zero after the 2 s window + 1 s grace, drained through the listener first.
+    await eventually(lambda: local.ready() == 0, timeout_s=10, what="scale to zero")
+    await local.scaler.settle()
+    assert local.listener.events[-2:] == [("draining", replica.replica_id), ("gone", replica.replica_id)]
+    assert local.scaler.status(KEY).history[-1].to_replicas == 0
+    logs = local.scaler.replica_logs(KEY)
+    assert f"--- replica {replica.replica_id} (GONE) ---" in logs
+    assert "ZEROSERVE_REPLICA_READY" in logs
+    assert "stopped (exit code 0)" in logs
+
+
+async def test_one_to_n_under_load_then_down_to_the_floor(local: Local, onnx_model_uri: str) -> None:
+    local.scaler.apply(KEY, spec_for(onnx_model_uri, min_provisioned_concurrency=4))  # floor 1
+    await eventually(lambda: local.ready() == 1, what="the floor replica")
+    # 8 concurrent / 2.8 per replica -> 3 replicas (the ceiling: 12 / 4).
+    deadline = time.monotonic() + 30
+    while local.ready() < 3 and time.monotonic() < deadline:
+        local.scaler.report(KEY, in_flight=6, queued=2)
+        await asyncio.sleep(0.1)
+    replicas = local.scaler.replicas(KEY)
+    assert len(replicas) == 3
+    assert len({replica.url for replica in replicas}) == 3  # each on its own port
+    async with httpx.AsyncClient() as client:
+        for replica in replicas:
+            assert (await client.post(f"{replica.url}/v2/models/logreg/infer", json=INPUT)).status_code == 200
+    # Load gone: back to the reserved floor, which then holds while idle.
+    local.scaler.report(KEY, in_flight=0, queued=0)
+    await eventually(lambda: local.ready() == 1, timeout_s=15, what="scale down to the floor")
+    [kept] = local.scaler.replicas(KEY)
+    await asyncio.sleep(3.5)  # longer than the window + grace
+    assert [replica.replica_id for replica in local.scaler.replicas(KEY)] == [kept.replica_id]
+    assert local.scaler.status(KEY).deployment is DeploymentState.READY
+
+
+async def test_a_sigkilled_replica_is_replaced(local: Local, onnx_model_uri: str) -> None:
+    local.scaler.apply(KEY, spec_for(onnx_model_uri, scale_to_zero_enabled=False))
+    await eventually(lambda: local.ready() == 1, what="the floor replica")
+    [victim] = local.scaler.replicas(KEY)
+    pid = local.backend.pid(victim.replica_id)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: ("gone", victim.replica_id) in local.listener.events, what="the crash to be seen")
+    await eventually(lambda: local.ready() == 1, what="a replacement")
+    [replacement] = local.scaler.replicas(KEY)
+    assert replacement.replica_id != victim.replica_id
+    assert local.backend.pid(replacement.replica_id) != pid
+    assert any(f"replica {victim.replica_id} exited unexpectedly" in record.reason
+               for record in local.scaler.status(KEY).history)
+    assert "exited unexpectedly (exit code -9)" in local.backend.logs(victim.replica_id)
+
+
+async def test_a_model_that_fails_to_load_fails_the_entity_without_endless_retries(
+    local: Local, broken_model_uri: str
+) -> None:
+    local.scaler.apply(KEY, spec_for(broken_model_uri))
+    local.scaler.poke(KEY)
+    await eventually(lambda: KEY in local.listener.failures, timeout_s=30, what="the entity to fail")
+    status = local.scaler.status(KEY)
+    assert status.deployment is DeploymentState.FAILED
+    assert status.failed_reason is not None
+    assert "3 replica starts failed" in status.failed_reason
+    assert "exited with code 1 before it was ready" in status.failed_reason
+    assert "cannot load model" in status.failed_reason  # the runtime's own message, from the log tail
+    starts = sum(1 for record in status.history if "failed to start" in record.reason)
+    local.scaler.poke(KEY)
+    await asyncio.sleep(1.5)
+    after = local.scaler.status(KEY)
+    assert sum(1 for record in after.history if "failed to start" in record.reason) == starts == 2
+    assert after.starting == after.ready == 0
+
+
+async def test_start_timeout_kills_the_process_and_keeps_its_logs(
+    onnx_model_uri: str, replica_environment: dict[str, str]
+) -> None:
+    backend = LocalBackend(warm_pool_size=0, environment=replica_environment)
+    await backend.open()
+    try:
+        spec = dataclasses.replace(spec_for(onnx_model_uri), start_timeout_s=0.05)
+        with pytest.raises(ReplicaStartError, match=r"replica slow-1 was not ready within 0.05 s"):
+            await backend.start_replica(KEY, spec, "slow-1")
+        assert backend.list_replicas() == []
+        assert await backend.health("slow-1") is ReplicaHealth.EXITED
+    finally:
+        await backend.close()
+
+
+async def test_import_time_environment_forces_a_fresh_process(
+    onnx_model_uri: str, replica_environment: dict[str, str]
+) -> None:
+    backend = LocalBackend(warm_pool_size=1, environment=replica_environment)
+    await backend.open()
+    try:
+        assert backend.pool is not None
+        await backend.pool.wait_full()
+        spec = dataclasses.replace(spec_for(onnx_model_uri), environment_vars={"OMP_NUM_THREADS": "1"})
+        info = await backend.start_replica(KEY, spec, "fresh-1")
+        assert not backend.started_from_pool("fresh-1")
+        assert backend.pool.idle == 1  # the pooled worker was not used
+        assert await backend.health("fresh-1") is ReplicaHealth.HEALTHY
+        assert [replica.replica_id for replica in backend.list_replicas()] == [info.replica_id]
+        await backend.stop_replica("fresh-1", timeout_s=5.0)
+        assert await backend.health("fresh-1") is ReplicaHealth.EXITED
+        assert "stopped (exit code 0)" in backend.logs("fresh-1")
+    finally:
+        await backend.close()
+
+
+def test_runtime_arguments() -> None:
+    spec = EntitySpec("s3://models/iris/3", "iris", model_version="3",
+                      batching=BatchingSpec(max_batch_size=16, max_batch_delay_ms=1.5),
+                      autoscaling=AutoscalingSpec(container_concurrency=8), drain_timeout_s=10)
+    assert runtime_argv(spec, "127.0.0.1") == [
+        "--model-uri", "s3://models/iris/3", "--port", "0", "--host", "127.0.0.1", "--name", "iris",
+        "--concurrency", "8", "--drain-timeout", "10", "--model-version", "3",
+        "--max-batch-size", "16", "--max-batch-delay-ms", "1.5",
+    ]
+    unbatched = dataclasses.replace(spec, batching=BatchingSpec(enabled=False), model_version=None)
+    assert runtime_argv(unbatched, "::1")[-1] == "--no-batching"
