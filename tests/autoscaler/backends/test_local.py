@@ -119,7 +119,8 @@ async def test_a_sigkilled_replica_is_replaced(local: Local, onnx_model_uri: str
     pid = local.backend.pid(victim.replica_id)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: ("gone", victim.replica_id) in local.listener.events, what="the crash to be seen")
+    crash_seen = ("gone", victim.replica_id)
+    await eventually(lambda: crash_seen in local.listener.events, what="the crash to be seen")
     await eventually(lambda: local.ready() == 1, what="a replacement")
     [replacement] = local.scaler.replicas(KEY)
     assert replacement.replica_id != victim.replica_id
