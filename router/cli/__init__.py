@@ -19,6 +19,7 @@ def _register() -> None:
     # Imported for their side effect of adding commands to ``cli``.
     from router.cli import replica  # noqa: F401
     from router.cli import apply, endpoints, serve  # noqa: F401
+    from router.cli import models  # noqa: F401
 
 
 def main() -> None:
