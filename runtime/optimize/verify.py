@@ -90,9 +90,10 @@ def _compare_floats(native: Array, converted: Array, *, rtol: float, what: str) 
         return Comparison(False, f"{what}: infinite values differ (row {row})")
     if not finite.any():
         return Comparison(True, "")
-    magnitude = np.abs(np.where(finite, native, 0.0))
+    native, converted = np.where(finite, native, 0.0), np.where(finite, converted, 0.0)
+    magnitude = np.abs(native)
     floor = max(float(magnitude.max()) * SMALL_VALUE_FRACTION, np.finfo(np.float64).tiny)
-    relative = np.where(finite, np.abs(converted - native) / np.maximum(magnitude, floor), 0.0)
+    relative = np.abs(converted - native) / np.maximum(magnitude, floor)
     max_rel_error = float(relative.max())
     if max_rel_error <= rtol:
         return Comparison(True, "", max_rel_error)

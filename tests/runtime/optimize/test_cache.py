@@ -1,0 +1,115 @@
+"""The conversion cache: atomic publish, checksum on lookup, keys that move with what matters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from runtime.optimize.cache import ConversionCache, Entry, cache_key, model_digest
+from runtime.optimize.types import AdapterSpec, FeedSpec, OutputSpec, Verification
+
+ADAPTER = AdapterSpec(
+    feeds=(FeedSpec("input", "matrix", ("a",), "<f4"),), output=OutputSpec("label", "<i8", 1)
+)
+
+
+def verified(key: str) -> Entry:
+    return Entry(
+        key=key,
+        status="verified",
+        reason="float32 matrix input, verified",
+        flavor="sklearn",
+        converter="skl2onnx",
+        converter_versions={"skl2onnx": "1.0"},
+        adapter=ADAPTER,
+        verification=Verification(rows=10, label_exact=True, max_rel_error=0.0, rtol=1e-5),
+        onnx_sha256="",
+    )
+
+
+def publish(cache: ConversionCache, key: str, graph: bytes = b"graph") -> Entry:
+    entry = replace(verified(key), onnx_sha256=hashlib.sha256(graph).hexdigest())
+    return cache.publish(entry, graph)
+
+
+def test_publish_then_lookup_round_trips(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    published = publish(cache, "k1")
+    found, problem = cache.lookup("k1")
+    assert problem is None and found is not None
+    assert found.adapter == ADAPTER and found.verification == published.verification
+    assert found.onnx_path is not None and found.onnx_path.read_bytes() == b"graph"
+    assert cache.lookup("absent") == (None, None)
+    assert list(cache.tmp.iterdir()) == []
+
+
+def test_tampered_truncated_or_missing_graph_is_reported(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    entry = publish(cache, "k1")
+    assert entry.onnx_path is not None
+    entry.onnx_path.write_bytes(b"graPh")
+    assert "checksum mismatch" in str(cache.lookup("k1")[1])
+    entry.onnx_path.write_bytes(b"gr")
+    assert "checksum mismatch" in str(cache.lookup("k1")[1])
+    entry.onnx_path.unlink()
+    assert cache.lookup("k1") == (None, "converted graph is missing")
+
+
+def test_unreadable_or_foreign_manifest_is_reported(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    publish(cache, "k1")
+    manifest = tmp_path / "k1" / "manifest.json"
+    manifest.write_text("{not json")
+    assert "unreadable manifest" in str(cache.lookup("k1")[1])
+    publish(cache, "k2")
+    (tmp_path / "k2").rename(tmp_path / "k3")
+    assert "manifest is for key k2" in str(cache.lookup("k3")[1])
+    data = json.loads((tmp_path / "k3" / "manifest.json").read_text())
+    data["format"] = 99
+    (tmp_path / "k3" / "manifest.json").write_text(json.dumps(data))
+    assert "format 99" in str(cache.lookup("k3")[1])
+
+
+def test_publish_replaces_a_broken_entry(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    publish(cache, "k1", b"old")
+    (tmp_path / "k1" / "model.onnx").write_bytes(b"bad")
+    publish(cache, "k1", b"new")
+    found, problem = cache.lookup("k1")
+    assert problem is None and found is not None and found.onnx_path is not None
+    assert found.onnx_path.read_bytes() == b"new"
+    assert list(cache.tmp.iterdir()) == []
+
+
+def test_rejections_are_cached_without_a_graph(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    rejected = Entry(
+        key="k1",
+        status="rejected",
+        reason="no converter",
+        flavor="sklearn",
+        converter="skl2onnx",
+        converter_versions={},
+    )
+    cache.publish(rejected, None)
+    found, problem = cache.lookup("k1")
+    assert problem is None and found is not None and found.status == "rejected" and found.onnx_path is None
+
+
+def test_keys_follow_content_versions_and_tolerance(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "MLmodel").write_text("flavors: {}")
+    (model / "data").mkdir()
+    (model / "data" / "weights").write_bytes(b"abc")
+    digest = model_digest(model)
+    (model / "data" / "weights").write_bytes(b"abd")  # same size, other content
+    assert model_digest(model) != digest
+    versions = {"skl2onnx": "1.0"}
+    key = cache_key(digest, "sklearn", versions, 1e-5)
+    assert key == cache_key(digest, "sklearn", dict(versions), 1e-5)
+    assert key != cache_key(digest, "sklearn", {"skl2onnx": "1.1"}, 1e-5)
+    assert key != cache_key(digest, "sklearn", versions, 1e-4)
+    assert key != cache_key(digest, "xgboost", versions, 1e-5)
