@@ -78,7 +78,7 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
     async def timeseries(request: Request) -> Response:
         name = request.path_params["name"]
         authorize(request, name, PermissionLevel.CAN_VIEW)
-        if observability.catalog is not None and name not in observability.known_endpoints():
+        if name not in observability.known_endpoints():
             raise NotFound(f"Serving endpoint {name!r} does not exist.")
         since = _since(request.query_params.get("since"))
         return JSONResponse(observability.timeseries_json(name, since))

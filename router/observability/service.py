@@ -173,8 +173,10 @@ class Observability:
     # Readings ---------------------------------------------------------------------------------------
 
     def known_endpoints(self) -> set[str]:
-        """Endpoints as of the last sample (the catalog's), or those with series when there is no catalog."""
-        return set(self._views) if self.catalog is not None else set(self.hub.endpoints())
+        """The catalog's endpoints now, or those with series when there is no catalog."""
+        if self.catalog is None:
+            return set(self.hub.endpoints())
+        return {view.name for view in self.catalog.endpoint_views()}
 
     def status(self, key: EntityKey) -> EntityStatus | None:
         if self.autoscaler is None:

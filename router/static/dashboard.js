@@ -173,9 +173,9 @@ function drawChart(chart, times, series, windowStart, windowEnd) {
     "aria-label": chart.title });
   const values = chart.lines.flatMap((line) => (series[line.field] || []).filter((v) => v !== null));
   let max = values.length ? Math.max(...values) * scale : 0;
-  if (chart.integer) max = Math.max(1, Math.ceil(max));
-  if (max <= 0) max = 1;
-  max *= chart.integer ? 1 : 1.1;
+  // Counts get whole-number gridlines (three steps); everything else some headroom.
+  if (chart.integer) max = Math.max(3, Math.ceil(max / 3) * 3);
+  else max = max > 0 ? max * 1.1 : 1;
   const x = (t) => left + ((t - windowStart) / Math.max(1, windowEnd - windowStart)) * (width - left - right);
   const y = (v) => top + (1 - (v * scale) / max) * (height - top - bottom);
 
@@ -186,7 +186,8 @@ function drawChart(chart, times, series, windowStart, windowEnd) {
     const py = top + (1 - i / 3) * (height - top - bottom);
     grid.append(svg("line", { x1: left, x2: width - right, y1: py, y2: py }));
     const label = svg("text", { x: left - 4, y: py + 3, "text-anchor": "end" });
-    label.textContent = chart.unit === "money" ? fmtMoney(value) : fmtNumber(value, chart.integer ? 0 : 1);
+    label.textContent = chart.unit === "money" ? fmtMoney(value)
+      : fmtNumber(value, chart.integer ? 0 : 1) + (chart.unit === "%" ? "%" : "");
     axis.append(label);
   }
   for (const fraction of [0, 0.5, 1]) {
