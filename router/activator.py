@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.balancer import Action, Balancer, Dispatch, Drained, Eject, Poke, Reject, ReplicaSlot, Waiter
-from runtime.errors import NoCapacity
+from runtime.errors import NoCapacity, ZeroserveError
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +241,8 @@ class Activator:
         try:
             self._settle(scaler.report(entity, in_flight, queued))
             self._settle(scaler.poke(entity))
+        except ZeroserveError as exc:  # e.g. the autoscaler does not (or no longer) know the entity
+            logger.warning("poking the autoscaler for %s failed: %s", entity, exc.message)
         except Exception:  # the autoscaler's trouble must not fail the request that poked it
             logger.exception("poking the autoscaler for %s failed", entity)
 

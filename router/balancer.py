@@ -22,6 +22,10 @@ from autoscaler.types import EntityKey, ReplicaInfo
 from runtime.errors import NoCapacity, QueueFull, ZeroserveError
 
 
+class EntityRemoved(NoCapacity):
+    """The entity a request waited for left the routing table; the request may be routed again."""
+
+
 class ReplicaSlot:
     """The router's view of one replica: where it is and how busy."""
 
@@ -283,7 +287,7 @@ class Balancer:
         queue = self._queues.get(entity)
         if queue is None:
             return []
-        error = NoCapacity(f"Served entity '{entity.served_entity}' was removed: {reason}")
+        error = EntityRemoved(f"Served entity '{entity.served_entity}' was removed: {reason}")
         actions: list[Action] = [_reject(waiter, error) for waiter in queue.waiters.values()]
         queue.waiters.clear()
         if not queue.replicas and queue.in_flight == 0:

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.activator import Activator, ClientGone, ScaleRequester
+from router.balancer import EntityRemoved
 from router.proxy import (
     HOP_BY_HOP,
     UpstreamConnectError,
@@ -177,25 +178,35 @@ class DataPlane:
         status = 500
         try:
             body = await _read_body(receive, self.max_body_bytes)
-            entry = self.table.lookup(scope["path_params"]["name"])
+            name = scope["path_params"]["name"]
+            entry = self.table.lookup(name)
             client_request_id, body = peek_client_request_id(body)
-            entity = choose_entity(entry, client_request_id)
-            headers = [(name, value) for name, value in scope["headers"] if name not in _DROP_REQUEST_HEADERS]
+            headers = [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS]
             method = scope["method"]
-            target = upstream_path(entity) + (
-                "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
-            )
-            if entry.shadows and method == "POST":
-                self._mirror(entry, method, target, headers, body)
-            try:
-                response = await self.forward(entry, entity, method, target, headers, body, lambda: receive())
-            except ZeroserveError as exc:
-                exc.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
-                raise
+            query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            rerouted = False
+            while True:
+                chosen = entity = choose_entity(entry, client_request_id)
+                target = upstream_path(chosen) + query
+                if entry.shadows and method == "POST" and not rerouted:
+                    self._mirror(entry, method, target, headers, body)
+                try:
+                    response = await self.forward(entry, chosen, method, target, headers, body, receive)
+                except EntityRemoved:
+                    if rerouted:
+                        raise
+                    # A config update took the entity out of the routes while this request waited for
+                    # it: route it again under the endpoint's new config (404 if it was deleted).
+                    rerouted = True
+                    entry = self.table.lookup(name)
+                    continue
+                break
             status = response.status
-            await _send_response(send, response, entity.served_entity)
+            await _send_response(send, response, chosen.served_entity)
         except ZeroserveError as exc:
             status = exc.status_code
+            if entity is not None:
+                exc.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
             raise
         except ClientGone:
             status = 499  # nginx's "client closed request": nobody is left to answer

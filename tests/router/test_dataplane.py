@@ -283,7 +283,23 @@ async def test_oversized_body_is_413(dataplane: DataPlane, client: httpx.AsyncCl
     assert response.status_code == 413 and response.json()["error_code"] == "REQUEST_TOO_LARGE"
 
 
-async def test_rerouted_endpoint_releases_requests_queued_for_the_old_entity(
+async def test_request_queued_for_an_entity_that_leaves_the_routes_is_routed_again(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    async with echo_replica("rb") as rb:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        pending = asyncio.create_task(
+            client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+        )
+        await asyncio.sleep(0.05)
+        assert dataplane.activator.concurrency(A) == (0, 1)
+        dataplane.activator.replica_ready(rb.info(B))
+        dataplane.set_endpoint("ep", [(B, 100)])  # a config update: A is out, B (ready) takes traffic
+        response = await asyncio.wait_for(pending, 2)
+    assert response.status_code == 200 and response.headers["served-model-name"] == "b"
+
+
+async def test_request_queued_for_a_deleted_endpoint_gets_404(
     dataplane: DataPlane, client: httpx.AsyncClient
 ) -> None:
     dataplane.set_endpoint("ep", [(A, 100)])
@@ -291,13 +307,9 @@ async def test_rerouted_endpoint_releases_requests_queued_for_the_old_entity(
         client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
     )
     await asyncio.sleep(0.05)
-    dataplane.set_endpoint("ep", [(B, 100)])
-    response = await asyncio.wait_for(pending, 1)
-    assert response.status_code == 503 and "no longer routes" in response.json()["message"]
     dataplane.remove_endpoint("ep")
-    assert (
-        await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
-    ).status_code == 404
+    response = await asyncio.wait_for(pending, 1)
+    assert response.status_code == 404 and response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
 async def test_stats_count_requests_by_entity_and_status(
