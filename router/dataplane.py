@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -40,6 +40,9 @@ from router.routing import EndpointEntry, EndpointRouting, RoutingTable
 from router.stats import DataPlaneStats
 from router.traffic import choose_entity, peek_client_request_id, shadow_targets
 from runtime.errors import NoCapacity, PayloadTooLarge, UpstreamTimeout, ZeroserveError
+
+if TYPE_CHECKING:
+    from router.observability.inference_tables import InferenceTables
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class DataPlane:
         self.activator = activator if activator is not None else Activator(scaler)
         self.activator.set_health_check(self._health_check)
         self.stats = DataPlaneStats()
+        # Inference tables (observability): handed each finished request of an endpoint that captures.
+        self.capture: InferenceTables | None = None
         self.max_body_bytes = max_body_bytes
         # The model name a replica answers to on its /v2/models/{name} routes (the runtime's --name).
         self.upstream_model_name = upstream_model_name
@@ -176,8 +181,9 @@ class DataPlane:
         started = time.perf_counter()
         entity: EntityKey | None = None
         status = 500
+        raw_body = response_body = b""
         try:
-            body = await _read_body(receive, self.max_body_bytes)
+            body = raw_body = await _read_body(receive, self.max_body_bytes)
             name = scope["path_params"]["name"]
             entry = self.table.lookup(name)
             client_request_id, body = peek_client_request_id(body)
@@ -202,16 +208,21 @@ class DataPlane:
                     continue
                 break
             status = response.status
+            response_body = response.body
             await _send_response(send, response, chosen.served_entity)
         except ZeroserveError as exc:
             status = exc.status_code
+            response_body = orjson.dumps(exc.to_dict())
             if entity is not None:
                 exc.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
             raise
         except ClientGone:
             status = 499  # nginx's "client closed request": nobody is left to answer
         finally:
-            self.stats.record(entity, status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.stats.record(entity, status, elapsed)
+            if self.capture is not None and entity is not None and self.capture.enabled(entity.endpoint):
+                self.capture.capture_request(scope, entity, status, elapsed, raw_body, response_body)
 
     def _mirror(
         self, entry: EndpointEntry, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 # latency_ms ~ execution_time_ms, usage_context as a string map).
 COLUMNS = (
     "request_id", "client_request_id", "endpoint_name", "served_entity_name", "date", "timestamp_ms",
-    "latency_ms", "status_code", "request", "response", "request_truncated", "response_truncated",
-    "usage_context",
+    "latency_ms", "status_code", "request_content_type", "request", "response", "request_truncated",
+    "response_truncated", "usage_context",
 )
 
 
@@ -40,6 +40,7 @@ def _schema() -> Any:
         ("timestamp_ms", pa.int64()),
         ("latency_ms", pa.float64()),
         ("status_code", pa.int32()),
+        ("request_content_type", pa.string()),
         ("request", pa.string()),
         ("response", pa.string()),
         ("request_truncated", pa.bool_()),
@@ -84,6 +85,7 @@ def encode(records: list[CaptureRecord]) -> bytes:
         columns["timestamp_ms"].append(record.timestamp_ms)
         columns["latency_ms"].append(record.latency_ms)
         columns["status_code"].append(record.status_code)
+        columns["request_content_type"].append(record.request_content_type)
         # Binary bodies (v2 binary tensors) keep what decodes; the table is for reading, not replay.
         columns["request"].append(record.request_body.decode("utf-8", errors="replace"))
         columns["response"].append(record.response_body.decode("utf-8", errors="replace"))

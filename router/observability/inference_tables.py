@@ -32,7 +32,9 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from autoscaler.types import EntityKey
 from router.observability import _parquet
+from router.observability.logging import REQUEST_ID_SCOPE_KEY
 
 logger = logging.getLogger("zeroserve.inference_tables")
 
@@ -165,6 +167,29 @@ class InferenceTables:
         if len(self._buffer) >= self.settings.max_batch_records:
             self._batch_full.set()
         return True
+
+    def capture_request(self, scope: Mapping[str, Any], entity: EntityKey, status: int, elapsed_s: float,
+                        request_body: bytes, response_body: bytes) -> bool:
+        """``capture`` for the data plane: one finished request, as its handler saw it."""
+        if entity.endpoint not in self._configs:
+            return False
+        request_id = scope.get(REQUEST_ID_SCOPE_KEY) or uuid.uuid4().hex
+        content_type = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+                break
+        return self.capture(CaptureRecord(
+            request_id=request_id,
+            endpoint=entity.endpoint,
+            served_entity=entity.served_entity,
+            timestamp_ms=int((time.time() - elapsed_s) * 1000),
+            latency_ms=elapsed_s * 1000.0,
+            status_code=status,
+            request_body=request_body,
+            response_body=response_body,
+            request_content_type=content_type,
+        ))
 
     @property
     def buffered(self) -> int:
