@@ -253,3 +253,28 @@ async def test_stock_tritonclient_infers_through_the_router(
     assert metadata["name"] == "a"
     assert probabilities.shape == (3, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+async def test_client_that_hangs_up_leaves_the_queue(dataplane: DataPlane, gateway: str) -> None:
+    dataplane.set_endpoint("ep", [(A, 100)])  # nobody will start a replica: the request can only wait
+    host, port = gateway.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    payload = body()
+    writer.write(
+        b"POST /serving-endpoints/ep/invocations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+    await writer.drain()
+    for _ in range(100):
+        if dataplane.activator.concurrency(A) == (0, 1):
+            break
+        await asyncio.sleep(0.01)
+    assert dataplane.activator.concurrency(A) == (0, 1)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if dataplane.activator.concurrency(A) == (0, 0):
+            break
+        await asyncio.sleep(0.01)
+    assert dataplane.activator.concurrency(A) == (0, 0)
+    assert dataplane.stats.entity(A).by_status == {499: 1}
