@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="requests processed at once (container concurrency)")
     parser.add_argument("--drain-timeout", type=float, help="seconds to finish in-flight requests on SIGTERM")
     parser.add_argument("--execution", choices=["auto", "inline", "thread"])
+    parser.add_argument(
+        "--optimization",
+        choices=["auto", "off", "required"],
+        help="serve MLflow models as verified ONNX conversions (default auto; env ZEROSERVE_OPTIMIZATION)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("ZEROSERVE_LOG_LEVEL", "WARNING"))
     return parser.parse_args(argv)
 
@@ -41,6 +46,7 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "drain_timeout_s": args.drain_timeout,
         "execution": args.execution,
+        "optimization": args.optimization,
     }
     if args.no_batching:
         overrides["batching"] = False

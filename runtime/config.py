@@ -42,3 +42,9 @@ class ReplicaSettings(BaseSettings):
     # the HTTP side needs the other core; raise them for big models on big machines.
     onnx_intra_op_threads: int = Field(default=1, ge=0)
     torch_threads: int = Field(default=1, ge=1)
+
+    # Automatic optimization of MLflow models (runtime/optimize): "auto" serves a conversion to ONNX that
+    # answered exactly like the native model, "off" always the native flavor, "required" fails the load
+    # when there is no such conversion. Scores must agree within ``optimization_rtol`` (relative).
+    optimization: Literal["auto", "off", "required"] = "auto"
+    optimization_rtol: float = Field(default=1e-5, gt=0.0)

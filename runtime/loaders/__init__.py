@@ -126,6 +126,12 @@ def _load_mlflow(directory: Path, settings: ReplicaSettings) -> LoadedModel:
         model = OnnxModel(directory / flavors["onnx"]["data"], settings)
         model.example = info.example
         return model
+    # Convertible flavors are served from a verified ONNX conversion unless optimization is off.
+    from runtime.optimize.loader import load_optimized
+
+    optimized = load_optimized(directory, info, settings)
+    if optimized is not None:
+        return optimized
     if "pytorch" in flavors and isinstance(info.input_schema, TensorSchema):
         from runtime.loaders.torch import load_mlflow_pytorch
 
