@@ -252,8 +252,8 @@ def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool, resolve
     if item.name is not None:
         name = validate_name(item.name, f"{where}.name")
     else:
-        base = entity_name.rstrip("/").rsplit("/", 1)[-1] if _is_uri(entity_name) else entity_name
-        name = name_safe(f"{base}-{version}" if version else base)
+        name = name_safe(f"{_model_base(entity_name, version)}-{version}" if version else
+                         _model_base(entity_name, version))
     minimum = item.min_provisioned_concurrency or 0
     maximum = item.max_provisioned_concurrency
     if maximum is not None and minimum > maximum:
@@ -281,6 +281,17 @@ def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool, resolve
         autoscaling=item.autoscaling.given(),
         legacy=legacy,
     )
+
+
+def _model_base(entity_name: str, version: str | None) -> str:
+    """The model's own name in ``entity_name``: ``s3://b/models/propensity/2`` -> ``propensity``."""
+    if not _is_uri(entity_name):
+        return entity_name
+    segments = [part for part in entity_name.split("://", 1)[-1].split("/") if part]
+    # A trailing segment that is the version (or any number) names the version, not the model.
+    while len(segments) > 1 and (segments[-1] == version or segments[-1].isdigit()):
+        segments.pop()
+    return segments[-1] if segments else "model"
 
 
 def _is_uri(text: str) -> bool:

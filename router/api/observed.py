@@ -23,6 +23,8 @@ from router.stats import DataPlaneStats
 from runtime.errors import NotFound
 
 SCALING_REASONS_SHOWN = 5
+# What a replica prints once its model is loaded and warm (runtime/__main__.py).
+READY_MARKER = "ZEROSERVE_REPLICA_READY"
 
 
 class AutoscalerScaler:
@@ -63,15 +65,34 @@ class AutoscalerScaler:
             return "(the served entity is not running)"
 
     def build_logs(self, entity: EntityKey) -> str:
-        """How replicas were brought up: starts, failures and their reasons, oldest first."""
+        """How replicas were brought up: the scaling and replica events, then each replica's output up
+        to the moment it became ready (model fetch, load, warm-up), oldest first."""
         status = self.status(entity)
         if status is None:
             return "(the served entity is not running)"
-        lines = [f"model {status.spec.model_uri} (template generation {status.generation})"]
+        lines = [f"served entity {entity.served_entity}: model {status.spec.model_uri}"
+                 f" (template generation {status.generation})"]
         lines += [f"{record.at_unix_ms} {record.reason}" for record in status.history]
         if status.failed_reason:
             lines.append(f"FAILED: {status.failed_reason}")
+        lines += startup_sections(self.logs(entity))
         return "\n".join(lines)
+
+
+def startup_sections(replica_logs: str) -> list[str]:
+    """The start-up part of each replica's section of ``Autoscaler.replica_logs``: its lines up to and
+    including the runtime's ready announcement (all of it for a replica that never became ready)."""
+    kept: list[str] = []
+    in_startup = False
+    for line in replica_logs.splitlines():
+        if line.startswith("--- replica "):
+            in_startup = True
+            kept.append(line)
+        elif in_startup:
+            kept.append(line)
+            if READY_MARKER in line:
+                in_startup = False
+    return kept
 
 
 def entity_state(status: EntityStatus) -> EntityState:

@@ -28,6 +28,7 @@ def entity_spec(entity: ServedEntity) -> EntitySpec:
     return EntitySpec(
         model_uri=entity.model_uri,
         served_name=entity.name,
+        model_version=entity.entity_version,
         environment_vars=dict(entity.environment_vars),
         workload_type=entity.workload_type,
         autoscaling=autoscaling,

@@ -33,6 +33,19 @@ def test_single_entity_defaults() -> None:
     assert [(r.served_entity_name, r.traffic_percentage) for r in result.routes] == [("propensity-1", 100)]
 
 
+@pytest.mark.parametrize(("uri", "version", "expected"), [
+    ("s3://bucket/models/propensity/2", "2", "propensity-2"),
+    ("file:///tmp/model/1", "1", "model-1"),
+    ("models:/fraud/3", "3", "fraud-3"),
+    ("s3://bucket/churn", None, "churn"),
+])
+def test_default_served_entity_name(uri: str, version: str | None, expected: str) -> None:
+    fields: dict[str, Any] = {"entity_name": uri}
+    if version:
+        fields["entity_version"] = version
+    assert config({"served_entities": [fields]}).served_entities[0].name == expected
+
+
 def test_unknown_fields_are_ignored_and_versions_become_text() -> None:
     result = config({
         "served_entities": [entity(entity_version=3, brand_new_field={"x": 1})],
