@@ -107,7 +107,9 @@ class Cache:
             return None
 
     def write_ref(self, ref: Ref) -> None:
-        self._atomic_write(self._ref_path(ref.uri), json.dumps(ref.__dict__))
+        # A hint, not data: rename keeps it whole, and losing the latest one to a crash costs only a
+        # store round trip, so it is not fsynced (an fsync here would dominate a warm open).
+        self._atomic_write(self._ref_path(ref.uri), json.dumps(ref.__dict__), durable=False)
 
     # ---- etag index (etag, size) -> blob ---------------------------------------------------------
     def _etag_path(self, etag: str, size: int, version_id: str | None) -> Path:
@@ -124,8 +126,8 @@ class Cache:
         return sha if self.blob_ok(sha, size) else None
 
     def remember_etag(self, etag: str | None, size: int, version_id: str | None, sha256: str) -> None:
-        if etag:
-            self._atomic_write(self._etag_path(etag, size, version_id), sha256)
+        if etag:  # a hint as well: a missing entry only means a GET that could have been skipped
+            self._atomic_write(self._etag_path(etag, size, version_id), sha256, durable=False)
 
     # ---- blobs ----------------------------------------------------------------------------------
     def blob_ok(self, sha256: str, size: int) -> bool:
@@ -250,15 +252,16 @@ class Cache:
         return total
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _write_synced(self, path: Path, text: str) -> None:
+    def _write_synced(self, path: Path, text: str, *, durable: bool = True) -> None:
         with open(path, "w") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
 
-    def _atomic_write(self, path: Path, text: str) -> None:
+    def _atomic_write(self, path: Path, text: str, *, durable: bool) -> None:
         temp = self.temp_path(path.name)
-        self._write_synced(temp, text)
+        self._write_synced(temp, text, durable=durable)
         os.replace(temp, path)
 
     def remove_stale_temp(self) -> int:

@@ -191,7 +191,10 @@ def _adopt_if_published(
             cache.discard_blob(entry.sha256)
         return None
     cache.touch(key)
-    cache.write_ref(Ref(uri, key, resolved.immutable, time.time()))
+    previous = cache.read_ref(uri)
+    # Rewritten only when it changes or when its timestamp matters (a freshness TTL is configured).
+    if previous is None or previous.version_key != key or settings.cache_freshness_ttl_s > 0:
+        cache.write_ref(Ref(uri, key, resolved.immutable, time.time()))
     metrics.add("hits")
     return ModelHandle(
         uri=uri, path=cache.tree_path(key), version_key=key, manifest=manifest, pin=pin, from_cache=True
@@ -248,7 +251,8 @@ async def _download_all(
                 raise StoreError(
                     f"{resolved.location}/{file.path}: MD5 {digests.md5} does not match ETag {file.md5}"
                 )
-            cache.adopt_blob(temp, digests.sha256)
+            # fsync + rename in a worker thread, overlapping the other files still downloading.
+            await asyncio.to_thread(cache.adopt_blob, temp, digests.sha256)
             cache.remember_etag(file.etag, file.size, file.version_id, digests.sha256)
             entries[file.path] = FileEntry(file.path, file.size, digests.sha256, file.etag, file.version_id)
         finally:

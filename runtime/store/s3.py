@@ -218,17 +218,18 @@ class S3Store:
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 if pending_bytes >= _WRITE_BATCH:
-                    self._flush(fd, pending, cursor, progress)
+                    # Disk writes go to a worker thread: the loop keeps every other stream moving
+                    # (page-cache writes on a slow disk otherwise stall all parts at once).
+                    written = await asyncio.to_thread(os.pwritev, fd, pending, cursor.offset)
+                    self._advance(cursor, written, progress)
                     pending, pending_bytes = [], 0
         finally:
             # Keep whatever arrived before a fault, so that the retry resumes after it.
-            self._flush(fd, pending, cursor, progress)
+            if pending:
+                self._advance(cursor, os.pwritev(fd, pending, cursor.offset), progress)
 
     @staticmethod
-    def _flush(fd: int, chunks: list[bytes], cursor: _Cursor, progress: Progress | None) -> None:
-        if not chunks:
-            return
-        written = os.pwritev(fd, chunks, cursor.offset)
+    def _advance(cursor: _Cursor, written: int, progress: Progress | None) -> None:
         cursor.offset += written
         metrics.add("bytes_fetched", written)
         if progress is not None:

@@ -37,7 +37,8 @@ def test_pull_then_pull_again_is_a_cache_hit(tmp_path: Path, cache_dir: Path) ->
 
 
 def test_pull_of_a_missing_model_fails_with_its_uri(tmp_path: Path, cache_dir: Path) -> None:
-    result = CliRunner().invoke(cli, ["models", "pull", str(tmp_path / "absent"), "--cache-dir", str(cache_dir)])
+    missing = str(tmp_path / "absent")
+    result = CliRunner().invoke(cli, ["models", "pull", missing, "--cache-dir", str(cache_dir)])
     assert result.exit_code == 1
     assert "absent" in result.output and "does not exist" in result.output
 
