@@ -38,6 +38,7 @@ READY = "BENCH_READY"
 N_FEATURES = 20
 BODY = orjson.dumps({"inputs": [[0.1 * i for i in range(N_FEATURES)]]})
 HEADERS = [(b"content-type", b"application/json")]
+ROUNDS = 4
 
 
 # --- the processes ---------------------------------------------------------------------------------
@@ -207,6 +208,23 @@ async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "ok": statuses.get(200, 0),
         "errors": sum(count for status, count in statuses.items() if status != 200),
         "statuses": {str(status): count for status, count in statuses.items()},
+        "latencies_ms": [round(1000 * seconds, 4) for seconds in latencies],
+    }
+
+
+def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several rounds: percentiles over all their latencies, req/s over their time."""
+    latencies = sorted(ms for result in rounds for ms in result["latencies_ms"])
+    statuses: dict[str, int] = {}
+    for result in rounds:
+        for status, count in result["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    return {
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+        "rps": len(latencies) / sum(result["elapsed_s"] for result in rounds),
+        "errors": sum(result["errors"] for result in rounds),
+        "statuses": statuses,
     }
 
 
@@ -316,10 +334,15 @@ def main() -> None:
             router("--replica-port", str(replica_port), "--capacity", str(args.capacity)) as router_port,
         ):
             for concurrency, requests in ((1, n1), (16, n16)):
-                warmup = max(200, requests // 10)
-                direct = load(replica_port, "/invocations", concurrency, requests, warmup)
-                routed = load(router_port, routed_path, concurrency, requests, warmup)
-                rows.append((concurrency, direct, routed))
+                # Direct and routed alternate in short rounds, so that a noisy neighbour (the machine is
+                # shared) slows both alike instead of whichever ran during the disturbance.
+                per_round = requests // ROUNDS
+                direct_rounds, routed_rounds = [], []
+                for _ in range(ROUNDS):
+                    warmup = max(100, per_round // 10)
+                    direct_rounds.append(load(replica_port, "/invocations", concurrency, per_round, warmup))
+                    routed_rounds.append(load(router_port, routed_path, concurrency, per_round, warmup))
+                rows.append((concurrency, _pooled(direct_rounds), _pooled(routed_rounds)))
             clients = (
                 []
                 if args.no_clients
