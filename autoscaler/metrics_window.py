@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 BUCKET_S = 1.0
 
@@ -27,8 +28,7 @@ class NoData:
     reason: str = "no concurrency reports yet"
 
 
-@dataclass(frozen=True, slots=True)
-class WindowReading:
+class WindowReading(NamedTuple):
     """What the policy sees of an entity's traffic at one instant."""
 
     stable_concurrency: float  # time-weighted mean over the stable window
@@ -53,8 +53,10 @@ class MetricsWindow:
     def __init__(self, retention_s: float, sample_ttl_s: float = 10.0) -> None:
         self._retention_s = retention_s
         self._sample_ttl_s = sample_ttl_s
-        # (bucket index, area in concurrency-seconds), oldest first.
+        # (bucket index, area in concurrency-seconds), oldest first, and the sum of their areas: a
+        # window average then touches only the few buckets at one end (10,000 entities per tick).
         self._buckets: deque[list[float]] = deque()
+        self._total_area = 0.0
         self._levels: dict[str, _SourceLevel] = {}
         self._first_seen: float | None = None
         self._last_busy_at: float | None = None
@@ -93,29 +95,49 @@ class MetricsWindow:
         self._poked = False
 
     def reading(self, now: float, stable_window_s: float, panic_window_s: float) -> WindowReading | NoData:
-        if self._first_seen is None:
+        first_seen = self._first_seen
+        if first_seen is None:
             return NoData()
+        self._evict(now)
+        # Windows that began before the first report are averaged over the time observed so far: a
+        # new entity's first 10 s at 5 concurrent read as 5, not as 5 x 10 / 60.
+        stable_start = max(now - stable_window_s, first_seen)
+        panic_start = max(now - panic_window_s, first_seen)
+        stable_area = self._area_since(stable_start)
+        panic_area = self._area_since(panic_start)
         current = 0.0
         queued = 0
         last_busy_at = self._last_busy_at
+        ttl = self._sample_ttl_s
+        # One pass over the routers' open segments: each level holds from its report until now, or
+        # until it expired.
         for level in self._levels.values():
-            if now - level.since <= self._sample_ttl_s:
-                current += level.concurrency
+            concurrency = level.concurrency
+            if concurrency == 0:
+                continue
+            since = level.since
+            held_until = since + ttl
+            if held_until >= now:
+                held_until = now
+                current += concurrency
                 queued += level.queued
-                if level.concurrency > 0:
-                    last_busy_at = now
-            elif level.concurrency > 0:
-                # An expired level was busy until it expired.
-                expired_at = level.since + self._sample_ttl_s
-                last_busy_at = max(last_busy_at or expired_at, expired_at)
+            if last_busy_at is None or held_until > last_busy_at:
+                last_busy_at = held_until
+            if held_until > stable_start:
+                stable_area += concurrency * (held_until - max(since, stable_start))
+            if held_until > panic_start:
+                panic_area += concurrency * (held_until - max(since, panic_start))
+        stable_duration = now - stable_start
+        panic_duration = now - panic_start
+        # A zero duration: the very first report is happening now, and its level is the best estimate.
         return WindowReading(
-            stable_concurrency=self._average(now, stable_window_s),
-            panic_concurrency=self._average(now, panic_window_s),
-            current_concurrency=current,
-            queued=queued,
-            last_busy_at=last_busy_at,
-            observed_since=self._first_seen,
-            poked=self._poked,
+            stable_area / stable_duration if stable_duration > 0 else current,
+            panic_area / panic_duration if panic_duration > 0 else current,
+            current,
+            queued,
+            last_busy_at,
+            first_seen,
+            self._poked,
         )
 
     @property
@@ -123,32 +145,28 @@ class MetricsWindow:
         """How many 1-second buckets are held (bounded by the retention)."""
         return len(self._buckets)
 
-    def _average(self, now: float, window_s: float) -> float:
-        assert self._first_seen is not None
-        start = max(now - window_s, self._first_seen)
-        duration = now - start
-        if duration <= 0:
-            # The very first report is happening now: its level is the best estimate there is.
-            return sum(level.concurrency for level in self._levels.values())
-        area = 0.0
+    def _area_since(self, start: float) -> float:
+        buckets = self._buckets
+        if not buckets:
+            return 0.0
         first_index = math.floor(start / BUCKET_S)
-        for index, bucket_area in reversed(self._buckets):
+        # Only the part of the first bucket inside the window counts; areas are assumed spread
+        # evenly over a bucket (1 s against windows of 6 s and more).
+        inside = min(1.0, ((first_index + 1) * BUCKET_S - start) / BUCKET_S)
+        if first_index - buckets[0][0] < buckets[-1][0] - first_index:
+            # Most buckets are inside: the total less what lies before the window.
+            area = self._total_area
+            for index, bucket_area in buckets:
+                if index > first_index:
+                    break
+                area -= bucket_area if index < first_index else bucket_area * (1.0 - inside)
+            return max(0.0, area)
+        area = 0.0
+        for index, bucket_area in reversed(buckets):
             if index < first_index:
                 break
-            if index == first_index:
-                # Only the part of the oldest bucket inside the window counts; areas are assumed
-                # spread evenly over a bucket (1 s against windows of 6 s and more).
-                bucket_end = (index + 1) * BUCKET_S
-                area += bucket_area * min(1.0, (bucket_end - start) / BUCKET_S)
-            else:
-                area += bucket_area
-        for level in self._levels.values():
-            # Open segments: each router's latest level from its report (or the window start) to now.
-            segment_start = max(level.since, start)
-            segment_end = min(now, level.since + self._sample_ttl_s)
-            if segment_end > segment_start:
-                area += level.concurrency * (segment_end - segment_start)
-        return area / duration
+            area += bucket_area * inside if index == first_index else bucket_area
+        return area
 
     def _integrate(self, level: _SourceLevel, until: float) -> None:
         """Add ``level`` held from ``level.since`` to ``until`` into the buckets it spans."""
@@ -163,6 +181,7 @@ class MetricsWindow:
             position = piece_end
 
     def _add_area(self, index: int, area: float) -> None:
+        self._total_area += area
         if self._buckets and self._buckets[-1][0] == index:
             self._buckets[-1][1] += area
             return
@@ -180,6 +199,11 @@ class MetricsWindow:
         self._buckets = deque(sorted(self._buckets, key=lambda bucket: bucket[0]))
 
     def _evict(self, now: float) -> None:
+        buckets = self._buckets
+        if not buckets or buckets[0][0] >= (now - self._retention_s) / BUCKET_S - 1:
+            return
         oldest_kept = math.floor((now - self._retention_s) / BUCKET_S) - 1
         while self._buckets and self._buckets[0][0] < oldest_kept:
-            self._buckets.popleft()
+            self._total_area -= self._buckets.popleft()[1]
+        if not self._buckets:
+            self._total_area = 0.0  # no float residue once nothing is held

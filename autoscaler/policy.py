@@ -15,22 +15,23 @@ replica), stable window 60 s, panic window 6 s, panic threshold 2x, scale-down r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from autoscaler.metrics_window import NoData, WindowReading
 from autoscaler.spec import AutoscalingSpec
 
+# Value types are NamedTuples rather than frozen dataclasses: the loop builds three per entity per
+# tick, and a NamedTuple is built ~4x faster (10,000 entities must be decided in well under 100 ms).
 
-@dataclass(frozen=True, slots=True)
-class Fleet:
+
+class Fleet(NamedTuple):
     """The replicas that exist for the entity's current config right now."""
 
     ready: int
     starting: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyState:
+class PolicyState(NamedTuple):
     """The policy's memory between decisions; the loop keeps it and passes it back in."""
 
     desired: int = 0
@@ -47,8 +48,7 @@ class PolicyState:
         return self.panic_last_over_at is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     desired: int
     previous: int
     reason: str
@@ -59,12 +59,6 @@ class Decision:
         return self.desired != self.previous
 
 
-@dataclass(frozen=True, slots=True)
-class _Targets:
-    stable: int  # replicas the stable-window average asks for
-    panic: int  # replicas the panic-window average asks for
-
-
 def decide(
     window: WindowReading | NoData, spec: AutoscalingSpec, state: PolicyState, now: float, fleet: Fleet
 ) -> tuple[Decision, PolicyState]:
@@ -72,16 +66,18 @@ def decide(
     if isinstance(window, NoData):
         return _no_data(window, spec, state)
     targets = _target(window, spec)
-    desired, panic_state, reason = _panic_or_stable(targets, window, spec, state, now, fleet)
+    desired, panic_last_over_at, panic_peak, reason = _panic_or_stable(
+        targets, window, spec, state, now, fleet)
     notes: list[str] = []
     desired = _rate_limits(desired, spec, fleet, notes)
     desired = _floor_ceiling(desired, spec, notes)
     desired, recent = _scale_down_delay(desired, spec, state, now, notes)
     desired = _scale_to_zero_gate(desired, window, spec, state, now, fleet, notes)
     desired, reason = _cold_start(desired, window, fleet, reason)
-    full_reason = "; ".join([reason, *notes])
-    next_state = replace(panic_state, desired=desired, recent_recommendations=recent)
-    return Decision(desired, state.desired, full_reason, next_state.panicking), next_state
+    if notes:
+        reason = "; ".join([reason, *notes])
+    next_state = PolicyState(desired, panic_last_over_at, panic_peak, recent)
+    return Decision(desired, state.desired, reason, panic_last_over_at is not None), next_state
 
 
 def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple[Decision, PolicyState]:
@@ -91,34 +87,35 @@ def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple
     reason = f"no data ({window.reason}): hold {state.desired}"
     if desired != state.desired:
         reason += f"; floor {spec.floor_replicas}, ceiling {spec.ceiling_replicas} -> {desired}"
-    return Decision(desired, state.desired, reason), replace(state, desired=desired)
+    next_state = state._replace(desired=desired)
+    return Decision(desired, state.desired, reason), next_state
 
 
-def _target(window: WindowReading, spec: AutoscalingSpec) -> _Targets:
-    # Replicas needed so that each carries at most C x utilization concurrent requests:
-    # 37.0 concurrent / (4 x 0.7 = 2.8) = 13.2 -> 14 replicas. A tiny epsilon keeps 5.6 / 2.8 at 2
-    # rather than 3 when floating point lands a hair above.
-    per_replica = spec.target_per_replica
-    return _Targets(
-        stable=math.ceil(window.stable_concurrency / per_replica - 1e-9),
-        panic=math.ceil(window.panic_concurrency / per_replica - 1e-9),
-    )
+def _target(window: WindowReading, spec: AutoscalingSpec) -> tuple[int, int]:
+    # Replicas (stable, panic) needed so that each carries at most C x utilization concurrent
+    # requests: 37.0 concurrent / (4 x 0.7 = 2.8) = 13.2 -> 14 replicas. A tiny epsilon keeps
+    # 5.6 / 2.8 at 2 rather than 3 when floating point lands a hair above.
+    per_replica = spec.container_concurrency * spec.target_utilization
+    return (math.ceil(window.stable_concurrency / per_replica - 1e-9),
+            math.ceil(window.panic_concurrency / per_replica - 1e-9))
 
 
 def _panic_or_stable(
-    targets: _Targets,
+    targets: tuple[int, int],
     window: WindowReading,
     spec: AutoscalingSpec,
     state: PolicyState,
     now: float,
     fleet: Fleet,
-) -> tuple[int, PolicyState, str]:
+) -> tuple[int, float | None, int, str]:
+    """(desired, panic_last_over_at, panic_peak, reason)."""
     # Panic when the panic window asks for >= threshold x the ready replicas (at least 1, so a burst
     # into an entity at zero can panic too): 14 wanted / 3 ready = 4.7 >= 2 -> panic. In panic the
     # count follows the panic window and never goes down; panic ends once a full stable window has
     # passed without the threshold being crossed again.
+    stable_target, panic_target = targets
     ready_basis = max(1, fleet.ready)
-    over_threshold = targets.panic / ready_basis >= spec.panic_threshold
+    over_threshold = panic_target / ready_basis >= spec.panic_threshold
     panic_last_over_at = state.panic_last_over_at
     panic_peak = state.panic_peak
     if over_threshold:
@@ -129,18 +126,17 @@ def _panic_or_stable(
         panic_last_over_at = None
         panic_peak = 0
     if panic_last_over_at is not None:
-        desired = max(targets.panic, panic_peak)
+        desired = max(panic_target, panic_peak)
         reason = (f"panic: {window.panic_concurrency:.1f} concurrent over {_seconds(spec.panic_window_s)}, "
                   f"{fleet.ready} ready -> {desired}")
-        if desired > targets.panic:
+        if desired > panic_target:
             reason += f" (holding panic peak {panic_peak}, no scale-down while panicking)"
-        next_state = replace(state, panic_last_over_at=panic_last_over_at, panic_peak=desired)
-        return desired, next_state, reason
+        return desired, panic_last_over_at, desired, reason
     reason = (f"stable: {window.stable_concurrency:.1f} concurrent over {_seconds(spec.stable_window_s)}, "
-              f"{fleet.ready} ready -> {targets.stable}")
+              f"{fleet.ready} ready -> {stable_target}")
     if state.panicking:
         reason = f"panic over after {_seconds(spec.stable_window_s)} calm; " + reason
-    return targets.stable, replace(state, panic_last_over_at=None, panic_peak=0), reason
+    return stable_target, None, 0, reason
 
 
 def _rate_limits(desired: int, spec: AutoscalingSpec, fleet: Fleet, notes: list[str]) -> int:
@@ -159,12 +155,14 @@ def _rate_limits(desired: int, spec: AutoscalingSpec, fleet: Fleet, notes: list[
 
 def _floor_ceiling(desired: int, spec: AutoscalingSpec, notes: list[str]) -> int:
     # Reserved floor ceil(10 / 4) = 3 holds even when idle; ceiling ceil(16 / 4) = 4 for Medium.
-    if desired < spec.floor_replicas:
-        notes.append(f"floor {spec.floor_replicas}")
-        return spec.floor_replicas
-    if desired > spec.ceiling_replicas:
-        notes.append(f"ceiling {spec.ceiling_replicas}")
-        return spec.ceiling_replicas
+    floor = spec.floor_replicas
+    if desired < floor:
+        notes.append(f"floor {floor}")
+        return floor
+    ceiling = spec.ceiling_replicas
+    if desired > ceiling:
+        notes.append(f"ceiling {ceiling}")
+        return ceiling
     return desired
 
 

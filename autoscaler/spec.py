@@ -74,6 +74,9 @@ class AutoscalingSpec:
     # queue_timeout_s (then 503 with Retry-After); a full queue answers 429 at once.
     max_queue: int = 256
     queue_timeout_s: float = 30.0
+    # Derived in __post_init__: the policy reads them for every entity on every tick.
+    _floor: int = field(init=False, repr=False, compare=False)
+    _ceiling: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.workload_size, str):
@@ -106,6 +109,13 @@ class AutoscalingSpec:
                      "max_scale_up_rate", "max_scale_down_rate", "scale_down_delay_s",
                      "scale_to_zero_grace_s", "queue_timeout_s"):
             _require(math.isfinite(getattr(self, name)), name, "must be finite", getattr(self, name))
+        # Reserved floor: ceil(10 / 4) = 3 replicas, whether or not scale to zero is enabled; without
+        # one, 0 with scale to zero and 1 without. Ceiling: ceil(16 / 4) = 4 for Medium, >= the floor.
+        reserved = math.ceil(self.min_provisioned_concurrency / self.container_concurrency)
+        floor = reserved if reserved > 0 else (0 if self.scale_to_zero_enabled else 1)
+        object.__setattr__(self, "_floor", floor)
+        ceiling = max(floor, math.ceil(self.max_concurrency / self.container_concurrency))
+        object.__setattr__(self, "_ceiling", ceiling)
 
     @property
     def max_concurrency(self) -> int:
@@ -125,21 +135,14 @@ class AutoscalingSpec:
 
     @property
     def floor_replicas(self) -> int:
-        """Replicas kept even when idle.
-
-        A reserved floor (``min_provisioned_concurrency`` > 0) always holds, whether or not scale to
-        zero is enabled: ceil(10 / 4) = 3 replicas. Without one, the floor is 0 with scale to zero and 1
-        without it.
-        """
-        reserved = math.ceil(self.min_provisioned_concurrency / self.container_concurrency)
-        if reserved > 0:
-            return reserved
-        return 0 if self.scale_to_zero_enabled else 1
+        """Replicas kept even when idle: a reserved floor (``min_provisioned_concurrency`` > 0) always
+        holds; without one, 0 with scale to zero and 1 without it."""
+        return self._floor
 
     @property
     def ceiling_replicas(self) -> int:
-        """The most replicas ever run: ceil(max concurrency / C), Medium 16 / 4 = 4; at least the floor."""
-        return max(self.floor_replicas, math.ceil(self.max_concurrency / self.container_concurrency))
+        """The most replicas ever run: ceil(max concurrency / C), at least the floor."""
+        return self._ceiling
 
 
 def _require(condition: bool, field_name: str, rule: str, value: object) -> None:

@@ -64,13 +64,13 @@ def test_window_only_counts_its_own_span() -> None:
     window = MetricsWindow(retention_s=60, sample_ttl_s=100)
     window.report(0.0, in_flight=20, queued=0)
     window.report(30.0, in_flight=0, queued=0)
+    # Window [0, 60]: 20 for 30 s -> 10.
+    assert read(window, 60.0).stable_concurrency == pytest.approx(10.0)
+    # Window [15, 75]: 20 for the 15 s up to 30. Then [30, 90]: no traffic at all.
+    assert read(window, 75.0).stable_concurrency == pytest.approx(20 * 15 / 60)
     reading = read(window, 90.0)
-    # Stable window [30, 90] has no traffic; the burst before it does not count.
     assert reading.stable_concurrency == pytest.approx(0.0)
     assert reading.last_busy_at == 30.0
-    partial = read(window, 60.0)
-    # Window [0, 60]: 20 for 30 s -> 10.
-    assert partial.stable_concurrency == pytest.approx(10.0)
 
 
 def test_partial_bucket_at_window_start_is_prorated() -> None:
