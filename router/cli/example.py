@@ -1,0 +1,112 @@
+"""The example endpoint of ``zeroserve up --example``: a purchase-propensity model, trained locally the
+first time (``runtime.examples``), kept as a ``file://`` model under ``ZEROSERVE_HOME``, served by an
+endpoint with a floor of one replica so that the first query answers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from router.api.lifecycle import ConfigUpdate
+
+EXAMPLE_ENDPOINT = "propensity"
+EXAMPLE_PRINCIPAL = "example-client"
+_TOKEN_COMMENT = "zeroserve up --example"
+
+
+def example_model_dir(home: Path) -> Path:
+    return home / "models" / "propensity" / "1"
+
+
+def ensure_example_model(home: Path) -> Path:
+    """The trained example model, built once; an interrupted earlier build is redone."""
+    from runtime.examples import make_propensity_mlflow
+
+    directory = example_model_dir(home)
+    if (directory / "MLmodel").is_file():
+        return directory
+    partial = directory.with_name(directory.name + ".partial")
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    make_propensity_mlflow(partial)
+    partial.rename(directory)  # the model appears whole or not at all
+    return directory
+
+
+def example_config(model_dir: Path) -> dict[str, Any]:
+    return {
+        "served_entities": [
+            {
+                "name": "propensity-1",
+                "entity_name": model_dir.as_uri(),
+                "entity_version": "1",
+                "workload_size": "Small",
+                "scale_to_zero_enabled": False,
+            }
+        ]
+    }
+
+
+def example_query_token(gateway: Any) -> str | None:
+    """A fresh CAN_QUERY token for the example endpoint (earlier example tokens are revoked), or None
+    when auth is off."""
+    from router.auth.permissions import AclEntry
+    from router.auth.types import PermissionLevel
+
+    front_door = gateway.front_door
+    if not front_door.auth_enabled:
+        return None
+    for info in front_door.tokens.list():
+        if info.principal == EXAMPLE_PRINCIPAL and info.comment == _TOKEN_COMMENT:
+            front_door.tokens.revoke(info.token_id)
+    token, _ = front_door.tokens.create(EXAMPLE_PRINCIPAL, comment=_TOKEN_COMMENT)
+    record = gateway.store.get(EXAMPLE_ENDPOINT)
+    entry = AclEntry("service_principal_name", EXAMPLE_PRINCIPAL, PermissionLevel.CAN_QUERY)
+    front_door.permissions.update(record.id, [entry])
+    return str(token)
+
+
+async def deploy_example(gateway: Any, timeout_s: float = 300.0) -> list[str]:
+    """Train (first run), create or re-apply the example endpoint, wait until it serves; return the lines
+    to print: the URL, tokens and a ready-to-paste query."""
+    from router.cli.serve import curl_command
+    from runtime.examples import propensity_request
+
+    home: Path = gateway.settings.home
+    model_dir = await asyncio.to_thread(ensure_example_model, home)
+    config = example_config(model_dir)
+    record = gateway.store.find(EXAMPLE_ENDPOINT)
+    if record is None:
+        await gateway.controller.create({"name": EXAMPLE_ENDPOINT, "config": config}, "zeroserve-up")
+    elif record.config_update is ConfigUpdate.UPDATE_FAILED:
+        await gateway.controller.update_config(EXAMPLE_ENDPOINT, config, "zeroserve-up")  # try again
+    async with asyncio.timeout(timeout_s):
+        await gateway.controller.wait_rollout(EXAMPLE_ENDPOINT)
+    record = gateway.store.get(EXAMPLE_ENDPOINT)
+    if record.update_message:
+        raise RuntimeError(f"the example endpoint failed to deploy: {record.update_message}")
+    token = example_query_token(gateway)
+    url = gateway.url or gateway.settings.local_url
+    body = propensity_request(2)
+    lines = [f"[bold green]zeroserve is up[/] at {url}  (state in {home})"]
+    if gateway.admin_token:
+        lines.append(f"admin token (shown once, keep it): [bold]{gateway.admin_token}[/]")
+        lines.append(f"  export ZEROSERVE_TOKEN={gateway.admin_token}")
+    lines.append(f"endpoint [bold]{EXAMPLE_ENDPOINT}[/] is serving model {model_dir.as_uri()}")
+    if token:
+        lines.append(f"query token for it (CAN_QUERY): {token}")
+    lines.append("try it:")
+    lines.append("  " + escape(curl_command(url, EXAMPLE_ENDPOINT, body, token)))
+    lines.append("or with the CLI:")
+    prefix = f"ZEROSERVE_TOKEN={token} " if token else ""
+    invoke = f"{prefix}zeroserve invoke {EXAMPLE_ENDPOINT} --json {shlex.quote(json.dumps(body))}"
+    lines.append("  " + escape(invoke))
+    lines.append("  zeroserve status")
+    return lines

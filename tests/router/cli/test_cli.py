@@ -1,0 +1,150 @@
+"""The CLI against a real gateway process: human and JSON output, exit codes, declarative apply."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from router.cli import apply, cli, endpoints, serve  # noqa: F401  (registers the commands)
+from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess
+
+pytestmark = pytest.mark.slow
+
+ROW = {"age": 41, "tenure_months": 20, "num_purchases": 6, "avg_basket": 37.5, "days_since_last_visit": 12,
+       "is_member": True}
+
+
+@pytest.fixture(scope="module")
+def model_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from runtime.examples import make_propensity_mlflow
+
+    return make_propensity_mlflow(tmp_path_factory.mktemp("models") / "propensity").as_uri()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(tmp_path_factory.mktemp("cli") / "home")
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+def run(gateway: GatewayProcess, *args: str, token: str = ADMIN_TOKEN) -> Result:
+    env = {"ZEROSERVE_URL": gateway.url, "ZEROSERVE_TOKEN": token, "COLUMNS": "200"}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_endpoints_create_get_update_delete(gateway: GatewayProcess, model_uri: str) -> None:
+    created = run(gateway, "endpoints", "create", "cli-ep", "--model", model_uri, "--version", "1",
+                  "--scale-to-zero", "--tag", "team=ds")
+    assert created.exit_code == 0, created.output
+    assert "cli-ep" in created.stdout and "READY" in created.stdout
+
+    got = as_json(run(gateway, "endpoints", "get", "cli-ep", "-o", "json"))
+    assert got["config"]["served_entities"][0]["name"] == "propensity-1"
+    assert got["tags"] == [{"key": "team", "value": "ds"}]
+    listed = as_json(run(gateway, "endpoints", "list", "--output", "json"))
+    assert [e["name"] for e in listed] == ["cli-ep"]
+
+    config = {"served_entities": [{"entity_name": model_uri, "entity_version": "2", "name": "v2",
+                                   "scale_to_zero_enabled": True}]}
+    updated = as_json(run(gateway, "endpoints", "update", "cli-ep", "--json", json.dumps(config),
+                          "-o", "json"))
+    assert updated["config"]["config_version"] == 2
+    assert updated["state"]["config_update"] == "NOT_UPDATING"
+
+    assert run(gateway, "endpoints", "delete", "cli-ep").exit_code == 0
+    missing = run(gateway, "endpoints", "get", "cli-ep")
+    assert missing.exit_code == 1
+    assert "RESOURCE_DOES_NOT_EXIST" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["endpoints", "create", "x"], "give --model"),
+        (["endpoints", "create", "bad name", "--model", "file:///m"], "INVALID_PARAMETER_VALUE"),
+        (["endpoints", "create", "x", "--model", "file:///m", "--env", "NOEQUALS"], "is not KEY=VALUE"),
+        (["invoke", "nope", "--json", "{}"], "RESOURCE_DOES_NOT_EXIST"),
+        (["invoke", "nope", "--json", "{not json"], "is not valid JSON"),
+        (["apply", "-f", "/does/not/exist.yaml"], "cannot read"),
+    ],
+    ids=["no-model", "bad-name", "bad-env", "invoke-missing", "bad-json", "apply-missing-file"],
+)
+def test_errors_are_one_clear_line_and_exit_nonzero(
+    gateway: GatewayProcess, args: list[str], message: str
+) -> None:
+    result = run(gateway, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_token_and_unreachable_gateway(gateway: GatewayProcess) -> None:
+    denied = run(gateway, "endpoints", "list", token="zs_0000000000000000_wrong")
+    assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.output
+    env = {"ZEROSERVE_URL": "http://127.0.0.1:9", "ZEROSERVE_TOKEN": ADMIN_TOKEN}
+    unreachable = CliRunner().invoke(cli, ["status"], env=env)
+    assert unreachable.exit_code == 1 and "cannot reach the gateway" in unreachable.output
+
+
+def test_apply_is_declarative_and_idempotent(gateway: GatewayProcess, model_uri: str, tmp_path: Path) -> None:
+    spec = tmp_path / "endpoints.yaml"
+    spec.write_text(f"""
+endpoints:
+  - name: applied
+    tags: {{owner: growth}}
+    config:
+      served_entities:
+        - {{entity_name: "{model_uri}", entity_version: "1", name: v1, scale_to_zero_enabled: true}}
+""")
+    first = as_json(run(gateway, "apply", "-f", str(spec), "-o", "json"))
+    assert first == [{"name": "applied", "action": "create", "changed": [], "dry_run": False}]
+    second = as_json(run(gateway, "apply", "-f", str(spec), "-o", "json"))
+    assert second[0]["action"] == "unchanged"
+
+    spec.write_text(spec.read_text().replace("owner: growth", "owner: risk").replace(
+        "scale_to_zero_enabled: true}", "scale_to_zero_enabled: true, autoscaling: {max_queue: 10}}"))
+    dry = run(gateway, "apply", "-f", str(spec), "--dry-run")
+    assert "applied: would be updated (config, tags)" in dry.stdout
+    assert as_json(run(gateway, "endpoints", "get", "applied", "-o", "json"))["config"]["config_version"] == 1
+    third = as_json(run(gateway, "apply", "-f", str(spec), "-o", "json"))
+    assert third[0] == {
+        "name": "applied", "action": "update", "changed": ["config", "tags"], "dry_run": False
+    }
+    endpoint = as_json(run(gateway, "endpoints", "get", "applied", "-o", "json"))
+    assert endpoint["config"]["config_version"] == 2
+    assert endpoint["config"]["served_entities"][0]["autoscaling"]["max_queue"] == 10
+    assert endpoint["tags"] == [{"key": "owner", "value": "risk"}]
+    assert as_json(run(gateway, "apply", "-f", str(spec), "-o", "json"))[0]["action"] == "unchanged"
+    run(gateway, "endpoints", "delete", "applied")
+
+
+def test_invoke_status_and_logs(gateway: GatewayProcess, model_uri: str) -> None:
+    created = run(gateway, "endpoints", "create", "query-me", "--model", model_uri, "--served-name", "m")
+    assert created.exit_code == 0, created.output
+    answer = as_json(run(gateway, "invoke", "query-me", "--json", json.dumps({"dataframe_records": [ROW]}),
+                         "-o", "json"))
+    assert 0.0 <= answer["predictions"][0]["probability"] <= 1.0
+    text = run(gateway, "invoke", "query-me", "--json", json.dumps({"dataframe_records": [ROW]}))
+    assert "served by m" in text.stderr
+
+    status = run(gateway, "status")
+    assert status.exit_code == 0 and "query-me" in status.stdout and "1 ready / 1 desired" in status.stdout
+    assert as_json(run(gateway, "status", "-o", "json"))[0]["name"] == "query-me"
+    logs = as_json(run(gateway, "logs", "query-me", "-o", "json"))
+    assert "ZEROSERVE_REPLICA_READY" in logs["m"]
+    build = run(gateway, "logs", "query-me", "m", "--build")
+    assert "served entity m: model" in build.stdout
+    run(gateway, "endpoints", "delete", "query-me")
