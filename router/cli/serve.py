@@ -19,19 +19,27 @@ from router.cli.endpoints import API
 EXAMPLE_ENDPOINT = "propensity"
 
 
-def _settings(host: str | None, port: int | None, home: str | None) -> Any:
+def _settings(options: dict[str, Any]) -> tuple[Any, Any]:
+    """Gateway and security settings: the environment (``ZEROSERVE_*``), overridden by the options."""
+    import os
+
+    from router.auth.settings import SecuritySettings
     from router.settings import GatewaySettings
 
-    overrides: dict[str, Any] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if home is not None:
-        overrides["home"] = Path(home)
+    gateway: dict[str, Any] = {k: options[k] for k in ("host", "port") if options[k] is not None}
+    if options["home"] is not None:
+        gateway["home"] = Path(options["home"]).expanduser()
+        # The model cache and the replicas follow ZEROSERVE_HOME too: one setting moves everything.
+        os.environ["ZEROSERVE_HOME"] = str(gateway["home"])
+    security: dict[str, Any] = {}
+    if options["insecure_no_auth"]:
+        security["insecure_no_auth"] = True
+    for key in ("ssl_certfile", "ssl_keyfile"):
+        if options[key] is not None:
+            security[key] = Path(options[key])
     try:
-        return GatewaySettings(**overrides)
-    except Exception as exc:  # pydantic's ValidationError: show it as a usage problem, not a traceback
+        return GatewaySettings(**gateway), SecuritySettings(**security)
+    except Exception as exc:  # pydantic's ValidationError: a usage problem, not a traceback
         raise click.ClickException(f"invalid gateway settings: {exc}") from None
 
 
@@ -41,40 +49,48 @@ def _server_options(command: Any) -> Any:
         click.option("--port", type=click.IntRange(0, 65535), default=None,
                      help="Port [env ZEROSERVE_PORT, 8484; 0 picks a free one]."),
         click.option("--home", default=None, help="State directory [env ZEROSERVE_HOME, ~/.zeroserve]."),
+        click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Serve HTTPS with this certificate (PEM) [env ZEROSERVE_SSL_CERTFILE]."),
+        click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="The certificate's private key (PEM) [env ZEROSERVE_SSL_KEYFILE]."),
+        click.option("--insecure-no-auth", is_flag=True, default=False,
+                     help="Local development only: no tokens at all; binds to loopback only."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _run(settings: Any, hooks: list[Any]) -> None:
+def _run(options: dict[str, Any], hooks: list[Any]) -> None:
     from router.gateway import serve
 
+    settings, security = _settings(options)
     try:
-        serve(settings, on_ready=hooks)
-    except OSError as exc:
+        serve(settings, security=security, on_ready=[*hooks])
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
 @cli.command("serve")
 @_server_options
-def serve_command(host: str | None, port: int | None, home: str | None) -> None:
+def serve_command(**options: Any) -> None:
     """Run the gateway: control-plane API, data plane, autoscaler and local replicas, in one process."""
-    _run(_settings(host, port, home), [])
+    _run(options, [_print_ready])
 
 
 @cli.command("up")
 @_server_options
 @click.option("--example", is_flag=True, help="Also deploy the example endpoint (a propensity model).")
-def up(host: str | None, port: int | None, home: str | None, example: bool) -> None:
+def up(example: bool, **options: Any) -> None:
     """Start the gateway in the foreground (Ctrl-C stops it); with --example, deploy an example model."""
-    settings = _settings(host, port, home)
-    hooks = [_deploy_example] if example else [_print_ready]
-    _run(settings, hooks)
+    _run(options, [_deploy_example] if example else [_print_ready])
 
 
 async def _print_ready(gateway: Any) -> None:
     console.print(f"[bold green]zeroserve is up[/] at {gateway.url}  (state in {gateway.settings.home})")
+    if gateway.admin_token:
+        console.print(f"admin token (shown once, keep it): [bold]{gateway.admin_token}[/]")
+        console.print(f"  export ZEROSERVE_TOKEN={gateway.admin_token}", highlight=False)
 
 
 async def _deploy_example(gateway: Any) -> None:

@@ -77,3 +77,25 @@ def test_up_example_prints_a_working_query(tmp_path: Path) -> None:
     assert code in (0, -signal.SIGTERM)
     assert (tmp_path / "home" / "models" / "propensity" / "1" / "MLmodel").is_file()
     assert not (tmp_path / "home" / "gateway.json").exists(), "an orderly shutdown forgets its URL"
+
+
+def test_serve_refuses_what_it_cannot_do_with_a_clear_message(tmp_path: Path) -> None:
+    import socket
+
+    env = {**os.environ, "ZEROSERVE_HOME": str(tmp_path / "home")}
+    env.pop("ZEROSERVE_ADMIN_TOKEN", None)
+    insecure = subprocess.run(
+        [sys.executable, "-c", _CLI, "serve", "--insecure-no-auth", "--host", "0.0.0.0", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert insecure.returncode == 1
+    assert "binds to loopback only" in insecure.stderr and "Traceback" not in insecure.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run([sys.executable, "-c", _CLI, "serve", "--port", port],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Traceback" not in busy.stderr
