@@ -70,6 +70,7 @@ class _Entity:
     failed_reason: str | None = None
     ever_ready: bool = False
     gone_replicas: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # its starts and drains in flight
     closing: bool = False  # removed or the autoscaler is stopping: start nothing new
 
     def current(self, *states: ReplicaState) -> list[_Replica]:
@@ -151,11 +152,12 @@ class Autoscaler:
             await self._clock.sleep(self._tick_s)
 
     async def tick(self) -> None:
-        """One pass: probe running replicas, then decide and reconcile every entity."""
-        await self._check_health()
+        """One pass: decide and reconcile every entity, then probe the running replicas."""
         now = self._clock.now()
         for entity in list(self._entities.values()):
             self._evaluate(entity, now)
+        # After the decisions, so that a slow probe delays the next tick, never this one's decisions.
+        await self._check_health()
 
     # --- the control plane's side ---
 
@@ -290,7 +292,7 @@ class Autoscaler:
         replica_id = f"{entity.key.endpoint}-{entity.key.served_entity}-{next(self._ids)}"
         replica = _Replica(replica_id, entity.generation, entity.spec, ReplicaLifecycle(replica_id))
         entity.replicas[replica_id] = replica
-        replica.task = self._spawn(self._run_start(entity, replica))
+        replica.task = self._spawn(entity, self._run_start(entity, replica))
 
     def _retire(self, entity: _Entity, replica: _Replica) -> None:
         if replica.state is ReplicaState.STARTING:
@@ -298,7 +300,7 @@ class Autoscaler:
                 replica.task.cancel()
         elif replica.state is ReplicaState.READY:
             replica.lifecycle.handle(ReplicaEvent.DRAIN)
-            self._spawn(self._run_drain(entity, replica))
+            self._spawn(entity, self._run_drain(entity, replica))
 
     def _forget(self, entity: _Entity, replica: _Replica) -> None:
         entity.replicas.pop(replica.replica_id, None)
@@ -316,16 +318,19 @@ class Autoscaler:
 
     # --- the I/O, as tasks ---
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, entity: _Entity, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        entity.tasks.add(task)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("autoscaler task failed", exc_info=task.exception())
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            entity.tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("%s: autoscaler task failed", entity.key, exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def _run_start(self, entity: _Entity, replica: _Replica) -> None:
         try:
@@ -418,7 +423,7 @@ class Autoscaler:
                 replica.unhealthy_probes += 1
                 if replica.unhealthy_probes < _UNHEALTHY_LIMIT:
                     continue
-                self._spawn(self._backend.stop_replica(replica.replica_id, 0.0))
+                self._spawn(entity, self._backend.stop_replica(replica.replica_id, 0.0))
             self._replica_lost(entity, replica, now, "exited" if health is ReplicaHealth.EXITED
                                else f"failed {_UNHEALTHY_LIMIT} readiness probes")
 
@@ -439,7 +444,9 @@ class Autoscaler:
         entity.closing = True
         for replica in list(entity.replicas.values()):
             self._retire(entity, replica)
-        await self.settle()
+        # Only this entity's starts and drains: another entity's slow start must not hold up a removal.
+        while entity.tasks:
+            await asyncio.gather(*list(entity.tasks), return_exceptions=True)
 
     def _notify(self, method: str, *args: Any) -> None:
         if self._listener is None:

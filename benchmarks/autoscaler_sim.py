@@ -34,7 +34,6 @@ from autoscaler.policy import Fleet, PolicyState, decide
 from autoscaler.spec import AutoscalingSpec
 
 TICK_S = 2.0
-STEP_S = 0.05
 CONCURRENCY = 4
 
 DEFAULTS = AutoscalingSpec(container_concurrency=CONCURRENCY, max_provisioned_concurrency=4000)
@@ -97,95 +96,117 @@ class Result:
         return float(np.percentile(self.waits, 99)) * 1000 if self.waits else 0.0
 
 
+def arrivals(trace: Trace, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times of a Poisson process with rate ``trace.rate(t)`` (thinning at the peak rate)."""
+    expected = int(trace.peak_rps * trace.duration_s * 1.1) + 100
+    candidates = np.cumsum(rng.exponential(1.0 / trace.peak_rps, expected))
+    candidates = candidates[candidates < trace.duration_s]
+    keep = rng.random(len(candidates)) * trace.peak_rps < np.array([trace.rate(t) for t in candidates])
+    return candidates[keep]
+
+
+_ARRIVAL, _DONE, _READY, _TICK = range(4)
+
+
 def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, service_s: float,
              cold_start_s: float, seed: int) -> Result:
-    """One trace through one fleet. ``spec`` None: a fixed fleet of ``fixed_replicas``."""
+    """One trace through one fleet, event by event. ``spec`` None: a fixed fleet of ``fixed_replicas``.
+
+    The router's side is modelled exactly: a request goes to the least loaded ready replica with a free
+    slot or waits in the FIFO activator queue; concurrency (in flight + queued) is reported to the
+    window on every change; a request arriving while nothing is ready or starting pokes the policy.
+    """
     rng = np.random.default_rng(seed)
     result = Result()
     replicas: dict[int, _Replica] = {}
-    next_id = 0
+    ids = iter(range(1 << 30))
     queue: deque[float] = deque()  # arrival times of waiting requests
-    finishing: list[tuple[float, int]] = []  # (finish time, replica id)
-    window = MetricsWindow(retention_s=spec.stable_window_s if spec else TICK_S, sample_ttl_s=10.0)
+    window = MetricsWindow(retention_s=spec.stable_window_s if spec else TICK_S)
     state = PolicyState()
     last_direction = 0
+    events: list[tuple[float, int, int, int]] = []  # (time, order, kind, replica id)
+    order = iter(range(1 << 62))
+
+    def push(at: float, kind: int, replica_id: int = -1) -> None:
+        heapq.heappush(events, (at, next(order), kind, replica_id))
 
     def start_replicas(count: int, now: float) -> None:
-        nonlocal next_id
         for _ in range(count):
-            replicas[next_id] = _Replica(ready_at=now + (cold_start_s if spec else 0.0))
-            next_id += 1
+            replica_id = next(ids)
+            delay = cold_start_s if spec else 0.0
+            replicas[replica_id] = _Replica(ready_at=now + delay)
+            push(now + delay, _READY, replica_id)
         if spec:
             result.starts += count
 
-    def fleet(now: float) -> Fleet:
-        live = [r for r in replicas.values() if not r.draining]
-        ready = sum(1 for r in live if r.ready_at <= now)
-        return Fleet(ready=ready, starting=len(live) - ready)
-
-    def reconcile(desired: int, now: float) -> None:
-        live = [(rid, r) for rid, r in replicas.items() if not r.draining]
-        if len(live) < desired:
-            start_replicas(desired - len(live), now)
-        elif len(live) > desired:
-            # Newest first: a replica still starting is the cheapest to give up.
-            for rid, replica in sorted(live, key=lambda item: -item[1].ready_at)[: len(live) - desired]:
-                replica.draining = True
-                if replica.in_flight == 0:
-                    del replicas[rid]
+    def live() -> list[tuple[int, _Replica]]:
+        return [(rid, r) for rid, r in replicas.items() if not r.draining]
 
     def run_policy(now: float) -> None:
         nonlocal state, last_direction
         assert spec is not None
+        current = live()
+        ready = sum(1 for _, r in current if r.ready_at <= now)
         reading = window.reading(now, spec.stable_window_s, spec.panic_window_s)
-        decision, state = decide(reading, spec, state, now, fleet(now))
+        decision, state = decide(reading, spec, state, now, Fleet(ready, len(current) - ready))
         window.clear_poke()
         if decision.changed:
             direction = 1 if decision.desired > decision.previous else -1
             if last_direction and direction != last_direction:
                 result.direction_changes += 1
             last_direction = direction
-        reconcile(decision.desired, now)
+        if len(current) < decision.desired:
+            start_replicas(decision.desired - len(current), now)
+        elif len(current) > decision.desired:
+            # Newest first: a replica still starting is the cheapest to give up.
+            for rid, replica in sorted(current, key=lambda item: -item[1].ready_at)[
+                    : len(current) - decision.desired]:
+                replica.draining = True
+                if replica.in_flight == 0:
+                    del replicas[rid]
+
+    def dispatch(now: float) -> None:
+        while queue:
+            free = [(r.in_flight, rid) for rid, r in replicas.items()
+                    if not r.draining and r.ready_at <= now and r.in_flight < CONCURRENCY]
+            if not free:
+                return
+            _, rid = min(free)
+            result.waits.append(now - queue.popleft())
+            replicas[rid].in_flight += 1
+            push(now + rng.exponential(service_s), _DONE, rid)
 
     if spec is None:
         start_replicas(fixed_replicas, 0.0)
-    steps = int(trace.duration_s / STEP_S)
-    next_tick = 0.0
-    for step in range(steps):
-        now = step * STEP_S
-        while finishing and finishing[0][0] <= now:
-            _, rid = heapq.heappop(finishing)
+    else:
+        push(0.0, _TICK)
+    for arrival in arrivals(trace, rng):
+        push(float(arrival), _ARRIVAL)
+    previous_time = 0.0
+    while events:
+        now, _, kind, rid = heapq.heappop(events)
+        if now > trace.duration_s:
+            break
+        result.replica_seconds += len(replicas) * (now - previous_time)
+        previous_time = now
+        if kind == _ARRIVAL:
+            queue.append(now)
+            if spec is not None and not live():
+                window.poke(now)  # the activator's poke: scale from zero now, not at the next tick
+                run_policy(now)
+        elif kind == _DONE:
             replica = replicas.get(rid)
             if replica is not None:
                 replica.in_flight -= 1
                 if replica.draining and replica.in_flight == 0:
                     del replicas[rid]
-        arrivals = rng.poisson(trace.rate(now) * STEP_S)
-        if arrivals:
-            queue.extend(np.sort(now + rng.random(arrivals) * STEP_S).tolist())
+        elif kind == _TICK:
+            run_policy(now)
+            push(now + TICK_S, _TICK)
+        dispatch(now)
         if spec is not None:
-            if queue and sum(1 for r in replicas.values() if not r.draining) == 0:
-                window.poke(now)  # the activator's poke: scale from zero now, not at the next tick
-                run_policy(now)
-            if now >= next_tick:
-                run_policy(now)
-                next_tick += TICK_S
-        # Dispatch: least loaded ready replica with a free slot, first come first served.
-        while queue:
-            candidates = [(r.in_flight, rid) for rid, r in replicas.items()
-                          if not r.draining and r.ready_at <= now and r.in_flight < CONCURRENCY]
-            if not candidates:
-                break
-            _, rid = min(candidates)
-            arrived = queue.popleft()
-            start = max(now, arrived)
-            result.waits.append(start - arrived)
-            replicas[rid].in_flight += 1
-            heapq.heappush(finishing, (start + rng.exponential(service_s), rid))
-        if spec is not None:
-            in_flight = sum(r.in_flight for r in replicas.values())
-            window.report(now, in_flight=in_flight, queued=len(queue))
-        result.replica_seconds += len(replicas) * STEP_S
+            window.report(now, in_flight=sum(r.in_flight for r in replicas.values()), queued=len(queue))
+    result.replica_seconds += len(replicas) * (trace.duration_s - previous_time)
     return result
 
 

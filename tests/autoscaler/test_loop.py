@@ -348,3 +348,18 @@ async def test_entities_configured_before_start_are_reconciled_on_start() -> Non
     finally:
         await scaler.stop()
     assert backend.running() == []
+
+
+async def test_removing_one_entity_does_not_wait_for_another_entitys_start(harness: Harness) -> None:
+    other = EntityKey("other", "slow-1")
+    harness.backend.start_delay_s = 3600.0  # the other entity's model takes an hour to load
+    harness.scaler.apply(other, SPEC)
+    harness.scaler.poke(other)
+    await let_tasks_run()
+    harness.backend.start_delay_s = 0.0
+    harness.scaler.apply(KEY, with_scaling(scale_to_zero_enabled=False))
+    await let_tasks_run()
+    assert harness.running() == 1
+    await harness.scaler.remove(KEY)  # returns without any clock movement
+    assert harness.running() == 0
+    assert harness.scaler.status(other).starting == 1

@@ -133,3 +133,49 @@ def test_memory_is_bounded_by_retention() -> None:
 def test_negative_report_is_rejected() -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         MetricsWindow(retention_s=60).report(0.0, in_flight=-1, queued=0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_averages_match_a_brute_force_integral(seed: int) -> None:
+    """Random reports on whole seconds from two routers, read at whole seconds: the bucketed running
+    sums must equal a second-by-second integral of the piecewise-constant signal exactly."""
+    import random
+
+    rng = random.Random(seed)
+    ttl = 5.0
+    window = MetricsWindow(retention_s=STABLE_S, sample_ttl_s=ttl)
+    levels: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+    now = 0
+    for _ in range(150):
+        now += rng.choice([0, 1, 1, 2, 3, 7])
+        source = rng.choice(["a", "b"])
+        value = rng.choice([0, 0, 1, 2, 5, 9])
+        window.report(float(now), in_flight=value, queued=0, source=source)
+        levels[source].append((now, value))
+        if rng.random() < 0.3:
+            at = now + rng.choice([0, 1, 4, 6])
+            expected = _brute_force(levels, at, ttl)
+            reading = read(window, float(at))
+            first = min(t for series in levels.values() for t, _ in series[:1])
+            averages = ((STABLE_S, reading.stable_concurrency), (PANIC_S, reading.panic_concurrency))
+            for span, actual in averages:
+                start = max(at - span, first)
+                if at > start:
+                    want = sum(expected[second] for second in range(int(start), at)) / (at - start)
+                    assert actual == pytest.approx(want, abs=1e-9), (seed, at, span)
+            now = at  # time only moves forward
+
+
+def _brute_force(levels: dict[str, list[tuple[int, int]]], until: int, ttl: float) -> dict[int, float]:
+    """Concurrency during each second [s, s + 1) up to ``until``, summed over sources."""
+    per_second: dict[int, float] = {}
+    for series in levels.values():
+        for index, (since, value) in enumerate(series):
+            # A report later at the same instant replaces this one at once.
+            ends = [t for t, _ in series[index + 1:]]
+            end = min([*ends, since + ttl, until])
+            for second in range(since, int(end)):
+                per_second[second] = per_second.get(second, 0.0) + value
+    for second in range(until + 1):
+        per_second.setdefault(second, 0.0)
+    return per_second
