@@ -53,7 +53,18 @@ class NativeModel:
         return cls(info, pyfunc, raw, _example_arrays(info, example_data))
 
     def predict(self, inputs: dict[str, Array]) -> Any:
-        """The native pyfunc answer for a request held as named arrays."""
+        """The native answer for a request held as named arrays."""
+        schema = self.info.inputs
+        if self.info.flavor == "pytorch" and isinstance(schema, TensorSchema) and len(schema.inputs) == 1:
+            # The replica serves a tensor-signature PyTorch model with torch directly, not through the
+            # pyfunc (which rejects a named tensor); both call the module on the tensor as this does.
+            import torch
+
+            with torch.no_grad():
+                output = self.raw(torch.from_numpy(np.ascontiguousarray(inputs[schema.inputs[0].name])))
+            if not isinstance(output, torch.Tensor):
+                raise NotConvertible(f"the network returns {type(output).__name__}, not one tensor")
+            return output.numpy()
         return self.pyfunc.predict(self.request(inputs))
 
     def request(self, inputs: dict[str, Array]) -> Any:

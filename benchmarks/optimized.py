@@ -1,0 +1,267 @@
+"""Automatic optimization: a 200-tree random forest served optimized, natively, and by `mlflow models serve`.
+
+One run, one machine, one model — a RandomForestClassifier (200 trees, 20 features) logged as an MLflow
+sklearn model — through:
+
+* zeroserve optimized: ``python -m runtime`` with ``--optimization auto`` (the default), which converts the
+  forest to ONNX, verifies it against scikit-learn and serves the graph;
+* zeroserve native: the same replica with ``--optimization off`` (scikit-learn through the pyfunc);
+* ``mlflow models serve --env-manager local``.
+
+For each it measures p50 latency at concurrency 1, requests/s at 16 and rows/s for a 1,000-row request,
+and start-to-ready; zeroserve optimized starts twice, first with an empty conversion cache (it converts
+and verifies) and then with the cached conversion. The load generator runs in its own process
+(``benchmarks._loadgen``). Targets: optimized >= 50x mlflow serve and >= 20x native at c=16.
+
+    python3 -m benchmarks.optimized [--quick] [--duration S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+N_FEATURES = 20
+N_TREES = 200
+TRAINING_ROWS = 4000
+OPTIMIZED, NATIVE, MLFLOW = "zeroserve optimized", "zeroserve native", "mlflow models serve"
+
+
+@dataclass
+class Target:
+    name: str
+    command: list[str]
+    health: str
+    env: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def build_model(directory: Path) -> tuple[Path, bytes, bytes]:
+    """The forest as an MLflow sklearn model, and request bodies of one and 1,000 rows."""
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    features, labels = make_classification(
+        n_samples=TRAINING_ROWS, n_features=N_FEATURES, n_informative=10, random_state=0
+    )
+    columns = [f"f{index}" for index in range(N_FEATURES)]
+    frame = pd.DataFrame(features, columns=columns)
+    forest = RandomForestClassifier(n_estimators=N_TREES, random_state=0, n_jobs=2).fit(frame, labels)
+    forest.n_jobs = None  # served one request at a time, like every peer's default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            forest,
+            str(directory),
+            input_example=frame.head(3),
+            pip_requirements=["scikit-learn", "mlflow"],
+            serialization_format="cloudpickle",
+        )
+    rows = np.random.default_rng(1).standard_normal((1000, N_FEATURES)).tolist()
+    one = json.dumps({"dataframe_split": {"columns": columns, "data": rows[:1]}}).encode()
+    thousand = json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
+    return directory, one, thousand
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start(target: Target, port: int) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the server and return it with its start-to-ready time (first successful health check)."""
+    command = [part.replace("{port}", str(port)) for part in target.command]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **target.env}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env
+    )
+    url = f"http://127.0.0.1:{port}{target.health}"
+    with httpx.Client(timeout=1.0) as client:
+        while time.perf_counter() - started < 300:
+            if process.poll() is not None:
+                error = process.stderr.read().decode(errors="replace")[-1500:] if process.stderr else ""
+                raise RuntimeError(f"exited with {process.returncode} before it was ready: {error}")
+            try:
+                if client.get(url).status_code == 200:
+                    return process, time.perf_counter() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+    stop(process)
+    raise RuntimeError("not ready after 300 s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    """SIGTERM the server's process group; returns what it wrote to stderr."""
+    with_signal = signal.SIGTERM
+    try:
+        os.killpg(process.pid, with_signal)
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+    except ProcessLookupError:
+        _, stderr = process.communicate()
+    return (stderr or b"").decode(errors="replace")
+
+
+def load(port: int, body: bytes, concurrency: int, duration: float, workdir: Path) -> dict[str, Any]:
+    body_file = workdir / f"body-{len(body)}.json"
+    body_file.write_bytes(body)
+    command = [
+        sys.executable, "-m", "benchmarks._loadgen", "--port", str(port), "--body-file", str(body_file),
+        "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(min(1.0, duration / 3)),
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 90, check=True)
+    result: dict[str, Any] = json.loads(output.stdout)
+    bad = {code: count for code, count in result["statuses"].items() if code != "200"}
+    if bad:
+        raise RuntimeError(f"non-200 answers at c={concurrency}: {bad}")
+    return result
+
+
+def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdir: Path) -> None:
+    port = free_port()
+    process, ready_s = start(target, port)
+    target.results["ready_s"] = ready_s
+    try:
+        target.results["c1"] = load(port, one, 1, duration, workdir)
+        target.results["c16"] = load(port, one, 16, duration, workdir)
+        target.results["rows_per_s"] = load(port, thousand, 1, duration / 2, workdir)["rps"] * 1000
+    finally:
+        log = stop(process)
+    # The replica logs which path it serves and why (logger zeroserve.optimize).
+    decisions = [
+        line.split("zeroserve.optimize: ", 1)[1]
+        for line in log.splitlines()
+        if "zeroserve.optimize: " in line
+    ]
+    if decisions:
+        target.note = decisions[-1][:240]
+
+
+def cached_cold_start(target: Target) -> float:
+    """Start-to-ready again, now that the conversion cache holds the verified graph."""
+    process, ready_s = start(target, free_port())
+    stop(process)
+    return ready_s
+
+
+def report(targets: dict[str, Target], cached_ready_s: float | None, duration: float) -> str:
+    lines = [
+        f"optimized: {N_TREES}-tree RandomForestClassifier, {N_FEATURES} features (MLflow sklearn model), "
+        f"{duration:g} s per phase, {os.cpu_count()} CPUs",
+        "",
+        "| server | p50 c=1 (ms) | req/s c=16 | p50 c=16 (ms) | rows/s (1,000-row) | start to ready (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets.values():
+        r = target.results
+        if "c16" not in r:
+            lines.append(f"| {target.name} | failed: {target.note} |||||")
+            continue
+        ready = f"{r['ready_s']:.2f}"
+        if target.name == OPTIMIZED:
+            ready += " (converting)"
+            if cached_ready_s is not None:
+                ready += f" / {cached_ready_s:.2f} (cached)"
+        lines.append(
+            f"| {target.name} | {r['c1']['p50_ms']:.2f} | {r['c16']['rps']:,.0f} | {r['c16']['p50_ms']:.2f} | "
+            f"{r['rows_per_s']:,.0f} | {ready} |"
+        )
+
+    def ratio(a: str, b: str) -> float | None:
+        left, right = targets[a].results.get("c16"), targets[b].results.get("c16")
+        return left["rps"] / right["rps"] if left and right else None
+
+    def shown(value: float | None, goal: float) -> str:
+        return (
+            "n/a"
+            if value is None
+            else f"{value:.1f}x (target >= {goal:g}x: {'met' if value >= goal else 'MISSED'})"
+        )
+
+    lines += [
+        "",
+        "req/s at c=16:",
+        f"- optimized / mlflow models serve: {shown(ratio(OPTIMIZED, MLFLOW), 50)}",
+        f"- optimized / zeroserve native: {shown(ratio(OPTIMIZED, NATIVE), 20)}",
+        f"- zeroserve native / mlflow models serve: {shown(ratio(NATIVE, MLFLOW), 1)}",
+    ]
+    notes = [f"- {target.name}: {target.note}" for target in targets.values() if target.note]
+    return "\n".join(lines + (["", "Paths as the replicas logged them:", *notes] if notes else []))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short load phases (about two minutes in all)")
+    parser.add_argument("--duration", type=float, help="seconds per load phase (default 5, --quick 1.5)")
+    args = parser.parse_args()
+    duration = args.duration or (1.5 if args.quick else 5.0)
+    with tempfile.TemporaryDirectory(prefix="zeroserve-bench-optimized-") as tmp:
+        workdir = Path(tmp)
+        print("training the forest ...", file=sys.stderr, flush=True)
+        model_dir, one, thousand = build_model(workdir / "forest")
+        replica = [sys.executable, "-m", "runtime", "--model-uri", str(model_dir), "--port", "{port}",
+                   "--concurrency", "16", "--log-level", "INFO"]  # fmt: skip
+        cache = {"ZEROSERVE_CACHE_DIR": str(workdir / "cache")}
+        targets = {
+            OPTIMIZED: Target(OPTIMIZED, [*replica, "--optimization", "auto"], "/v2/health/ready", cache),
+            NATIVE: Target(NATIVE, [*replica, "--optimization", "off"], "/v2/health/ready", cache),
+            MLFLOW: Target(
+                MLFLOW,
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "models",
+                    "serve",
+                    "-m",
+                    str(model_dir),
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "{port}",
+                ],
+                "/ping",
+            ),  # fmt: skip
+        }
+        cached_ready_s = None
+        for target in targets.values():
+            print(f"measuring {target.name} ...", file=sys.stderr, flush=True)
+            try:
+                measure(target, one, thousand, duration, workdir)
+            except Exception as exc:
+                target.note = str(exc)[:300]
+            if target.name == OPTIMIZED and "c16" in target.results:
+                cached_ready_s = cached_cold_start(target)
+        print()
+        print(report(targets, cached_ready_s, duration))
+
+
+if __name__ == "__main__":
+    main()
