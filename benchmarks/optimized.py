@@ -37,6 +37,7 @@ import httpx
 N_FEATURES = 20
 N_TREES = 200
 TRAINING_ROWS = 4000
+MLFLOW_FLAGS = ["--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
 OPTIMIZED, NATIVE, MLFLOW = "zeroserve optimized", "zeroserve native", "mlflow models serve"
 
 
@@ -128,9 +129,10 @@ def stop(process: subprocess.Popen[bytes]) -> str:
 def load(port: int, body: bytes, concurrency: int, duration: float, workdir: Path) -> dict[str, Any]:
     body_file = workdir / f"body-{len(body)}.json"
     body_file.write_bytes(body)
+    warmup = min(1.0, duration / 3)
     command = [
         sys.executable, "-m", "benchmarks._loadgen", "--port", str(port), "--body-file", str(body_file),
-        "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(min(1.0, duration / 3)),
+        "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup),
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 90, check=True)
     result: dict[str, Any] = json.loads(output.stdout)
@@ -185,8 +187,9 @@ def report(targets: dict[str, Target], cached_ready_s: float | None, duration: f
             ready += " (converting)"
             if cached_ready_s is not None:
                 ready += f" / {cached_ready_s:.2f} (cached)"
+        c1, c16 = r["c1"], r["c16"]
         lines.append(
-            f"| {target.name} | {r['c1']['p50_ms']:.2f} | {r['c16']['rps']:,.0f} | {r['c16']['p50_ms']:.2f} | "
+            f"| {target.name} | {c1['p50_ms']:.2f} | {c16['rps']:,.0f} | {c16['p50_ms']:.2f} | "
             f"{r['rows_per_s']:,.0f} | {ready} |"
         )
 
@@ -232,23 +235,9 @@ def main() -> None:
             NATIVE: Target(NATIVE, [*replica, "--optimization", "off"], "/v2/health/ready", cache),
             MLFLOW: Target(
                 MLFLOW,
-                [
-                    sys.executable,
-                    "-m",
-                    "mlflow",
-                    "models",
-                    "serve",
-                    "-m",
-                    str(model_dir),
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    "{port}",
-                ],
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), *MLFLOW_FLAGS],
                 "/ping",
-            ),  # fmt: skip
+            ),
         }
         cached_ready_s = None
         for target in targets.values():
