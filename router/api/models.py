@@ -118,6 +118,8 @@ class EndpointCoreConfigInput(_Lenient):
     served_entities: list[ServedEntityInput] | None = None
     served_models: list[ServedEntityInput] | None = None
     traffic_config: TrafficConfigInput | None = None
+    # Inference tables (enforced by the observability work): kept verbatim, echoed back.
+    auto_capture_config: dict[str, Any] | None = None
 
 
 class TagInput(_Lenient):
@@ -178,6 +180,7 @@ class EndpointConfig(BaseModel):
 
     served_entities: list[ServedEntity]
     routes: list[Route]
+    auto_capture_config: dict[str, Any] | None = None
 
     def entity(self, name: str) -> ServedEntity:
         for entity in self.served_entities:
@@ -240,7 +243,11 @@ def normalize_config(
                 f"{prefix}.{field}[{i}].name: duplicate served entity name {entity.name!r}"
             )
         seen.add(entity.name)
-    return EndpointConfig(served_entities=entities, routes=_normalize_routes(raw, entities, prefix))
+    return EndpointConfig(
+        served_entities=entities,
+        routes=_normalize_routes(raw, entities, prefix),
+        auto_capture_config=raw.auto_capture_config,
+    )
 
 
 def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool, resolve: Resolver) -> ServedEntity:

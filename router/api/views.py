@@ -109,6 +109,8 @@ def _config(record: EndpointRecord, version: ConfigVersion, state_of: StateOf) -
     if any(e.legacy for e in config.served_entities):
         body["served_models"] = [_as_served_model(entity) for entity in entities]
     body["traffic_config"] = {"routes": _routes(config)}
+    if config.auto_capture_config is not None:
+        body["auto_capture_config"] = config.auto_capture_config
     return body
 
 

@@ -155,3 +155,11 @@ async def test_no_token_is_401_and_probes_are_public(harness: Harness) -> None:
     assert (await client.get("/healthz", headers={"Authorization": ""})).status_code == 200
     ready = await client.get("/readyz", headers={"Authorization": ""})
     assert ready.json()["status"] == "ok"
+
+
+async def test_auto_capture_config_is_kept_and_echoed(harness: Harness) -> None:
+    capture = {"enabled": True, "catalog_name": "main", "schema_name": "ml", "table_name_prefix": "ep"}
+    await create(harness, "ep", auto_capture_config=capture)
+    body = await harness.settle("ep")
+    assert body["config"]["auto_capture_config"] == capture
+    assert harness.gateway.store.get("ep").config.config.auto_capture_config == capture  # type: ignore[union-attr]
