@@ -5,8 +5,11 @@ is process start (or warm-pool hand-over), model load, warm-up, readiness, and o
 side in one run, for a small ONNX model (LogisticRegression, 20 features) and the same model as an
 MLflow sklearn model:
 
-* ``warm pool``: zeroserve's autoscaler poked at zero, replica from a pre-imported pool worker;
-* ``new process``: the same, with no pool (``python -m runtime`` started on demand);
+* ``warm pool``: zeroserve's autoscaler poked at zero, replica from a pre-imported pool worker
+  (default settings: the sklearn model is served from its verified ONNX conversion);
+* ``pool, pyfunc``: the sklearn model through ``mlflow.pyfunc`` (optimization off), with mlflow and
+  sklearn preloaded in the pool;
+* ``new process``: no pool (``python -m runtime`` started on demand);
 * ``mlflow models serve``: process start to the first 200 from ``/invocations`` (sklearn only).
 
 Each row is the p50 (and min/max) of ``--runs`` runs; targets: warm pool <= 150 ms for ONNX and
@@ -85,16 +88,40 @@ def request_for(model: str) -> tuple[str, bytes]:
     return "/invocations", orjson.dumps(body_split)
 
 
-async def zeroserve_runs(model: str, uri: str, runs: int, pool: bool, environment: dict[str, str]) -> Row:
-    preload = ("onnx",) if model == "onnx" else ("onnx", "sklearn")
-    backend = LocalBackend(warm_pool_size=1 if pool else 0, preload=preload, environment=environment)
+@dataclass(frozen=True)
+class Variant:
+    method: str
+    pool: bool
+    preload: tuple[str, ...] = ("onnx",)  # the local backend's default
+    replica_env: tuple[tuple[str, str], ...] = ()
+
+
+VARIANTS = {
+    "onnx": [Variant("zeroserve warm pool", True), Variant("zeroserve new process", False)],
+    # By default an MLflow sklearn model is served from its verified ONNX conversion (made and cached
+    # on the first, uncounted run); "pyfunc" turns that off and preloads mlflow + sklearn instead.
+    "sklearn": [
+        Variant("zeroserve warm pool", True),
+        Variant("zeroserve pool, pyfunc", True, ("onnx", "sklearn"), (("ZEROSERVE_OPTIMIZATION", "off"),)),
+        Variant("zeroserve new process", False),
+    ],
+}
+
+
+async def zeroserve_runs(
+    model: str, uri: str, runs: int, variant: Variant, environment: dict[str, str]
+) -> Row:
+    backend = LocalBackend(warm_pool_size=1 if variant.pool else 0, preload=variant.preload,
+                           environment=environment)
     waiter = _ReadyWaiter()
     scaler = Autoscaler(backend, listener=waiter)
-    row = Row(model, "zeroserve warm pool" if pool else "zeroserve new process")
+    row = Row(model, variant.method)
+    pool = variant.pool
     name = f"{model}-cold"
     key = EntityKey("bench", name)
     path, body = request_for(model)
-    spec = EntitySpec(uri, name, autoscaling=AutoscalingSpec(max_provisioned_concurrency=4))
+    spec = EntitySpec(uri, name, environment_vars=dict(variant.replica_env),
+                      autoscaling=AutoscalingSpec(max_provisioned_concurrency=4))
     await scaler.start()
     try:
         async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
@@ -196,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         environment = {**os.environ, "ZEROSERVE_HOME": str(root / "home")}
         rows: list[Row] = []
         for model, model_dir in (("onnx", onnx_dir), ("sklearn", sklearn_dir)):
-            for pool in (True, False):
-                rows.append(asyncio.run(zeroserve_runs(model, model_dir.as_uri(), runs, pool, environment)))
+            for variant in VARIANTS[model]:
+                row = asyncio.run(zeroserve_runs(model, model_dir.as_uri(), runs, variant, environment))
+                rows.append(row)
         if not args.skip_mlflow:
             rows.append(mlflow_serve_runs(sklearn_dir, runs, environment))
     print(f"cold start, scale 0 -> 1 to the first successful inference (model cached), {runs} runs each")

@@ -22,6 +22,7 @@ import httpx
 from autoscaler.backend import ReplicaHealth, ReplicaStartError
 from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
 from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
+from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
 
@@ -64,20 +65,23 @@ class LocalBackend:
 
     def __init__(
         self,
+        settings: LocalBackendSettings | None = None,
         *,
-        host: str = "127.0.0.1",
-        warm_pool_size: int = 2,
-        preload: tuple[str, ...] = ("onnx",),
+        host: str | None = None,
+        warm_pool_size: int | None = None,
+        preload: tuple[str, ...] | None = None,
         environment: Mapping[str, str] | None = None,
-        log_lines: int = 2000,
-        kept_logs: int = 64,
         probe_timeout_s: float = 2.0,
     ) -> None:
-        self._host = host
+        """Unset arguments come from ``settings`` (by default read from ``ZEROSERVE_*`` variables)."""
+        settings = settings or LocalBackendSettings()
+        self._host = host if host is not None else settings.replica_host
         self._environment = dict(os.environ if environment is None else environment)
-        self._pool = WarmPool(warm_pool_size, preload, self._environment) if warm_pool_size > 0 else None
-        self._log_lines = log_lines
-        self._kept_logs = kept_logs
+        pool_size = warm_pool_size if warm_pool_size is not None else settings.warm_pool_size
+        pool_preload = preload if preload is not None else settings.preload
+        self._pool = WarmPool(pool_size, pool_preload, self._environment) if pool_size > 0 else None
+        self._log_lines = settings.replica_log_lines
+        self._kept_logs = settings.kept_replica_logs
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}
         self._gone: OrderedDict[str, ProcessOutput] = OrderedDict()
