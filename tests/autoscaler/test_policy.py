@@ -7,6 +7,7 @@ feed a real ``MetricsWindow`` and step a fake ``now`` (no clock is read anywhere
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -464,3 +465,97 @@ def test_scenario_panic_threshold_boundary_over_time() -> None:
     sim.run(6, 10)
     assert sim.history[-1].panicking
     assert sim.desired == 2
+
+
+def test_scenario_traffic_just_before_zero_restarts_the_gate() -> None:
+    sim = Scenario(spec=ROOMY)
+    sim.window.poke(sim.now)
+    sim.tick()
+    sim.run(10, 2)
+    sim.run(86, 0)  # last busy at t=10: zero would come at t=100
+    assert sim.desired == 1
+    sim.run(2, 1)  # one request at t=96
+    sim.run(90, 0)
+    assert sim.desired == 1  # 90 s after t=98 is t=188: not yet
+    sim.run(4, 0)
+    assert sim.desired == 0
+
+
+def test_scenario_two_routers_add_up_and_a_dead_one_expires() -> None:
+    sim = Scenario(spec=ROOMY)
+    sim.window.poke(sim.now)
+    sim.tick()
+    for _ in range(40):  # 80 s: router a sees 4 concurrent, router b 4 -> 8 / 2.8 -> 3
+        sim.window.report(sim.now, in_flight=4, queued=0, source="router-a")
+        sim.window.report(sim.now, in_flight=4, queued=0, source="router-b")
+        sim.tick()
+        sim.now += sim.tick_s
+    assert sim.desired == 3
+    # Router b dies without a last report: its level expires after 10 s, the stable window forgets it.
+    for _ in range(60):
+        sim.window.report(sim.now, in_flight=4, queued=0, source="router-a")
+        sim.tick()
+        sim.now += sim.tick_s
+    assert sim.desired == 2
+
+
+def test_scenario_burst_over_a_reserved_floor() -> None:
+    sim = Scenario(spec=replace(ROOMY, min_provisioned_concurrency=8))
+    sim.tick()
+    assert sim.desired == 2
+    sim.run(120, 2)
+    assert sim.desired == 2
+    sim.run(8, 40)  # 40 / 2.8 -> 15: 7.5x the 2 ready, panic
+    assert sim.history[-1].panicking
+    assert sim.desired == 15
+    sim.run(600, 0)
+    assert sim.desired == 2
+    assert min(d.desired for d in sim.history) == 2  # never under the floor
+
+
+def test_scenario_ceiling_bounds_a_burst() -> None:
+    sim = Scenario(spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM))
+    sim.window.poke(sim.now)
+    sim.tick()
+    sim.run(20, 200)
+    assert sim.desired == 4
+    assert max(d.desired for d in sim.history) == 4
+    assert "ceiling 4" in sim.history[-1].reason
+
+
+def test_scenario_every_reason_reads_as_a_sentence() -> None:
+    sim = Scenario(spec=replace(ROOMY, scale_down_delay_s=10.0))
+    sim.tick()
+    sim.window.poke(sim.now)
+    sim.tick()
+    for level in (3, 30, 0, 12, 0):
+        sim.run(80, level)
+    kinds = {d.reason.split(":")[0].split(" ")[0] for d in sim.history}
+    assert kinds <= {"no", "cold", "stable", "panic"}
+    assert {"no", "cold", "stable", "panic"} <= kinds
+    for decision in sim.history:
+        assert "None" not in decision.reason
+        # The last number said is the outcome ("... -> 14", "holds 4", "floor 3"), or it says zero.
+        if decision.reason.endswith("scale to zero"):
+            assert decision.desired == 0
+        else:
+            assert re.findall(r"\d+", decision.reason)[-1] == str(decision.desired), decision.reason
+
+
+def test_scenario_slow_starts_do_not_double_the_fleet() -> None:
+    """Replicas that are still starting are not 'ready': the rate limit and panic use ready ones, but
+    the desired count itself does not pile up while they start (the loop starts only the difference)."""
+    spec = ROOMY
+    window = MetricsWindow(retention_s=60, sample_ttl_s=10)
+    state = PolicyState()
+    now = 0.0
+    desired_seen = []
+    for step in range(10):  # 20 s of 20 concurrent while nothing becomes ready
+        window.report(now, in_flight=0, queued=20)
+        reading = window.reading(now, spec.stable_window_s, spec.panic_window_s)
+        decision, state = decide(reading, spec, state, now, Fleet(ready=0, starting=state.desired))
+        desired_seen.append(decision.desired)
+        now += 2.0
+        del step
+    assert max(desired_seen) == 8  # ceil(20 / 2.8), not growing tick after tick
+    assert desired_seen[-1] == 8
