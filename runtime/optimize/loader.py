@@ -33,24 +33,38 @@ def load_optimized(
     ``"required"`` and the model cannot be served as a verified graph.
     """
     mode = settings.optimization
-    if mode != "off" and info.has_params:
-        # Inference params can change what a pyfunc computes; a graph converted without them cannot.
-        reason = "the model's signature takes inference params"
-        if mode == "required":
-            raise ModelLoadError(f"optimization is required but the model cannot be served as ONNX: {reason}")
-        result = OptimizationResult(path="native", reason=reason, mode=mode)
-    else:
-        if cache_dir is None:
-            from runtime.store.settings import StoreSettings
+    model: LoadedModel | None = None
+    try:
+        if mode != "off" and info.has_params:
+            # Inference params can change what a pyfunc computes; a graph converted without them cannot.
+            reason = "the model's signature takes inference params"
+            if mode == "required":
+                raise ModelLoadError(
+                    f"optimization is required but the model cannot be served as ONNX: {reason}"
+                )
+            result = OptimizationResult(path="native", reason=reason, mode=mode)
+        else:
+            if cache_dir is None:
+                from runtime.store.settings import StoreSettings
 
-            cache_dir = StoreSettings().cache_dir
-        result = optimize_model(directory, mode=mode, cache_dir=cache_dir, rtol=settings.optimization_rtol)
+                cache_dir = StoreSettings().cache_dir
+            result = optimize_model(
+                directory, mode=mode, cache_dir=cache_dir, rtol=settings.optimization_rtol
+            )
+        if result.path == "onnx":
+            model = OptimizedMlflowModel(result, info, settings)
+    except Exception as exc:
+        if mode == "required":
+            if isinstance(exc, ModelLoadError):
+                raise
+            raise ModelLoadError(f"optimization is required but failed: {type(exc).__name__}: {exc}") from exc
+        # "auto" never costs a deployment: whatever went wrong, the native flavor still serves.
+        reason = f"optimization failed: {type(exc).__name__}: {exc}"
+        result = OptimizationResult(path="native", reason=reason, mode=mode, flavor="unknown")
     # A fallback the user did not ask for is worth their attention; the other outcomes are routine.
     level = logging.WARNING if result.path == "native" and mode == "auto" and result.flavor else logging.INFO
     log.log(level, "model %s: %s", directory.name, result.describe())
-    if result.path != "onnx":
-        return None
-    return OptimizedMlflowModel(result, info, settings)
+    return model
 
 
 class OptimizedMlflowModel(LoadedModel):

@@ -69,39 +69,24 @@ def optimize_model(
         return _native(mode, str(exc), timings, started)
 
     mark = time.monotonic()
-    key = cache_key(model_digest(model_dir), flavor, versions, rtol)
-    timings["digest_s"] = time.monotonic() - mark
-    cache = ConversionCache(cache_dir / "optimized")
-    entry, problem = cache.lookup(key)
-    from_cache = entry is not None
-    if entry is None:
-        mark = time.monotonic()
-        try:
-            with cache.lock(key, lock_timeout_s):
-                timings["lock_wait_s"] = time.monotonic() - mark
-                # Another replica may have converted while this one waited for the lock.
-                entry, problem = cache.lookup(key)
-                from_cache = entry is not None
-                if entry is None:
-                    if problem is not None:
-                        log.warning(
-                            "optimization: cached entry %s is unusable (%s); rebuilding it", key, problem
-                        )
-                    try:
-                        built, onnx_bytes = _build(model_dir, info, flavor, versions, key, rtol, timings)
-                    except _Transient as exc:
-                        # Not a property of the model (a missing package, a model that does not load):
-                        # decided again next time rather than cached.
-                        return _native(
-                            mode, str(exc), timings, started, flavor=flavor, versions=versions, key=key
-                        )
-                    entry = cache.publish(built, onnx_bytes)
-        except Timeout:
-            reason = f"another process held the conversion lock for {lock_timeout_s:g}s"
-            return _native(mode, reason, timings, started, flavor=flavor, versions=versions, key=key)
+    key = None
+    try:
+        key = cache_key(model_digest(model_dir), flavor, versions, rtol)
+        timings["digest_s"] = time.monotonic() - mark
+        entry, problem, from_cache = _cached_or_built(
+            ConversionCache(cache_dir / "optimized"), key, model_dir, info, flavor, versions, rtol,
+            lock_timeout_s, timings,
+        )  # fmt: skip
+    except _Transient as exc:
+        # Not a property of the model (a missing package, a lock held too long, an unwritable cache):
+        # decided again next time rather than cached.
+        return _native(mode, str(exc), timings, started, flavor=flavor, versions=versions, key=key)
+    except OSError as exc:
+        reason = f"the conversion cache is unusable: {type(exc).__name__}: {exc}"
+        return _native(mode, reason, timings, started, flavor=flavor, versions=versions, key=key)
 
     timings["total_s"] = time.monotonic() - started
-    rebuilt = f" (the cached entry was rebuilt: {problem})" if problem is not None and not from_cache else ""
+    rebuilt = f" (the cached entry was rebuilt: {problem})" if problem is not None else ""
     if entry.status != "verified":
         return _native(
             mode,
@@ -133,6 +118,41 @@ def optimize_model(
 
 class _Transient(Exception):
     """A failure that says nothing about the model itself, so it is not cached."""
+
+
+def _cached_or_built(
+    cache: ConversionCache,
+    key: str,
+    model_dir: Path,
+    info: MLmodelInfo,
+    flavor: str,
+    versions: dict[str, str],
+    rtol: float,
+    lock_timeout_s: float,
+    timings: dict[str, float],
+) -> tuple[Entry, str | None, bool]:
+    """(entry, what was wrong with a cached one, whether it came from the cache).
+
+    Single flight across processes: the first to take the key's lock converts, the others wait for it
+    and then find its entry.
+    """
+    entry, problem = cache.lookup(key)
+    if entry is not None:
+        return entry, None, True
+    mark = time.monotonic()
+    try:
+        with cache.lock(key, lock_timeout_s):
+            timings["lock_wait_s"] = time.monotonic() - mark
+            # Another replica may have converted while this one waited for the lock.
+            entry, problem = cache.lookup(key)
+            if entry is not None:
+                return entry, None, True
+            if problem is not None:
+                log.warning("optimization: cached entry %s is unusable (%s); rebuilding it", key, problem)
+            built, onnx_bytes = _build(model_dir, info, flavor, versions, key, rtol, timings)
+            return cache.publish(built, onnx_bytes), problem, False
+    except Timeout as exc:
+        raise _Transient(f"another process held the conversion lock for {lock_timeout_s:g}s") from exc
 
 
 def _build(

@@ -237,3 +237,15 @@ def test_describe_names_path_and_versions(model_factory: ModelFactory, tmp_path:
     assert line.startswith("serving sklearn model as ONNX (converted now;")
     assert f"skl2onnx {result.converter_versions['skl2onnx']}" in line
     assert set(result.converter_versions) >= {"skl2onnx", "scikit-learn", "onnx", "onnxruntime"}
+
+
+def test_an_unusable_cache_falls_back_in_auto_and_fails_required(
+    model_factory: ModelFactory, tmp_path: Path
+) -> None:
+    model_dir, _ = model_factory("sklearn_logreg")
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache should be")
+    result = optimize_model(model_dir, cache_dir=not_a_directory)
+    assert result.path == "native" and "conversion cache is unusable" in result.reason
+    with pytest.raises(ModelLoadError, match="conversion cache is unusable"):
+        optimize_model(model_dir, mode="required", cache_dir=not_a_directory)
