@@ -79,8 +79,9 @@ class LocalBackend:
         self._environment = dict(os.environ if environment is None else environment)
         pool_size = warm_pool_size if warm_pool_size is not None else settings.warm_pool_size
         pool_preload = preload if preload is not None else settings.preload
-        self._pool = WarmPool(pool_size, pool_preload, self._environment) if pool_size > 0 else None
         self._log_lines = settings.replica_log_lines
+        self._pool = (WarmPool(pool_size, pool_preload, self._environment, self._log_lines)
+                      if pool_size > 0 else None)
         self._kept_logs = settings.kept_replica_logs
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}

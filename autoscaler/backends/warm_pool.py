@@ -53,10 +53,15 @@ class PoolWorker:
 
 class WarmPool:
     def __init__(
-        self, size: int, preload: tuple[str, ...], environment: Mapping[str, str] | None = None
+        self,
+        size: int,
+        preload: tuple[str, ...],
+        environment: Mapping[str, str] | None = None,
+        log_lines: int = 2000,
     ) -> None:
         self.size = size
         self.preload = preload
+        self._log_lines = log_lines
         self._environment = dict(os.environ if environment is None else environment)
         self._idle: list[PoolWorker] = []
         self._spawning: set[asyncio.Task[None]] = set()
@@ -109,7 +114,7 @@ class WarmPool:
         arguments = ["--pool", "--preload", ",".join(self.preload)]
         process = await spawn(arguments, self._environment, stdin=True)
         assert process.stdout is not None
-        output = ProcessOutput(process.stdout)
+        output = ProcessOutput(process.stdout, self._log_lines)
         try:
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
                 await asyncio.shield(output.idle)
