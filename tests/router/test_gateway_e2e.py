@@ -163,6 +163,8 @@ def test_restart_after_sigkill_loses_nothing(gateway: GatewayProcess, model_stor
         assert after["config"]["config_version"] == 1
         assert after["tags"] == [{"key": "team", "value": "growth"}]
         assert after["creation_timestamp"] == before["creation_timestamp"]
+        events = client.get("/api/2.0/serving-endpoints/durable/events").json()["events"]
+        assert [e["kind"] for e in events][:2] == ["CREATED", "UPDATE_SUCCEEDED"]
         # It has a floor of one replica, so it comes back up by itself and answers.
         wait_for(lambda: _ready(client, "durable"), 60, "the endpoint to be ready again")
         answer = client.post("/serving-endpoints/durable/invocations", json={"dataframe_records": [ROW]})
