@@ -103,8 +103,8 @@ class MetricsWindow:
         # new entity's first 10 s at 5 concurrent read as 5, not as 5 x 10 / 60.
         stable_start = max(now - stable_window_s, first_seen)
         panic_start = max(now - panic_window_s, first_seen)
-        stable_area = self._area_since(stable_start)
-        panic_area = self._area_since(panic_start)
+        stable_area = self._area_since(stable_start) if self._buckets else 0.0
+        panic_area = self._area_since(panic_start) if self._buckets else 0.0
         current = 0.0
         queued = 0
         last_busy_at = self._last_busy_at

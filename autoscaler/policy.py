@@ -48,15 +48,30 @@ class PolicyState(NamedTuple):
         return self.panic_last_over_at is not None
 
 
+# One piece of a decision's reason: a str.format template and its arguments. Formatting waits until
+# someone reads ``Decision.reason`` (the loop keeps only decisions that changed something), which
+# keeps a tick for 10,000 entities cheap.
+Why = tuple[str, tuple[object, ...]]
+
+
 class Decision(NamedTuple):
     desired: int
     previous: int
-    reason: str
+    why: tuple[Why, ...]
     panicking: bool = False
 
     @property
     def changed(self) -> bool:
         return self.desired != self.previous
+
+    @property
+    def reason(self) -> str:
+        """Why, for people: "panic: 37.0 concurrent over 6 s, 3 ready -> 14"."""
+        return "; ".join(template.format(*arguments) for template, arguments in self.why)
+
+
+_STABLE = "stable: {:.1f} concurrent over {:g} s, {} ready -> {}"
+_PANIC = "panic: {:.1f} concurrent over {:g} s, {} ready -> {}"
 
 
 def decide(
@@ -65,30 +80,37 @@ def decide(
     """One scaling decision for one served entity. Pure: same inputs, same outputs."""
     if isinstance(window, NoData):
         return _no_data(window, spec, state)
+    if _idle_at_zero(window, spec, state, fleet):
+        return Decision(0, 0, ((_STABLE, (0.0, spec.stable_window_s, 0, 0)),)), state
     targets = _target(window, spec)
-    desired, panic_last_over_at, panic_peak, reason = _panic_or_stable(
-        targets, window, spec, state, now, fleet)
-    notes: list[str] = []
-    desired = _rate_limits(desired, spec, fleet, notes)
-    desired = _floor_ceiling(desired, spec, notes)
-    desired, recent = _scale_down_delay(desired, spec, state, now, notes)
-    desired = _scale_to_zero_gate(desired, window, spec, state, now, fleet, notes)
-    desired, reason = _cold_start(desired, window, fleet, reason)
-    if notes:
-        reason = "; ".join([reason, *notes])
+    desired, panic_last_over_at, panic_peak, why = _panic_or_stable(targets, window, spec, state, now, fleet)
+    desired = _rate_limits(desired, spec, fleet, why)
+    desired = _floor_ceiling(desired, spec, why)
+    desired, recent = _scale_down_delay(desired, spec, state, now, why)
+    desired = _scale_to_zero_gate(desired, window, spec, state, now, fleet, why)
+    desired = _cold_start(desired, window, fleet, why)
     next_state = PolicyState(desired, panic_last_over_at, panic_peak, recent)
-    return Decision(desired, state.desired, reason, panic_last_over_at is not None), next_state
+    return Decision(desired, state.desired, tuple(why), panic_last_over_at is not None), next_state
+
+
+def _idle_at_zero(window: WindowReading, spec: AutoscalingSpec, state: PolicyState, fleet: Fleet) -> bool:
+    # Precondition for a shortcut, taken by most entities of a large fleet: nothing runs, nothing was
+    # asked for, no traffic in either window, nobody waiting, floor 0. Every step below would leave 0
+    # (target 0, no panic at 0 / 1 ready, rate limits 0..1000, floor 0, nothing to delay or gate, no
+    # demand for a cold start); the state stays as it is.
+    return (state.desired == 0 and state.panic_last_over_at is None and fleet.ready == 0
+            and fleet.starting == 0 and window.current_concurrency == 0 and window.stable_concurrency == 0
+            and window.panic_concurrency == 0 and not window.poked and spec.floor_replicas == 0)
 
 
 def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple[Decision, PolicyState]:
     # Precondition: nothing was ever reported. No metric-driven change; only the floor and ceiling
     # apply, so a new entity with a reserved floor of 2 starts its 2 replicas before any traffic.
     desired = min(max(state.desired, spec.floor_replicas), spec.ceiling_replicas)
-    reason = f"no data ({window.reason}): hold {state.desired}"
+    why: list[Why] = [("no data ({}): hold {}", (window.reason, state.desired))]
     if desired != state.desired:
-        reason += f"; floor {spec.floor_replicas}, ceiling {spec.ceiling_replicas} -> {desired}"
-    next_state = state._replace(desired=desired)
-    return Decision(desired, state.desired, reason), next_state
+        why.append(("floor {}, ceiling {} -> {}", (spec.floor_replicas, spec.ceiling_replicas, desired)))
+    return Decision(desired, state.desired, tuple(why)), state._replace(desired=desired)
 
 
 def _target(window: WindowReading, spec: AutoscalingSpec) -> tuple[int, int]:
@@ -107,8 +129,8 @@ def _panic_or_stable(
     state: PolicyState,
     now: float,
     fleet: Fleet,
-) -> tuple[int, float | None, int, str]:
-    """(desired, panic_last_over_at, panic_peak, reason)."""
+) -> tuple[int, float | None, int, list[Why]]:
+    """(desired, panic_last_over_at, panic_peak, why)."""
     # Panic when the panic window asks for >= threshold x the ready replicas (at least 1, so a burst
     # into an entity at zero can panic too): 14 wanted / 3 ready = 4.7 >= 2 -> panic. In panic the
     # count follows the panic window and never goes down; panic ends once a full stable window has
@@ -127,47 +149,47 @@ def _panic_or_stable(
         panic_peak = 0
     if panic_last_over_at is not None:
         desired = max(panic_target, panic_peak)
-        reason = (f"panic: {window.panic_concurrency:.1f} concurrent over {_seconds(spec.panic_window_s)}, "
-                  f"{fleet.ready} ready -> {desired}")
+        why: list[Why] = [(_PANIC, (window.panic_concurrency, spec.panic_window_s, fleet.ready, desired))]
         if desired > panic_target:
-            reason += f" (holding panic peak {panic_peak}, no scale-down while panicking)"
-        return desired, panic_last_over_at, desired, reason
-    reason = (f"stable: {window.stable_concurrency:.1f} concurrent over {_seconds(spec.stable_window_s)}, "
-              f"{fleet.ready} ready -> {stable_target}")
+            why.append(("holding panic peak {}, no scale-down while panicking", (panic_peak,)))
+        return desired, panic_last_over_at, desired, why
+    why = [(_STABLE, (window.stable_concurrency, spec.stable_window_s, fleet.ready, stable_target))]
     if state.panicking:
-        reason = f"panic over after {_seconds(spec.stable_window_s)} calm; " + reason
-    return stable_target, None, 0, reason
+        why.insert(0, ("panic over after {:g} s calm", (spec.stable_window_s,)))
+    return stable_target, None, 0, why
 
 
-def _rate_limits(desired: int, spec: AutoscalingSpec, fleet: Fleet, notes: list[str]) -> int:
+def _rate_limits(desired: int, spec: AutoscalingSpec, fleet: Fleet, why: list[Why]) -> int:
     # Relative to the ready replicas (at least 1): up to 1000 x 3 = 3000, down to floor(8 / 2) = 4.
     ready_basis = max(1, fleet.ready)
     most = math.ceil(spec.max_scale_up_rate * ready_basis)
     least = math.floor(ready_basis / spec.max_scale_down_rate)
     if desired > most:
-        notes.append(f"scale-up rate {spec.max_scale_up_rate:g}x of {fleet.ready} ready caps at {most}")
+        why.append(("scale-up rate {:g}x of {} ready caps at {}",
+                    (spec.max_scale_up_rate, fleet.ready, most)))
         return most
     if desired < least:
-        notes.append(f"scale-down rate {spec.max_scale_down_rate:g}x of {fleet.ready} ready holds {least}")
+        why.append(("scale-down rate {:g}x of {} ready holds {}",
+                    (spec.max_scale_down_rate, fleet.ready, least)))
         return least
     return desired
 
 
-def _floor_ceiling(desired: int, spec: AutoscalingSpec, notes: list[str]) -> int:
+def _floor_ceiling(desired: int, spec: AutoscalingSpec, why: list[Why]) -> int:
     # Reserved floor ceil(10 / 4) = 3 holds even when idle; ceiling ceil(16 / 4) = 4 for Medium.
     floor = spec.floor_replicas
     if desired < floor:
-        notes.append(f"floor {floor}")
+        why.append(("floor {}", (floor,)))
         return floor
     ceiling = spec.ceiling_replicas
     if desired > ceiling:
-        notes.append(f"ceiling {ceiling}")
+        why.append(("ceiling {}", (ceiling,)))
         return ceiling
     return desired
 
 
 def _scale_down_delay(
-    desired: int, spec: AutoscalingSpec, state: PolicyState, now: float, notes: list[str]
+    desired: int, spec: AutoscalingSpec, state: PolicyState, now: float, why: list[Why]
 ) -> tuple[int, tuple[tuple[float, int], ...]]:
     # Precondition: a delay is set. The result is the highest recommendation of the last delay
     # seconds: with a 30 s delay, recommendations 6 (t=0), 3 (t=10) give 6 until t=30, then 3.
@@ -178,7 +200,7 @@ def _scale_down_delay(
     recent = (*kept, (now, desired))
     highest = recent[0][1]
     if highest > desired:
-        notes.append(f"scale-down delay {_seconds(spec.scale_down_delay_s)} holds {highest}")
+        why.append(("scale-down delay {:g} s holds {}", (spec.scale_down_delay_s, highest)))
     return highest, recent
 
 
@@ -189,7 +211,7 @@ def _scale_to_zero_gate(
     state: PolicyState,
     now: float,
     fleet: Fleet,
-    notes: list[str],
+    why: list[Why],
 ) -> int:
     # Precondition: the steps so far say 0 while replicas exist or were asked for. Zero only after a
     # full stable window without traffic plus the grace period: last busy at t=100 -> zero at t=190.
@@ -199,23 +221,20 @@ def _scale_to_zero_gate(
     idle_s = now - idle_since
     needed_s = spec.stable_window_s + spec.scale_to_zero_grace_s
     if idle_s < needed_s:
-        notes.append(f"scale to zero waits for {_seconds(needed_s)} idle "
-                     f"({_seconds(spec.stable_window_s)} window + {_seconds(spec.scale_to_zero_grace_s)} "
-                     f"grace), idle {idle_s:.1f} s -> 1")
+        why.append(("scale to zero waits for {:g} s idle ({:g} s window + {:g} s grace), idle {:.1f} s -> 1",
+                    (needed_s, spec.stable_window_s, spec.scale_to_zero_grace_s, idle_s)))
         return 1
-    notes.append(f"idle {idle_s:.1f} s >= {_seconds(needed_s)} -> scale to zero")
+    why.append(("idle {:.1f} s >= {:g} s -> scale to zero", (idle_s, needed_s)))
     return 0
 
 
-def _cold_start(desired: int, window: WindowReading, fleet: Fleet, reason: str) -> tuple[int, str]:
+def _cold_start(desired: int, window: WindowReading, fleet: Fleet, why: list[Why]) -> int:
     # Precondition: no replica ready or starting, and a request is waiting. One replica now, without
     # waiting for the windows to notice (a single queued request over a 60 s window averages ~0).
     demand = window.poked or window.queued > 0 or window.current_concurrency > 0
     if desired > 0 or fleet.ready + fleet.starting > 0 or not demand:
-        return desired, reason
+        return desired
     waiting = max(window.queued, 1)
-    return 1, f"cold start: {waiting} request{'s' if waiting != 1 else ''} waiting, no replica -> 1"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
+    # The reason is the fast path alone: what the windows said does not matter for this decision.
+    why[:] = [("cold start: {} request{} waiting, no replica -> 1", (waiting, "s" if waiting != 1 else ""))]
+    return 1
