@@ -559,3 +559,23 @@ def test_scenario_slow_starts_do_not_double_the_fleet() -> None:
         del step
     assert max(desired_seen) == 8  # ceil(20 / 2.8), not growing tick after tick
     assert desired_seen[-1] == 8
+
+
+@pytest.mark.parametrize("spec", [ROOMY, replace(ROOMY, scale_down_delay_s=30.0), AutoscalingSpec()],
+                         ids=["roomy", "with-delay", "defaults"])
+def test_idle_shortcut_agrees_with_the_full_path(spec: AutoscalingSpec) -> None:
+    idle = reading_for(Case("idle", want=0, stable=0.0, current=0.0, last_busy_at=NOW - 3600))
+    # A hair of traffic that rounds to nothing takes the full path through every step.
+    almost_idle = idle._replace(panic_concurrency=1e-12)
+    short, short_state = decide(idle, spec, PolicyState(), NOW, Fleet(0, 0))
+    full, full_state = decide(almost_idle, spec, PolicyState(), NOW, Fleet(0, 0))
+    assert (short.desired, short.reason, short.panicking) == (full.desired, full.reason, full.panicking)
+    assert short_state.desired == full_state.desired == 0
+    assert short_state.panic_last_over_at is full_state.panic_last_over_at is None
+
+
+def test_reason_is_formatted_only_when_read() -> None:
+    decision, _ = expect_decision(Case("r", want=14, stable=8.0, panic=37.0, ready=3,
+                                       state=PolicyState(desired=3)))
+    assert decision.why[0][0].startswith("panic: {:.1f} concurrent")
+    assert decision.reason == "panic: 37.0 concurrent over 6 s, 3 ready -> 14"
