@@ -27,10 +27,9 @@ from starlette.routing import BaseRoute, Route
 
 from autoscaler.backend import Backend, Clock
 from autoscaler.loop import Autoscaler
-from autoscaler.types import EntityKey
 from router.api.controller import EndpointController
 from router.api.handlers import ControlPlane, JSONResponse
-from router.api.observed import AutoscalerScaler, endpoint_metrics
+from router.api.observed import AutoscalerScaler
 from router.api.openapi import gateway_openapi
 from router.auth.access import FrontDoorAccess
 from router.auth.directory import StoreDirectory
@@ -38,6 +37,10 @@ from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, dataplane_routes, error_response
 from router.db import Database
+from router.observability import Observability
+from router.observability.catalog import StoreCatalog
+from router.observability.dashboard import dashboard_routes
+from router.observability.logging import RequestIdMiddleware, configure_logging
 from router.settings import GatewaySettings
 from router.state import EndpointStore
 from runtime.errors import ZeroserveError
@@ -71,10 +74,20 @@ class Gateway:
         self.store = EndpointStore(self.db)
         self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
         self.dataplane = DataPlane()
+        self.observability = Observability(
+            stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock
+        )
+        self.dataplane.capture = self.observability.tables
         self.backend = backend if backend is not None else _local_backend(settings)
-        self.autoscaler = Autoscaler(self.backend, clock, self.dataplane.listener)
+        # Observability sits between the autoscaler and the activator to see cold starts.
+        listener = self.observability.listener(self.dataplane.listener)
+        self.autoscaler = Autoscaler(self.backend, clock, listener)
         self.dataplane.activator.set_scaler(self.autoscaler)
         self.scaler = AutoscalerScaler(self.autoscaler)
+        self.catalog = StoreCatalog(self.store, self.scaler.entity_state)
+        self.observability.bind(catalog=self.catalog,
+                                autoscaler=self.autoscaler, load=self.dataplane.activator,
+                                cache_counters=_cache_counters)
         self.controller = EndpointController(
             self.store, self.scaler, self.dataplane, rollout_timeout_s=settings.rollout_timeout_s
         )
@@ -99,14 +112,16 @@ class Gateway:
             exception_handlers={ZeroserveError: error_response, HTTPException: _http_error},
             lifespan=self._lifespan,
         )
-        # What the server runs: the app behind the front door (auth, limits, audit, rate limits).
-        self.asgi = self.front_door.wrap(self.app)
+        # What the server runs: the app behind the front door (auth, limits, audit, rate limits), with
+        # a request id on every answer (401s included) and one JSON access-log line per request.
+        self.asgi = RequestIdMiddleware(self.front_door.wrap(self.app))
 
     def routes(self) -> list[BaseRoute]:
         return [
             *self.control_plane.routes(),
             *self.front_door.routes(self.store),
             *dataplane_routes(self.dataplane),
+            *dashboard_routes(self.observability),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -119,6 +134,7 @@ class Gateway:
         await self.dataplane.start()
         await self.autoscaler.start()
         await self.controller.restore()
+        await self.observability.start()
         self.ready = True
         for hook in self.on_ready:
             await hook(self)
@@ -131,6 +147,7 @@ class Gateway:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.controller.aclose()
         await self.autoscaler.stop()  # drains and stops every replica, closes the backend
+        await self.observability.close()  # writes captured requests and the cost so far
         await self.dataplane.aclose()
         self.db.close()
 
@@ -175,10 +192,15 @@ class Gateway:
         return JSONResponse(gateway_openapi(self.app.routes, _version()))
 
     def endpoint_metrics(self, name: str) -> bytes:
-        record = self.store.get(name)
-        versions = [v for v in (record.config, record.pending) if v is not None]
-        keys = sorted({EntityKey(name, e.name) for v in versions for e in v.config.served_entities})
-        return endpoint_metrics(name, keys, self.dataplane.stats, self.scaler.entity_state)
+        record = self.store.get(name)  # 404 for an unknown endpoint
+        return self.observability.endpoint_metrics(self.catalog.view(record))
+
+
+def _cache_counters() -> tuple[int, int, int]:
+    from runtime.store import cache_stats
+
+    stats = cache_stats()
+    return stats.hits, stats.misses, stats.bytes_fetched
 
 
 def _local_backend(settings: GatewaySettings) -> Backend:
@@ -228,6 +250,8 @@ def serve(
     from router.auth.tls import INSECURE_BANNER, harden, insecure_bind_error, uvicorn_options
 
     security = security or SecuritySettings()
+    # Structured JSON logs, each line of a request carrying its x-request-id.
+    configure_logging(settings.log_level)
     if security.insecure_no_auth:
         refusal = insecure_bind_error(settings.host)
         if refusal is not None:
@@ -257,6 +281,7 @@ def serve(
         loop="uvloop",
         lifespan="on",
         log_level=settings.log_level,
+        log_config=None,  # keep the JSON handler configured above
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         access_log=False,
         **options,

@@ -75,7 +75,12 @@ class FrontDoor:
         return ref
 
     def public_paths(self) -> frozenset[str]:
-        return ALWAYS_PUBLIC | (V2_HEALTH if self.settings.public_v2_health else frozenset())
+        # The dashboard's page and assets hold no data (its JSON APIs need a token): a browser must be
+        # able to load them before the user has given one.
+        from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS
+
+        v2_health = V2_HEALTH if self.settings.public_v2_health else frozenset()
+        return ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS | v2_health
 
     def routes(self, endpoint_store: EndpointStore | None = None) -> list[BaseRoute]:
         """Token, audit, identity and permissions routes; with the endpoint store, also the

@@ -214,6 +214,12 @@ class Observability:
         keys = self.hub.entities(endpoint)
         return self.cost_fields(self.ledger.endpoint_summary(endpoint), self.inferences(keys))
 
+    def endpoint_metrics(self, view: EndpointView) -> bytes:
+        """Prometheus text of one endpoint; its entities are exported even before the loop's next pass."""
+        for entity in view.entities:
+            self.hub.track(EntityKey(view.name, entity.name), entity.workload_type)
+        return self.hub.endpoint_exposition(view.name)
+
     # The loop ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
