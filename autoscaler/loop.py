@@ -18,66 +18,25 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
+from autoscaler._entity import LIVE, EntityRecord, ReplicaRecord
 from autoscaler.backend import Backend, Clock, MonotonicClock, ReplicaHealth, ReplicaStartError
-from autoscaler.lifecycle import DeploymentFacts, ReplicaEvent, ReplicaLifecycle, deployment_state
+from autoscaler.lifecycle import ReplicaEvent, ReplicaLifecycle
 from autoscaler.metrics_window import MetricsWindow
-from autoscaler.policy import Fleet, PolicyState, decide
+from autoscaler.policy import Fleet, decide
 from autoscaler.spec import EntitySpec
-from autoscaler.status import DecisionRecord, EntityStatus, ReplicaStatus
+from autoscaler.status import DecisionRecord, EntityStatus
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaState
 from runtime.errors import NotFound
 
 logger = logging.getLogger("zeroserve.autoscaler")
 
-_LIVE = (ReplicaState.STARTING, ReplicaState.READY)
 _LOG_TAIL_CHARS = 2000
 # Consecutive failed readiness probes before a running replica is replaced.
 _UNHEALTHY_LIMIT = 3
 # Crashes older than this no longer lengthen the restart backoff.
 _CRASH_MEMORY_S = 300.0
-
-
-@dataclass(eq=False)
-class _Replica:
-    replica_id: str
-    generation: int
-    spec: EntitySpec
-    lifecycle: ReplicaLifecycle
-    info: ReplicaInfo | None = None
-    task: asyncio.Task[None] | None = None
-    unhealthy_probes: int = 0
-
-    @property
-    def state(self) -> ReplicaState:
-        return self.lifecycle.state
-
-
-@dataclass(eq=False)
-class _Entity:
-    key: EntityKey
-    spec: EntitySpec
-    window: MetricsWindow
-    generation: int = 1
-    policy: PolicyState = field(default_factory=PolicyState)
-    replicas: dict[str, _Replica] = field(default_factory=dict)
-    history: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=100))
-    start_failures: int = 0
-    crash_times: deque[float] = field(default_factory=lambda: deque(maxlen=16))
-    next_start_at: float = 0.0
-    failed_reason: str | None = None
-    ever_ready: bool = False
-    gone_replicas: deque[str] = field(default_factory=lambda: deque(maxlen=5))
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # its starts and drains in flight
-    closing: bool = False  # removed or the autoscaler is stopping: start nothing new
-
-    def current(self, *states: ReplicaState) -> list[_Replica]:
-        return [r for r in self.replicas.values() if r.generation == self.generation and r.state in states]
-
-    def outdated(self, *states: ReplicaState) -> list[_Replica]:
-        return [r for r in self.replicas.values() if r.generation != self.generation and r.state in states]
 
 
 class Autoscaler:
@@ -103,7 +62,7 @@ class Autoscaler:
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._history_size = history_size
-        self._entities: dict[EntityKey, _Entity] = {}
+        self._entities: dict[EntityKey, EntityRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -166,7 +125,7 @@ class Autoscaler:
         again also clears a failed state, so a re-deploy retries."""
         state = self._entities.get(entity)
         if state is None:
-            state = _Entity(entity, spec, MetricsWindow(retention_s=spec.autoscaling.stable_window_s))
+            state = EntityRecord(entity, spec, MetricsWindow(retention_s=spec.autoscaling.stable_window_s))
             state.history = deque(maxlen=self._history_size)
             self._entities[entity] = state
         else:
@@ -189,25 +148,7 @@ class Autoscaler:
         await self._shut_down(state)
 
     def status(self, entity: EntityKey) -> EntityStatus:
-        state = self._get(entity)
-        ready = len(state.current(ReplicaState.READY))
-        starting = len(state.current(ReplicaState.STARTING))
-        facts = DeploymentFacts(state.policy.desired, ready, starting, state.ever_ready, state.failed_reason)
-        return EntityStatus(
-            entity=entity,
-            spec=state.spec,
-            generation=state.generation,
-            desired=state.policy.desired,
-            starting=starting,
-            ready=ready,
-            draining=sum(1 for r in state.replicas.values() if r.state is ReplicaState.DRAINING),
-            deployment=deployment_state(facts),
-            failed_reason=state.failed_reason,
-            panicking=state.policy.panicking,
-            replicas=tuple(ReplicaStatus(r.replica_id, r.state, r.generation, r.info)
-                           for r in state.replicas.values()),
-            history=tuple(state.history),
-        )
+        return self._get(entity).status()
 
     def entities(self) -> list[EntityKey]:
         return list(self._entities)
@@ -249,13 +190,13 @@ class Autoscaler:
 
     # --- decide and reconcile (synchronous) ---
 
-    def _get(self, entity: EntityKey) -> _Entity:
+    def _get(self, entity: EntityKey) -> EntityRecord:
         state = self._entities.get(entity)
         if state is None:
             raise NotFound(f"served entity {entity} does not exist")
         return state
 
-    def _evaluate(self, entity: _Entity, now: float) -> None:
+    def _evaluate(self, entity: EntityRecord, now: float) -> None:
         scaling = entity.spec.autoscaling
         reading = entity.window.reading(now, scaling.stable_window_s, scaling.panic_window_s)
         fleet = Fleet(ready=len(entity.current(ReplicaState.READY)),
@@ -267,11 +208,11 @@ class Autoscaler:
             self._record(entity, now, decision.previous, decision.desired, decision.reason)
         self._reconcile(entity, now)
 
-    def _reconcile(self, entity: _Entity, now: float) -> None:
+    def _reconcile(self, entity: EntityRecord, now: float) -> None:
         if entity.closing or self._entities.get(entity.key) is not entity:
             return  # removed (or shutting down) while a task was finishing
         desired = entity.policy.desired
-        live = entity.current(*_LIVE)
+        live = entity.current(*LIVE)
         if len(live) < desired and entity.failed_reason is None and now >= entity.next_start_at:
             for _ in range(desired - len(live)):
                 self._start(entity)
@@ -288,13 +229,13 @@ class Autoscaler:
             for replica in entity.outdated(ReplicaState.READY):
                 self._retire(entity, replica)
 
-    def _start(self, entity: _Entity) -> None:
+    def _start(self, entity: EntityRecord) -> None:
         replica_id = f"{entity.key.endpoint}-{entity.key.served_entity}-{next(self._ids)}"
-        replica = _Replica(replica_id, entity.generation, entity.spec, ReplicaLifecycle(replica_id))
+        replica = ReplicaRecord(replica_id, entity.generation, entity.spec, ReplicaLifecycle(replica_id))
         entity.replicas[replica_id] = replica
         replica.task = self._spawn(entity, self._run_start(entity, replica))
 
-    def _retire(self, entity: _Entity, replica: _Replica) -> None:
+    def _retire(self, entity: EntityRecord, replica: ReplicaRecord) -> None:
         if replica.state is ReplicaState.STARTING:
             if replica.task is not None:
                 replica.task.cancel()
@@ -302,23 +243,23 @@ class Autoscaler:
             replica.lifecycle.handle(ReplicaEvent.DRAIN)
             self._spawn(entity, self._run_drain(entity, replica))
 
-    def _forget(self, entity: _Entity, replica: _Replica) -> None:
+    def _forget(self, entity: EntityRecord, replica: ReplicaRecord) -> None:
         entity.replicas.pop(replica.replica_id, None)
         entity.gone_replicas.append(replica.replica_id)
         if replica.info is not None:
             self._notify("replica_gone", replica.info)
 
-    def _record(self, entity: _Entity, now: float, before: int, after: int, reason: str) -> None:
+    def _record(self, entity: EntityRecord, now: float, before: int, after: int, reason: str) -> None:
         entity.history.append(DecisionRecord(now, int(self._clock.wall() * 1000), before, after, reason))
 
-    def _restart_backoff(self, entity: _Entity, now: float) -> float:
+    def _restart_backoff(self, entity: EntityRecord, now: float) -> float:
         # 1 s, 2 s, 4 s ... up to a minute, counting crashes of the last five minutes.
         recent = sum(1 for at in entity.crash_times if now - at < _CRASH_MEMORY_S)
         return min(self._backoff_max_s, self._backoff_base_s * 2 ** max(0, recent - 1))
 
     # --- the I/O, as tasks ---
 
-    def _spawn(self, entity: _Entity, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, entity: EntityRecord, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         entity.tasks.add(task)
@@ -332,7 +273,7 @@ class Autoscaler:
         task.add_done_callback(done)
         return task
 
-    async def _run_start(self, entity: _Entity, replica: _Replica) -> None:
+    async def _run_start(self, entity: EntityRecord, replica: ReplicaRecord) -> None:
         try:
             info = await self._backend.start_replica(entity.key, replica.spec, replica.replica_id)
         except asyncio.CancelledError:
@@ -353,7 +294,7 @@ class Autoscaler:
         self._notify("replica_ready", info)
         self._reconcile(entity, self._clock.now())
 
-    def _start_failed(self, entity: _Entity, replica: _Replica, error: Exception) -> None:
+    def _start_failed(self, entity: EntityRecord, replica: ReplicaRecord, error: Exception) -> None:
         now = self._clock.now()
         if isinstance(error, ReplicaStartError):
             log_tail = error.log_tail
@@ -377,7 +318,7 @@ class Autoscaler:
                      f"replica {replica.replica_id} failed to start ({error}); retrying in {backoff:g} s")
         self._reconcile_later(entity, entity.next_start_at)
 
-    def _reconcile_later(self, entity: _Entity, when: float) -> None:
+    def _reconcile_later(self, entity: EntityRecord, when: float) -> None:
         # A timer, not I/O: kept apart from the tasks settle() waits for, cancelled by stop().
         async def wake() -> None:
             await self._clock.sleep(when - self._clock.now())
@@ -387,7 +328,7 @@ class Autoscaler:
         self._timers.add(timer)
         timer.add_done_callback(self._timers.discard)
 
-    async def _run_drain(self, entity: _Entity, replica: _Replica) -> None:
+    async def _run_drain(self, entity: EntityRecord, replica: ReplicaRecord) -> None:
         assert replica.info is not None
         try:
             if self._listener is not None:
@@ -427,7 +368,7 @@ class Autoscaler:
             self._replica_lost(entity, replica, now, "exited" if health is ReplicaHealth.EXITED
                                else f"failed {_UNHEALTHY_LIMIT} readiness probes")
 
-    def _replica_lost(self, entity: _Entity, replica: _Replica, now: float, what: str) -> None:
+    def _replica_lost(self, entity: EntityRecord, replica: ReplicaRecord, now: float, what: str) -> None:
         replica.lifecycle.handle(ReplicaEvent.EXITED)
         self._forget(entity, replica)
         entity.crash_times.append(now)
@@ -440,7 +381,7 @@ class Autoscaler:
                        entity.key, replica.replica_id, what, backoff)
         self._reconcile_later(entity, entity.next_start_at)
 
-    async def _shut_down(self, entity: _Entity) -> None:
+    async def _shut_down(self, entity: EntityRecord) -> None:
         entity.closing = True
         for replica in list(entity.replicas.values()):
             self._retire(entity, replica)

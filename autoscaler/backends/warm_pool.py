@@ -72,6 +72,10 @@ class WarmPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    @property
+    def idle_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._idle]
+
     def start(self) -> None:
         self._refill()
 
