@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.loaders._imports import quiet_import
 
-_pyfunc = quiet_import("mlflow.pyfunc")
+_PythonModel: Any = quiet_import("mlflow.pyfunc").PythonModel
 
 
 # MLflow 3 warns, when a PythonModel subclass is defined, that predict has no type hints. These models
@@ -20,14 +20,14 @@ _pyfunc = quiet_import("mlflow.pyfunc")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
 
-    class ScaledSumModel(_pyfunc.PythonModel):  # type: ignore[misc]
+    class ScaledSumModel(_PythonModel):
         """``score = scale * (x + 2 y)`` with a ``scale`` param (default 1.0)."""
 
         def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
             scale = float((params or {}).get("scale", 1.0))
             return (scale * (model_input["x"] + 2.0 * model_input["y"])).to_numpy()
 
-    class PropensityModel(_pyfunc.PythonModel):  # type: ignore[misc]
+    class PropensityModel(_PythonModel):
         """The probability that a customer buys in the next 30 days, from a scikit-learn pipeline."""
 
         columns = (

@@ -1,8 +1,10 @@
-"""The replica's HTTP app: MLflow scoring and the Open Inference Protocol on one Starlette app.
+"""The replica's HTTP app: MLflow scoring and the Open Inference Protocol.
 
-Errors are turned into responses in exactly one place, ``_error_response``: ``{"error_code",
-"message"}`` with the error's status (Open Inference Protocol routes also carry ``"error"``, which
-``tritonclient`` reads).
+The two inference routes are the hot path of every request, so ``ReplicaApp`` serves them as plain
+ASGI (one pass over the headers, no request/response objects, no middleware); every other route
+(health, metadata, 404s) goes through an ordinary Starlette app. Errors become responses in exactly
+one place, ``error_response``: ``{"error_code", "message"}`` with the error's status (Open Inference
+Protocol routes also carry ``"error"``, which ``tritonclient`` reads).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 import runtime
 from runtime.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, ZeroserveError
@@ -29,35 +32,64 @@ from runtime.types import ColumnSchema, TensorSchema, TensorSpec
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
+_JSON_HEADER = (b"content-type", b"application/json")
+_BINARY_HEADER = (b"content-type", b"application/octet-stream")
 _HTTP_ERROR_CODES = {404: "ENDPOINT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_MODELS_PREFIX = "/v2/models/"
 
 
-def _json(document: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(document), status_code=status_code, media_type=_JSON)
+class _Headers:
+    """The request headers the inference routes read, picked out of the ASGI scope in one pass."""
+
+    __slots__ = ("content_encoding", "content_length", "content_type", "inference_header")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_type: str | None = None
+        self.content_length: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.inference_header: str | None = None
+        for name, value in raw:
+            if name == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                self.content_length = value
+            elif name == b"content-encoding":
+                self.content_encoding = value
+            elif name == b"inference-header-content-length":
+                self.inference_header = value.decode("latin-1")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: _Headers, limit: int) -> bytes:
     """The request body, refused with 413 beyond ``limit`` bytes (before reading it when declared)."""
-    declared = request.headers.get("content-length")
+    declared = headers.content_length
     if declared is not None:
         if not declared.isdigit():
-            raise InvalidInput(f"invalid Content-Length {declared!r}")
+            raise InvalidInput(f"invalid Content-Length {declared.decode('latin-1')!r}")
         if int(declared) > limit:
-            raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
+            raise PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {limit}")
+    message = await receive()
+    if message["type"] != "http.request":
+        raise InvalidInput("the client disconnected before sending the whole body")
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks, size = [body], len(body)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise InvalidInput("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise InvalidInput("the client disconnected before sending the whole body") from None
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
-    if encoding and encoding != "identity":
-        body = _decompress(body, encoding.lower(), limit)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+    elif len(body) > limit:
+        raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+    encoding = headers.content_encoding
+    if encoding and encoding != b"identity":
+        body = _decompress(body, encoding.decode("latin-1").lower(), limit)
     return body
 
 
@@ -74,49 +106,103 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def build_app(replica: Replica) -> Starlette:
-    limit = replica.settings.max_body_bytes
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [*extra, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    async def invocations(request: Request) -> Response:
-        content_type = request.headers.get("content-type")
-        mlflow_protocol.media_type(content_type)  # 415 before anything is read
 
-        async def receive() -> Payload:
-            return mlflow_protocol.decode(await read_body(request, limit), content_type)
+class ReplicaApp:
+    """The ASGI app of one replica."""
 
-        prediction = await replica.infer(receive)
-        return Response(mlflow_protocol.encode(prediction), media_type=_JSON)
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.limit = replica.settings.max_body_bytes
+        self.routes = _starlette_app(replica)
 
-    async def infer(request: Request) -> Response:
-        _check_model(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path == "/invocations":
+                await self._guarded(self._invocations, scope, receive, send)
+                return
+            if path.startswith(_MODELS_PREFIX) and path.endswith("/infer"):
+                await self._guarded(self._infer, scope, receive, send)
+                return
+        await self.routes(scope, receive, send)
+
+    async def _guarded(self, handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await handler(scope, receive, send)
+        except Exception as exc:
+            response = error_response(scope["method"], scope["path"], exc)
+            await response(scope, receive, send)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _Headers(scope["headers"])
+        content_type = headers.content_type
+        if content_type != _JSON:
+            mlflow_protocol.media_type(content_type)  # 415 before anything is read
+
+        async def receive_payload() -> Payload:
+            return mlflow_protocol.decode(await read_body(receive, headers, self.limit), content_type)
+
+        prediction = await self.replica.infer(receive_payload)
+        await _respond(send, 200, mlflow_protocol.encode(prediction), [_JSON_HEADER])
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replica = self.replica
+        _check_model(replica, *_model_from_path(scope["path"]))
+        headers = _Headers(scope["headers"])
         decoded: list[v2.InferRequest] = []
 
-        async def receive() -> Payload:
-            body = await read_body(request, limit)
-            decoded.append(v2.decode(body, request.headers.get(v2.HEADER_LENGTH)))
+        async def receive_payload() -> Payload:
+            body = await read_body(receive, headers, self.limit)
+            decoded.append(v2.decode(body, headers.inference_header))
             return decoded[0].payload
 
-        prediction = await replica.infer(receive)
-        body, headers = v2.encode(
+        prediction = await replica.infer(receive_payload)
+        body, header_length = v2.encode(
             prediction, decoded[0], model_name=replica.name, model_version=replica.version
         )
-        media_type = "application/octet-stream" if headers else _JSON
-        return Response(body, media_type=media_type, headers=headers)
+        if header_length is not None:
+            length_header = (b"inference-header-content-length", str(header_length).encode())
+            await _respond(send, 200, body, [_BINARY_HEADER, length_header])
+        else:
+            await _respond(send, 200, body, [_JSON_HEADER])
 
-    def _check_model(request: Request) -> None:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        if name != replica.name:
-            raise NotFound(f"model {name!r} is not served here; this replica serves {replica.name!r}")
-        if version is not None and replica.version is not None and version != replica.version:
-            raise NotFound(f"model {name!r} has no version {version!r}; served: {replica.version!r}")
+
+def _model_from_path(path: str) -> tuple[str, str | None]:
+    """``/v2/models/{name}[/versions/{version}]/infer`` -> (name, version)."""
+    parts = path[len(_MODELS_PREFIX) : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    raise NotFound(f"no route for POST {path}")
+
+
+def _check_model(replica: Replica, name: str, version: str | None) -> None:
+    if name != replica.name:
+        raise NotFound(f"model {name!r} is not served here; this replica serves {replica.name!r}")
+    if version is not None and replica.version is not None and version != replica.version:
+        raise NotFound(f"model {name!r} has no version {version!r}; served: {replica.version!r}")
+
+
+def _json(document: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(document), status_code=status_code, media_type=_JSON)
+
+
+def _starlette_app(replica: Replica) -> Starlette:
+    def check(request: Request) -> None:
+        _check_model(replica, request.path_params["name"], request.path_params.get("version"))
 
     async def model_metadata(request: Request) -> Response:
-        _check_model(request)
+        check(request)
         return _json(_metadata(replica))
 
     async def model_ready(request: Request) -> Response:
-        _check_model(request)
+        check(request)
         return _json({"name": replica.name, "ready": replica.ready}, 200 if replica.ready else 503)
 
     async def live(request: Request) -> Response:
@@ -132,16 +218,12 @@ def build_app(replica: Replica) -> Starlette:
         return Response(runtime.__version__, media_type="text/plain")
 
     async def server_metadata(request: Request) -> Response:
-        return _json(
-            {"name": "zeroserve", "version": runtime.__version__, "extensions": ["binary_tensor_data"]}
-        )
+        extensions = ["binary_tensor_data"]
+        return _json({"name": "zeroserve", "version": runtime.__version__, "extensions": extensions})
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     routes = [
-        Route("/invocations", invocations, methods=["POST"]),
-        Route(f"{model}/infer", infer, methods=["POST"]),
-        Route(f"{versioned}/infer", infer, methods=["POST"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/ping", ping, methods=["GET"]),
@@ -153,14 +235,12 @@ def build_app(replica: Replica) -> Starlette:
         Route(f"{model}/ready", model_ready, methods=["GET"]),
         Route(f"{versioned}/ready", model_ready, methods=["GET"]),
     ]
-    handlers: dict[Any, Any] = {
-        ZeroserveError: _error_response,
-        HTTPException: _error_response,
-        Exception: _error_response,
-    }
-    app = Starlette(routes=routes, exception_handlers=handlers)
-    app.state.replica = replica
-    return app
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        return error_response(request.method, request.url.path, exc)
+
+    handlers: dict[Any, Any] = {ZeroserveError: handler, HTTPException: handler, Exception: handler}
+    return Starlette(routes=routes, exception_handlers=handlers)
 
 
 def _metadata(replica: Replica) -> dict[str, Any]:
@@ -168,9 +248,8 @@ def _metadata(replica: Replica) -> dict[str, Any]:
     if isinstance(schema, TensorSchema):
         inputs = v2.tensor_metadata(schema.inputs)
     elif isinstance(schema, ColumnSchema):
-        inputs = v2.tensor_metadata(
-            tuple(TensorSpec(column.name, column.dtype, (-1,)) for column in schema.columns)
-        )
+        columns = tuple(TensorSpec(column.name, column.dtype, (-1,)) for column in schema.columns)
+        inputs = v2.tensor_metadata(columns)
     else:
         inputs = []
     document: dict[str, Any] = {
@@ -185,18 +264,23 @@ def _metadata(replica: Replica) -> dict[str, Any]:
     return document
 
 
-async def _error_response(request: Request, exc: Exception) -> Response:
+def error_response(method: str, path: str, exc: Exception) -> Response:
+    """The one place where an error becomes an HTTP response."""
     if isinstance(exc, ZeroserveError):
         status, code, message, headers = exc.status_code, exc.error_code, exc.message, exc.headers
     elif isinstance(exc, HTTPException):
         status, message, headers = exc.status_code, exc.detail, dict(exc.headers or {})
         code = _HTTP_ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
         if status == 404:
-            message = f"no route for {request.method} {request.url.path}"
+            message = f"no route for {method} {path}"
     else:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        logger.error("unhandled error on %s %s", method, path, exc_info=exc)
         status, code, message, headers = 500, "INTERNAL_ERROR", f"internal error: {type(exc).__name__}", {}
     document = {"error_code": code, "message": message}
-    if request.url.path.startswith("/v2"):
+    if path.startswith("/v2"):
         document["error"] = message
     return Response(orjson.dumps(document), status_code=status, media_type=_JSON, headers=headers)
+
+
+def build_app(replica: Replica) -> ReplicaApp:
+    return ReplicaApp(replica)

@@ -142,34 +142,37 @@ class Batcher:
         return [pending[index] for index in first]
 
     async def _execute(self, batch: list[_Pending]) -> None:
+        # While the batch runs it is ``_running``: if the batcher dies mid-call (cancelled, or a bug),
+        # ``_on_stopped`` fails these futures too. Only a call that returns clears it.
         self._running = batch
+        await self._call(batch)
+        self._running = []
+
+    async def _call(self, batch: list[_Pending]) -> None:
         try:
-            try:
-                prediction = await self._predict(merge([item.inputs for item in batch]))
-            except InvalidInput as exc:
-                if len(batch) > 1:
-                    await self._one_by_one(batch)
-                else:
-                    _fail(batch, exc)
-                return
-            except Exception as exc:
-                _fail(batch, _as_error(exc))
-                return
-            try:
-                parts = split(prediction, [item.rows for item in batch])
-            except ValueError as exc:
-                # The model's outputs do not follow its inputs' rows: never merge again.
-                logger.warning("disabling batching: %s", exc)
-                self._splittable = False
+            prediction = await self._predict(merge([item.inputs for item in batch]))
+        except InvalidInput as exc:
+            if len(batch) > 1:
                 await self._one_by_one(batch)
-                return
-            self.batches += 1
-            self.batched_requests += len(batch)
-            for item, part in zip(batch, parts, strict=True):
-                if not item.future.done():
-                    item.future.set_result(part)
-        finally:
-            self._running = []
+            else:
+                _fail(batch, exc)
+            return
+        except Exception as exc:
+            _fail(batch, _as_error(exc))
+            return
+        try:
+            parts = split(prediction, [item.rows for item in batch])
+        except ValueError as exc:
+            # The model's outputs do not follow its inputs' rows: never merge again.
+            logger.warning("disabling batching: %s", exc)
+            self._splittable = False
+            await self._one_by_one(batch)
+            return
+        self.batches += 1
+        self.batched_requests += len(batch)
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(part)
 
     async def _one_by_one(self, batch: list[_Pending]) -> None:
         for item in batch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -16,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
@@ -148,7 +148,9 @@ def _run(
         log_config=None,
         log_level="warning",
         server_header=False,
-        timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.001),
+        proxy_headers=False,  # the router terminates client connections; replicas see only the router
+        # uvicorn counts whole seconds; round up so that the drain is never shorter than asked.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         timeout_keep_alive=75,  # longer than the router's pool idle timeout, so the router closes first
     )
     server = _Server(config, replica, on_ready)
@@ -161,5 +163,5 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return None
-    factory: Any = uvloop.new_event_loop
-    return factory  # type: ignore[no-any-return]
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -106,4 +106,5 @@ def _invalid_argument_type() -> type[Exception]:
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
     except ImportError:  # pragma: no cover - layout of onnxruntime's private module changed
         return ValueError
-    return InvalidArgument  # type: ignore[no-any-return]
+    invalid: type[Exception] = InvalidArgument
+    return invalid

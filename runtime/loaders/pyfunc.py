@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ from runtime.loaders._imports import quiet_import
 from runtime.loaders._mlmodel import MLmodelInfo
 from runtime.loaders.base import LoadedModel
 from runtime.types import ColumnSchema, Layout, Params, Prediction, Tensors, TensorSchema
+
+logger = logging.getLogger(__name__)
 
 # MLflow's error codes that mean "the input was wrong", as its own scoring server answers them.
 _INPUT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE"})
@@ -24,7 +28,13 @@ class PyfuncModel(LoadedModel):
         pyfunc = quiet_import("mlflow.pyfunc")
         self._pd = quiet_import("pandas")
         self._mlflow_exception = quiet_import("mlflow.exceptions").MlflowException
-        self._model = pyfunc.load_model(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            # Warnings about how the model was authored (missing type hints, library versions) go to
+            # the replica's log rather than to stderr or, where warnings are errors, a failed load.
+            warnings.simplefilter("always")
+            self._model = pyfunc.load_model(str(path))
+        for warning in caught:
+            logger.warning("loading %s: %s", path.name, str(warning.message).strip())
         loader = info.flavors.get("python_function", {}).get("loader_module", "mlflow.pyfunc.model")
         super().__init__(
             input_schema=info.input_schema,
@@ -34,6 +44,14 @@ class PyfuncModel(LoadedModel):
             description=f"{path.name} ({loader})",
         )
         self._unnamed_tensor = info.unnamed_tensor
+        # With a column signature, requests are validated (types, required columns, order) before they
+        # get here, and MLflow's own schema enforcement would redo that work on every call (it costs
+        # more than a small model's prediction). The flavor's predict behind PyFuncModel is then called
+        # directly; params, and models without a column signature, go through PyFuncModel.predict.
+        impl = getattr(self._model, "_model_impl", None)
+        self._validated_predict = (
+            impl.predict if isinstance(info.input_schema, ColumnSchema) and hasattr(impl, "predict") else None
+        )
         schema = info.input_schema
         self._uniform_float = (
             isinstance(schema, ColumnSchema)
@@ -44,7 +62,12 @@ class PyfuncModel(LoadedModel):
     def predict(self, inputs: Tensors, params: Params | None = None) -> Prediction:
         data = self._model_input(inputs)
         try:
-            result = self._model.predict(data, params=dict(params)) if params else self._model.predict(data)
+            if params:
+                result = self._model.predict(data, params=dict(params))
+            elif self._validated_predict is not None:
+                result = self._validated_predict(data)
+            else:
+                result = self._model.predict(data)
         except self._mlflow_exception as exc:
             if exc.error_code in _INPUT_ERROR_CODES:
                 raise InvalidInput(exc.message) from exc

@@ -19,8 +19,6 @@ from runtime.payload import Payload
 from runtime.protocol.mlflow import dumps, loads
 from runtime.types import V2_TO_NUMPY, Array, Prediction, TensorSpec, v2_datatype
 
-HEADER_LENGTH = "inference-header-content-length"
-
 
 @dataclass(slots=True)
 class InferRequest:
@@ -152,8 +150,8 @@ def _requested_outputs(raw: Any) -> dict[str, bool]:
 
 def encode(
     prediction: Prediction, request: InferRequest, *, model_name: str, model_version: str | None
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers (binary responses carry the JSON header's length)."""
+) -> tuple[bytes, int | None]:
+    """The response body and, for a binary response, the length of its JSON header."""
     outputs = prediction.outputs
     unknown = [name for name in request.outputs if name not in outputs]
     if unknown:
@@ -183,8 +181,8 @@ def encode(
         document["id"] = request.id
     header = dumps(document)
     if not blobs:
-        return header, {}
-    return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}
+        return header, None
+    return header + b"".join(blobs), len(header)
 
 
 def _flat_json(array: Array) -> Any:

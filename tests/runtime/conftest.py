@@ -1,0 +1,126 @@
+"""Fixtures for the replica's tests: example models built once per session, real replica processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtime.__main__ import READY_PREFIX
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def onnx_model(models_dir: Path) -> Path:
+    from runtime.examples import make_logreg_onnx
+
+    return make_logreg_onnx(models_dir / "logreg-onnx", n_features=20)
+
+
+@pytest.fixture(scope="session")
+def sklearn_model(models_dir: Path) -> Path:
+    from runtime.examples import make_logreg_mlflow_sklearn
+
+    return make_logreg_mlflow_sklearn(models_dir / "logreg-sklearn", n_features=20)
+
+
+@pytest.fixture(scope="session")
+def custom_model(models_dir: Path) -> Path:
+    from runtime.examples import make_custom_pyfunc
+
+    return make_custom_pyfunc(models_dir / "custom")
+
+
+@pytest.fixture(scope="session")
+def propensity_model(models_dir: Path) -> Path:
+    from runtime.examples import make_propensity_mlflow
+
+    return make_propensity_mlflow(models_dir / "propensity")
+
+
+@pytest.fixture(scope="session")
+def torchscript_model(models_dir: Path) -> Path:
+    from runtime.examples import make_torchscript
+
+    return make_torchscript(models_dir / "torchscript")
+
+
+@dataclass
+class ReplicaProcess:
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_ready(process: subprocess.Popen[str], timeout: float = 60.0) -> int:
+    """Read the replica's stdout until its ready line; fail with its stderr if it exits first."""
+    import selectors
+
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    try:
+        if not selector.select(timeout):
+            raise AssertionError(f"replica not ready after {timeout} s")
+        line = process.stdout.readline()
+    finally:
+        selector.close()
+    if not line.startswith(READY_PREFIX):
+        stderr = process.stderr.read() if process.stderr and process.wait(timeout=10) is not None else ""
+        raise AssertionError(f"replica did not become ready: {line!r} {stderr}")
+    port: int = json.loads(line[len(READY_PREFIX) :])["port"]
+    return port
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.fixture
+def start_replica() -> Iterator[Callable[..., ReplicaProcess]]:
+    """Start ``python -m runtime`` with the given arguments; every replica is stopped at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ReplicaProcess:
+        process = _start(list(args), env)
+        started.append(process)
+        return ReplicaProcess(process, wait_ready(process))
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop(process)
