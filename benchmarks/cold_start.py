@@ -191,6 +191,74 @@ def mlflow_serve_runs(model_dir: Path, runs: int, environment: dict[str, str]) -
     return row
 
 
+# A pre-imported parent that forks one child per request line: the alternative the warm pool was
+# measured against (see autoscaler/backends/warm_pool.py).
+_ZYGOTE = """
+import json, os, sys
+import runtime.__main__, runtime.server, runtime.store
+from runtime.loaders import preload
+preload(["onnx"])
+sys.stdout.write("ZEROSERVE_POOL_IDLE\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    if os.fork() == 0:
+        os._exit(runtime.__main__.main(json.loads(line)))
+"""
+
+
+def _read_until(process: subprocess.Popen[bytes], prefix: bytes, timeout_s: float = 60) -> bytes:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process ended before printing {prefix!r}")
+        if line.startswith(prefix):
+            return line
+    raise RuntimeError(f"no {prefix!r} within {timeout_s} s")
+
+
+def fork_vs_pool(onnx_dir: Path, runs: int, environment: dict[str, str]) -> list[Row]:
+    """Hand-over to the ready line: idle pre-started worker (written one line) vs fork of a
+    pre-imported parent. Both skip the imports; what differs is the process mechanics."""
+    argv = ["--model-uri", onnx_dir.as_uri(), "--port", "0", "--name", "m"]
+    pool_row, fork_row = Row("onnx", "hand-over: idle worker"), Row("onnx", "hand-over: fork")
+    spawn_env = {**environment, "PYTHONUNBUFFERED": "1"}
+    for _ in range(runs):
+        worker = subprocess.Popen([sys.executable, "-m", "autoscaler.backends._worker", "--pool", "--preload",
+                                   "onnx"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=spawn_env)
+        try:
+            _read_until(worker, b"ZEROSERVE_POOL_IDLE")
+            time.sleep(0.3)
+            assert worker.stdin is not None
+            started = time.perf_counter()
+            worker.stdin.write(orjson.dumps({"argv": argv, "env": {}}) + b"\n")
+            worker.stdin.flush()
+            _read_until(worker, b"ZEROSERVE_REPLICA_READY")
+            pool_row.times_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            worker.kill()
+            worker.wait()
+    zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=spawn_env)
+    try:
+        _read_until(zygote, b"ZEROSERVE_POOL_IDLE")
+        assert zygote.stdin is not None
+        for _ in range(runs):
+            time.sleep(0.3)
+            started = time.perf_counter()
+            zygote.stdin.write(orjson.dumps(argv) + b"\n")
+            zygote.stdin.flush()
+            line = _read_until(zygote, b"ZEROSERVE_REPLICA_READY")
+            fork_row.times_ms.append((time.perf_counter() - started) * 1000)
+            child = int(orjson.loads(line.split(b" ", 1)[1])["pid"])
+            os.kill(child, signal.SIGKILL)
+    finally:
+        zygote.kill()
+        zygote.wait()
+    return [pool_row, fork_row]
+
+
 def print_table(rows: list[Row]) -> None:
     header = f"{'model':<8} {'start path':<24} {'runs':>4} {'p50 ms':>9} {'min ms':>9} {'max ms':>9} " \
              f"{'x warm pool':>11} {'target':>8}"
@@ -228,8 +296,12 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
         if not args.skip_mlflow:
             rows.append(mlflow_serve_runs(sklearn_dir, runs, environment))
+        handover = fork_vs_pool(onnx_dir, runs, environment)
     print(f"cold start, scale 0 -> 1 to the first successful inference (model cached), {runs} runs each")
     print_table(rows)
+    print("\nwarm pool design: model hand-over to the replica's ready line (ONNX), p50 of "
+          f"{runs}: idle pre-started worker {handover[0].p50:.0f} ms, fork of a pre-imported parent "
+          f"{handover[1].p50:.0f} ms ({handover[1].p50 / handover[0].p50:.1f}x)")
 
 
 if __name__ == "__main__":
