@@ -38,7 +38,7 @@ from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, dataplane_routes, error_response
 from router.db import Database
 from router.observability import Observability
-from router.observability.catalog import StoreCatalog
+from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging
 from router.settings import GatewaySettings
@@ -95,7 +95,7 @@ class Gateway:
         self.controller.on_deleted.append(lambda record: self.front_door.permissions.forget(record.id))
         self.control_plane = ControlPlane(
             controller=self.controller,
-            state_of=self.scaler.entity_state,
+            state_of=with_cost(self.scaler.entity_state, self.observability),
             logs_of=self.scaler.logs,
             build_logs_of=self.scaler.build_logs,
             metrics_of=self.endpoint_metrics,

@@ -15,6 +15,7 @@ from autoscaler.types import EntityKey
 from router.api.lifecycle import Deployment
 from router.api.models import EndpointConfig, ServedEntity
 from router.api.specs import entity_spec
+from router.observability.cost import sum_costs
 from router.state import ConfigVersion, EndpointRecord
 
 
@@ -30,6 +31,8 @@ class EntityState:
     draining: int = 0
     # The last scaling decisions, newest last: {"timestamp": ms, "reason": "..."}.
     scaling: list[dict[str, Any]] = field(default_factory=list)
+    # zeroserve extension, filled by observability: replica-seconds, cost, cost per 1,000 inferences.
+    cost: dict[str, Any] | None = None
 
     @property
     def replicas(self) -> dict[str, int]:
@@ -80,7 +83,9 @@ def _common(record: EndpointRecord, state_of: StateOf) -> dict[str, Any]:
     }
     if record.update_message:
         state["config_update_message"] = record.update_message
-    return {
+    states = [state_of(key) for key in _entity_keys(record)]
+    entity_costs = [s.cost for s in states if s is not None and s.cost is not None]
+    return _without_none({
         "name": record.name,
         "id": record.id,
         "creator": record.creator,
@@ -89,7 +94,9 @@ def _common(record: EndpointRecord, state_of: StateOf) -> dict[str, Any]:
         "description": record.description,
         "state": state,
         "tags": [_without_none({"key": k, "value": v}) for k, v in sorted(record.tags.items())],
-    }
+        # zeroserve extension: what the endpoint's replicas have cost (its served entities summed).
+        "cost": sum_costs(entity_costs) if entity_costs else None,
+    })
 
 
 def _ready(record: EndpointRecord, state_of: StateOf) -> bool:
@@ -132,13 +139,20 @@ def _entity(
         "autoscaling": autoscaling_view(entity),
         "creation_timestamp": version.created_ms,
         "creator": record.creator,
-        "state": {
+        "state": _without_none({
             "deployment": state.deployment.value,
             "deployment_state_message": state.message,
             "replicas": state.replicas,
             "scaling": state.scaling,
-        },
+            "cost": state.cost,
+        }),
     })
+
+
+def _entity_keys(record: EndpointRecord) -> list[EntityKey]:
+    versions = [v for v in (record.config, record.pending) if v is not None]
+    names = {e.name for v in versions for e in v.config.served_entities}
+    return [EntityKey(record.name, name) for name in sorted(names)]
 
 
 def autoscaling_view(entity: ServedEntity) -> dict[str, Any]:

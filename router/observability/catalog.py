@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import dataclasses
 
-from router.api.views import StateOf, endpoint_summary
-from router.observability.service import EndpointView, EntityView
+from autoscaler.types import EntityKey
+from router.api.views import EntityState, StateOf, endpoint_summary
+from router.observability.service import EndpointView, EntityView, Observability
 from router.state import EndpointRecord, EndpointStore
 
 
@@ -24,16 +24,15 @@ class StoreCatalog:
         # The summary computes READY/NOT_READY exactly as the API shows it.
         state = endpoint_summary(record, self._state_of)["state"]
         entities: dict[str, EntityView] = {}
-        capture: Mapping[str, Any] | None = None
         for version in (record.config, record.pending):
-            if version is None:
-                continue
-            config = version.config
-            for entity in config.served_entities:
-                entities.setdefault(entity.name, EntityView(entity.name, entity.workload_type,
-                                                            config.traffic(entity.name)))
-            if capture is None:
-                capture = getattr(config, "auto_capture_config", None)
+            if version is not None:
+                config = version.config
+                for entity in config.served_entities:
+                    entities.setdefault(entity.name, EntityView(entity.name, entity.workload_type,
+                                                                config.traffic(entity.name)))
+        # Capture follows the serving config (the pending one until there is one).
+        serving = record.config or record.pending
+        capture = serving.config.auto_capture_config if serving is not None else None
         return EndpointView(
             name=record.name,
             ready=state["ready"] == "READY",
@@ -41,3 +40,15 @@ class StoreCatalog:
             entities=tuple(entities.values()),
             auto_capture_config=capture,
         )
+
+
+def with_cost(state_of: StateOf, observability: Observability) -> StateOf:
+    """``state_of`` with each served entity's ``cost`` extension filled in (for the API's views)."""
+
+    def state_with_cost(key: EntityKey) -> EntityState | None:
+        state = state_of(key)
+        if state is None:
+            return None
+        return dataclasses.replace(state, cost=observability.entity_cost(key))
+
+    return state_with_cost

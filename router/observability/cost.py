@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,31 @@ class CostSummary:
 
 
 ZERO_COST = CostSummary(0.0, 0.0, 0.0, 0)
+
+
+def cost_fields(summary: CostSummary, inferences: int, currency: str) -> dict[str, Any]:
+    """The ``cost`` extension object on an endpoint's or served entity's state in the API."""
+    per_thousand = summary.per_thousand(inferences)
+    return {
+        "currency": currency,
+        "total": round(summary.cost, 6),
+        "replica_seconds": round(summary.replica_seconds, 3),
+        "hourly_rate": round(summary.hourly_rate, 6),
+        "inferences": inferences,
+        "per_1k_inferences": round(per_thousand, 6) if per_thousand is not None else None,
+    }
+
+
+def sum_costs(costs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Served entities' ``cost`` objects added up into their endpoint's (same currency, one ledger)."""
+    summary = CostSummary(
+        replica_seconds=sum(float(c["replica_seconds"]) for c in costs),
+        cost=sum(float(c["total"]) for c in costs),
+        hourly_rate=sum(float(c["hourly_rate"]) for c in costs),
+        replicas=0,
+    )
+    currency = str(costs[0]["currency"]) if costs else "USD"
+    return cost_fields(summary, sum(int(c["inferences"]) for c in costs), currency)
 
 
 class CostLedger:

@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from autoscaler.backend import Clock, MonotonicClock
 from autoscaler.status import EntityStatus
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaState
-from router.observability.cost import CostLedger, CostSettings, CostSummary
+from router.observability.cost import CostLedger, CostSettings, cost_fields
 from router.observability.inference_tables import InferenceTables, InferenceTableSettings
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
 from router.observability.timeseries import TimeSeriesSampler, TimeSeriesStore
@@ -194,25 +194,15 @@ class Observability:
         """Requests a model answered successfully (2xx): what "cost per 1,000 inferences" divides by."""
         return sum(by_class(self.hub.requests(key).by_status)["2xx"] for key in keys)
 
-    def cost_fields(self, summary: CostSummary, inferences: int) -> dict[str, Any]:
-        per_thousand = summary.per_thousand(inferences)
-        return {
-            "currency": self.ledger.currency,
-            "total": round(summary.cost, 6),
-            "replica_seconds": round(summary.replica_seconds, 3),
-            "hourly_rate": round(summary.hourly_rate, 6),
-            "inferences": inferences,
-            "per_1k_inferences": round(per_thousand, 6) if per_thousand is not None else None,
-        }
-
     def entity_cost(self, key: EntityKey) -> dict[str, Any]:
         """The ``cost`` extension object of a served entity's state."""
-        return self.cost_fields(self.ledger.summary(key), self.inferences([key]))
+        return cost_fields(self.ledger.summary(key), self.inferences([key]), self.ledger.currency)
 
     def endpoint_cost(self, endpoint: str) -> dict[str, Any]:
         """The ``cost`` extension object of an endpoint's state (its entities summed)."""
         keys = self.hub.entities(endpoint)
-        return self.cost_fields(self.ledger.endpoint_summary(endpoint), self.inferences(keys))
+        summary = self.ledger.endpoint_summary(endpoint)
+        return cost_fields(summary, self.inferences(keys), self.ledger.currency)
 
     def endpoint_metrics(self, view: EndpointView) -> bytes:
         """Prometheus text of one endpoint; its entities are exported even before the loop's next pass."""
