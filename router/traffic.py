@@ -17,6 +17,7 @@ from router.routing import EndpointEntry, Route
 from runtime.errors import InvalidParameterValue, NoCapacity
 
 _CLIENT_REQUEST_ID = b'"client_request_id"'
+_USAGE_CONTEXT = b'"usage_context"'
 
 
 def bucket_of(client_request_id: str) -> int:
@@ -57,18 +58,24 @@ def _takes(route: Route, draw: Callable[[], float]) -> bool:
 def peek_client_request_id(body: bytes) -> tuple[str | None, bytes]:
     """Find ``client_request_id`` in a JSON body and return it with the body stripped of it.
 
-    The hot path pays one substring search; only bodies that mention the key are parsed (and then
+    ``usage_context`` is stripped too: like the request id it is metadata for the gateway (the inference
+    tables keep both, from the body as the client sent it), not input for the model.
+
+    The hot path pays one substring search per key; only bodies that mention one are parsed (and then
     re-serialized without it, because the model's scoring protocol does not accept extra keys).
     """
-    if _CLIENT_REQUEST_ID not in body:
+    if _CLIENT_REQUEST_ID not in body and _USAGE_CONTEXT not in body:
         return None, body
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, body  # not JSON (CSV, binary): the replica reports the problem itself
-    if not isinstance(document, dict) or "client_request_id" not in document:
+    if not isinstance(document, dict) or not ("client_request_id" in document or "usage_context" in document):
         return None, body
-    value = document.pop("client_request_id")
-    if not isinstance(value, str):
+    usage_context = document.pop("usage_context", None)
+    if usage_context is not None and not isinstance(usage_context, dict):
+        raise InvalidParameterValue(f"usage_context must be an object, got {type(usage_context).__name__}")
+    value = document.pop("client_request_id", None)
+    if value is not None and not isinstance(value, str):
         raise InvalidParameterValue(f"client_request_id must be a string, got {type(value).__name__}")
     return value, orjson.dumps(document)

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,11 @@ class InferenceTables:
     def __init__(self, settings: InferenceTableSettings | None = None) -> None:
         self.settings = settings or InferenceTableSettings()
         self._configs: dict[str, CaptureConfig] = {}
+        # Endpoints whose capture setting is known (on or off). An endpoint the data plane asks about
+        # before the observability loop synced it is looked up at once through ``resolver``, so the
+        # first requests of a new endpoint are captured too.
+        self._known: set[str] = set()
+        self.resolver: Callable[[str], Mapping[str, Any] | None] | None = None
         self._buffer: deque[CaptureRecord] = deque()
         self._buffered_bytes = 0
         self.counters: dict[str, TableCounters] = {}
@@ -126,6 +131,7 @@ class InferenceTables:
 
     def configure(self, endpoint: str, auto_capture_config: Mapping[str, Any] | None) -> None:
         config = CaptureConfig.from_api(endpoint, auto_capture_config)
+        self._known.add(endpoint)
         if config is None:
             self._configs.pop(endpoint, None)
         else:
@@ -134,9 +140,15 @@ class InferenceTables:
 
     def forget(self, endpoint: str) -> None:
         self._configs.pop(endpoint, None)
+        self._known.discard(endpoint)
 
     def enabled(self, endpoint: str) -> bool:
-        """Cheap check for the data plane: keep the response body only when this is true."""
+        """Cheap check for the data plane (a set lookup once the endpoint is known)."""
+        if endpoint in self._configs:
+            return True
+        if endpoint in self._known or self.resolver is None:
+            return False
+        self.configure(endpoint, self.resolver(endpoint))
         return endpoint in self._configs
 
     def config(self, endpoint: str) -> CaptureConfig | None:

@@ -151,6 +151,8 @@ class MetricsHub:
         self.replica_seconds: Callable[[EntityKey], float] | None = None
         self.cost: Callable[[EntityKey], float] | None = None
         self.extra_collectors: list[Collector] = []
+        # Called before each scrape, so that counters fed by sampling (cost, decisions) are current.
+        self.before_collect: Callable[[], None] | None = None
         self._served: dict[EntityKey, str] = {}  # entity -> workload type
         self._lifecycle: dict[EntityKey, EntityLifecycle] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -226,6 +228,8 @@ class _HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self._hub
+        if hub.before_collect is not None:
+            hub.before_collect()
         keys = hub.entities(self._endpoint)
         yield from _request_families(hub, keys)
         yield from _live_families(hub, keys)

@@ -31,7 +31,7 @@ from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaSta
 from router.observability.cost import CostLedger, CostSettings, cost_fields
 from router.observability.inference_tables import InferenceTables, InferenceTableSettings
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
-from router.observability.timeseries import TimeSeriesSampler, TimeSeriesStore
+from router.observability.timeseries import FIELDS, TimeSeriesSampler, TimeSeriesStore
 from router.stats import DataPlaneStats
 from runtime.errors import NotFound
 
@@ -135,6 +135,7 @@ class Observability:
         self.hub.replica_seconds = self.ledger.replica_seconds
         self.hub.cost = self.ledger.cost
         self.hub.extra_collectors.append(_TableCollector(self.tables))
+        self.hub.before_collect = self.refresh
         self.catalog: EndpointCatalog | None = None
         self.autoscaler: StatusSource | None = None
         self._cost_path = state_dir / "cost.json" if state_dir is not None else None
@@ -158,6 +159,7 @@ class Observability:
     ) -> None:
         if catalog is not None:
             self.catalog = catalog
+            self.tables.resolver = self._capture_config
         if autoscaler is not None:
             self.autoscaler = autoscaler
             self.hub.replica_source = self
@@ -165,6 +167,14 @@ class Observability:
             self.hub.load_source = load
         if cache_counters is not None:
             self.hub.cache_counters = cache_counters
+
+    def _capture_config(self, endpoint: str) -> Mapping[str, Any] | None:
+        if self.catalog is None:
+            return None
+        for view in self.catalog.endpoint_views():
+            if view.name == endpoint:
+                return view.auto_capture_config
+        return None
 
     def listener(self, inner: ReplicaListener) -> ReplicaListener:
         """``inner`` (the activator) as the autoscaler's listener, with cold starts counted on the way."""
@@ -235,12 +245,17 @@ class Observability:
             except Exception:  # one bad sample must not end observability for the process
                 logger.exception("observability sample failed")
 
-    def tick(self) -> None:
-        """One pass of the loop (public for tests that drive time by hand)."""
+    def refresh(self) -> None:
+        """Bring entities, cost and scaling-decision counts up to now (each tick, and before a scrape)."""
         now = self.clock.now()
         self._sync_endpoints()
         for key in self._entities():
             self._sample_entity(key, now)
+
+    def tick(self) -> None:
+        """One pass of the loop (public for tests that drive time by hand)."""
+        self.refresh()
+        now = self.clock.now()
         if self._last_point is None or now - self._last_point >= self.settings.resolution_s - 1e-6:
             self._last_point = now
             self.sampler.sample(self.clock.wall(), now)
@@ -376,7 +391,7 @@ class Observability:
 
     def timeseries_json(self, endpoint: str, since: float | None = None) -> dict[str, Any]:
         ring = self.timeseries.get(endpoint)
-        series = ring.series(since) if ring is not None else {"t": []}
+        series = ring.series(since) if ring is not None else {"t": [], **{name: [] for name in FIELDS}}
         events: list[dict[str, Any]] = []
         for key in self.hub.entities(endpoint):
             status = self.status(key)
