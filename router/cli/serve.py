@@ -126,7 +126,8 @@ def status(client: GatewayClient, output: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"gateway {client.url}", title_justify="left")
-    for column in ("endpoint", "state", "served entity", "traffic", "deployment", "replicas", "last scaling"):
+    for column in ("endpoint", "state", "served entity", "traffic", "deployment", "replicas", "cost so far",
+                   "per 1k inferences", "last scaling"):
         table.add_column(column)
     for endpoint in details:
         config = endpoint.get("config") or endpoint.get("pending_config") or {}
@@ -144,6 +145,7 @@ def status(client: GatewayClient, output: str) -> None:
                 f"{traffic.get(entity.get('name'), 0)}%" if entity else "",
                 state.get("deployment", "-").removeprefix("DEPLOYMENT_"),
                 _replicas(replicas),
+                *_cost_cells(state.get("cost")),
                 scaling[-1]["reason"] if scaling else "-",
             )
             first = False
@@ -226,3 +228,13 @@ def curl_command(url: str, name: str, body: dict[str, Any], token: str | None) -
         parts += ["-H", f"Authorization: Bearer {token}"]
     parts += ["-d", json.dumps(body)]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def _cost_cells(cost: dict[str, Any] | None) -> tuple[str, str]:
+    """Cost so far with the current hourly rate (an idle scaled-to-zero entity: 0/h), and per 1k."""
+    if not cost:
+        return "-", "-"
+    currency = cost.get("currency", "")
+    spent = f"{cost['total']:.4f} {currency} ({cost['hourly_rate']:.2f}/h)"
+    per_1k = cost.get("per_1k_inferences")
+    return spent, (f"{per_1k:.4f} {currency}" if per_1k is not None else "-")

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.examples import logreg_rows, make_logreg_onnx
-from tests.router.gateway_process import GatewayProcess, wait_for
+from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +153,18 @@ def test_json_logs_carry_request_ids(gateway: GatewayProcess, traffic: dict[str,
                 access.append(entry)
     assert any(entry["request_id"] == "trace-1" and entry["status"] == 200
                and entry["path"] == "/serving-endpoints/fraud/invocations" for entry in access)
+
+
+def test_cli_status_shows_cost(gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    from router.cli import cli, serve  # noqa: F401  (registers the commands)
+
+    env = {"ZEROSERVE_URL": gateway.url, "ZEROSERVE_TOKEN": ADMIN_TOKEN, "COLUMNS": "250"}
+    result = CliRunner().invoke(cli, ["status"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "cost so far" in result.stdout and "per 1k inferences" in result.stdout
+    assert "USD (36.00/h)" in result.stdout  # one replica at 36 per hour
 
 
 def test_cost_is_saved_when_the_gateway_stops(gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
