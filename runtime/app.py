@@ -121,15 +121,22 @@ class ReplicaApp:
         self.routes = _starlette_app(replica)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path: str = scope["path"]
+            handler = None
             if path == "/invocations":
-                await self._guarded(self._invocations, scope, receive, send)
-                return
-            if path.startswith(_MODELS_PREFIX) and path.endswith("/infer"):
-                await self._guarded(self._infer, scope, receive, send)
+                handler = self._invocations
+            elif path.startswith(_MODELS_PREFIX) and path.endswith("/infer"):
+                handler = self._infer
+            if handler is not None:
+                if scope["method"] != "POST":
+                    handler = self._method_not_allowed
+                await self._guarded(handler, scope, receive, send)
                 return
         await self.routes(scope, receive, send)
+
+    async def _method_not_allowed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise HTTPException(405, f"use POST for {scope['path']}", headers={"Allow": "POST"})
 
     async def _guarded(self, handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
         try:

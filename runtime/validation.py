@@ -35,8 +35,13 @@ def conform(payload: Payload, schema: InputSchema, *, allow_nan: bool) -> tuple[
 # -- element conversion --------------------------------------------------------------------------
 
 
-def to_array(value: Any, dtype: np.dtype[Any] | None, what: str, *, allow_nan: bool) -> Array:
-    """Convert JSON-decoded (or already numpy) ``value`` to ``dtype`` without silent loss."""
+def to_array(
+    value: Any, dtype: np.dtype[Any] | None, what: str, *, allow_nan: bool, allow_missing: bool = False
+) -> Array:
+    """Convert JSON-decoded (or already numpy) ``value`` to ``dtype`` without silent loss.
+
+    ``allow_missing``: nulls are accepted (an optional column); for floats they become NaN.
+    """
     try:
         if dtype is None:
             array = _infer(value)
@@ -47,13 +52,13 @@ def to_array(value: Any, dtype: np.dtype[Any] | None, what: str, *, allow_nan: b
         elif dtype.kind == "b":
             array = _to_bool(value, what)
         elif dtype.kind == "O":
-            array = _to_strings(value, what)
+            array = _to_strings(value, allow_missing)
         else:
             array = np.asarray(value, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
-        expected = dtype.name if dtype is not None else "numbers or strings"
+        expected = "numbers or strings" if dtype is None else "strings" if dtype.kind == "O" else dtype.name
         raise InvalidInput(f"{what}: {_first_line(exc)} (expected {expected})") from exc
-    if array.dtype.kind == "f" and not allow_nan and array.size:
+    if array.dtype.kind == "f" and not (allow_nan or allow_missing) and array.size:
         # The sum is NaN or infinite exactly when an element is (barring overflow, checked exactly).
         total = float(array.sum())
         if not math.isfinite(total) and not np.isfinite(array).all():
@@ -110,10 +115,10 @@ def _to_bool(value: Any, what: str) -> Array:
     raise ValueError(f"got {_describe_kind(array)}")
 
 
-def _to_strings(value: Any, what: str) -> Array:
+def _to_strings(value: Any, allow_missing: bool) -> Array:
     array = np.asarray(value, dtype=object)
     for item in array.flat:
-        if not isinstance(item, str | bytes):
+        if not isinstance(item, str | bytes) and not (item is None and allow_missing):
             kind = "missing (null) values" if item is None else f"a {type(item).__name__}"
             raise ValueError(f"contains {kind}, expected strings")
     return array
@@ -232,8 +237,9 @@ def _conform_columns(payload: Payload, schema: ColumnSchema, allow_nan: bool) ->
                     f"{[column.name for column in specs]}"
                 )
             continue
+        what = f"column {spec.name!r}"
         array = to_array(
-            named[spec.name], spec.dtype, f"column {spec.name!r}", allow_nan=allow_nan or not spec.required
+            named[spec.name], spec.dtype, what, allow_nan=allow_nan, allow_missing=not spec.required
         )
         if array.ndim == 0:
             array = array.reshape(1)

@@ -66,7 +66,7 @@ class ReplicaProcess:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "runtime", *args],
         stdout=subprocess.PIPE,
@@ -115,7 +115,7 @@ def start_replica() -> Iterator[Callable[..., ReplicaProcess]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ReplicaProcess:
-        process = _start(list(args), env)
+        process = start_process(list(args), env)
         started.append(process)
         return ReplicaProcess(process, wait_ready(process))
 

@@ -72,7 +72,7 @@ async def test_requests_arriving_while_the_model_runs_form_the_next_batch() -> N
 async def test_large_request_runs_alone() -> None:
     model = FakeModel()
     batcher = await started(model, max_batch_size=2)
-    big, small = await asyncio.gather(batcher.submit(rows(*range(5)), 5), batcher.submit(rows(9.0), 1))
+    big, _small = await asyncio.gather(batcher.submit(rows(*range(5)), 5), batcher.submit(rows(9.0), 1))
     assert big.outputs["y"].shape == (5,)
     assert model.calls == [5, 1]
     await batcher.close()

@@ -1,0 +1,99 @@
+"""``python -m runtime`` as a real process: readiness line, HTTP, drain on SIGTERM, load failures."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+
+from runtime.__main__ import name_from_uri
+from runtime.examples import logreg_rows
+from tests.runtime.conftest import ReplicaProcess
+
+ROW = logreg_rows(20, 1).tolist()
+
+
+def test_serves_an_onnx_model_by_uri(onnx_model: Path, start_replica: Callable[..., ReplicaProcess]) -> None:
+    replica = start_replica("--model-uri", onnx_model.as_uri(), "--port", "0", "--name", "scorer")
+    assert replica.port > 0
+    with httpx.Client(base_url=replica.url, timeout=10) as client:
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        answer = client.post("/invocations", json={"inputs": ROW})
+        assert answer.status_code == 200 and set(answer.json()["predictions"]) == {"label", "probabilities"}
+        assert client.get("/v2/models/scorer").json()["platform"] == "onnx"
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(
+    onnx_model: Path, start_replica: Callable[..., ReplicaProcess]
+) -> None:
+    replica = start_replica("--model-uri", str(onnx_model), "--drain-timeout", "10")
+    body = orjson.dumps({"inputs": ROW})
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as conn:
+        conn.sendall(head + body[:10])  # a request in flight: its body is still arriving
+        time.sleep(0.2)
+        replica.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert replica.process.poll() is None  # draining, not gone
+        refused = socket.socket()
+        try:
+            assert refused.connect_ex(("127.0.0.1", replica.port)) != 0  # no longer accepting
+        finally:
+            refused.close()
+        conn.sendall(body[10:])
+        response = b""
+        while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200")
+    assert b'"predictions"' in response
+    assert replica.process.wait(timeout=15) == 0
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_model_that_cannot_be_fetched_exits_1_naming_the_uri(tmp_path: Path) -> None:
+    uri = (tmp_path / "no-such-model").as_uri()
+    result = _run("--model-uri", uri)
+    assert result.returncode == 1
+    assert uri in result.stderr and "ZEROSERVE_REPLICA_READY" not in result.stdout
+
+
+def test_a_model_that_cannot_be_loaded_exits_1_naming_the_uri(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.onnx").write_bytes(b"not an onnx graph")
+    result = _run("--model-uri", str(tmp_path / "broken"))
+    assert result.returncode == 1
+    assert "cannot load model" in result.stderr and str(tmp_path / "broken") in result.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README").write_text("no model here")
+    result = _run("--model-uri", str(tmp_path / "empty"))
+    assert result.returncode == 1 and "no model found" in result.stderr
+
+
+def test_invalid_settings_are_a_usage_error(onnx_model: Path) -> None:
+    result = _run("--model-uri", str(onnx_model), "--concurrency", "0")
+    assert result.returncode == 2 and "concurrency" in result.stderr
+
+
+def test_served_names_from_uris() -> None:
+    assert name_from_uri("models:/churn/3") == "churn"
+    assert name_from_uri("s3://bucket/models/churn.onnx") == "churn"
+    assert name_from_uri("file:///srv/models/fraud/") == "fraud"
+    assert name_from_uri("runs:/abc123/model") == "model"
