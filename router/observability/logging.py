@@ -9,6 +9,8 @@ duration, principal and request id.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import re
 import sys
@@ -39,10 +41,22 @@ access_logger = logging.getLogger("zeroserve.access")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, request_id, and the record's extras."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        # strftime once per second, not once per line: access logs write thousands of lines a second.
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -50,23 +64,46 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRIBUTES and key not in entry:
-                entry[key] = value
+        for key in record.__dict__.keys() - _STANDARD_ATTRIBUTES:
+            entry.setdefault(key, record.__dict__[key])
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
+class _BatchingStreamHandler(logging.StreamHandler):
+    """Writes each line at once but flushes at most every ``flush_interval_s`` (and at exit, and on
+    ``flush_logging``): a flush is a system call, and an access log line per request must not cost one."""
+
+    def __init__(self, stream: Any, flush_interval_s: float = 0.5) -> None:
+        super().__init__(stream)
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            now = time.monotonic()
+            if now - self._last_flush >= self.flush_interval_s or record.levelno >= logging.WARNING:
+                self._last_flush = now
+                self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+_handler: _BatchingStreamHandler | None = None
+
+
 def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> logging.Handler:
-    """Send every ``zeroserve`` (and uvicorn) log line to ``stream`` as JSON; returns the handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    """Send every log line of the process to ``stream`` (stderr) as JSON; returns the handler."""
+    global _handler
     root = logging.getLogger()
-    for existing in list(root.handlers):
-        if isinstance(existing.formatter, JsonFormatter):
-            root.removeHandler(existing)
-    root.addHandler(handler)
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = _BatchingStreamHandler(stream or sys.stderr)
+    _handler.setFormatter(JsonFormatter())
+    atexit.register(flush_logging)
+    root.addHandler(_handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn installs its own plain-text handlers; let its records reach ours instead.
@@ -74,7 +111,15 @@ def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> loggi
         logging.getLogger(name).propagate = True
     # Our access log replaces uvicorn's (it carries the request id and the principal).
     logging.getLogger("uvicorn.access").disabled = True
-    return handler
+    return _handler
+
+
+def flush_logging() -> None:
+    """Write out what is buffered (the observability loop calls this every second)."""
+    if _handler is not None:
+        # A closed stream (a test's, at exit) has nothing left to write to.
+        with contextlib.suppress(OSError, ValueError):
+            _handler.flush()
 
 
 def new_request_id() -> str:
@@ -123,8 +168,10 @@ class RequestIdMiddleware:
         finally:
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 principal = scope.get("zeroserve.principal")
-                access_logger.info(
-                    "%s %s %d", scope["method"], scope["path"], status,
+                # makeRecord + handle rather than .info(): skips the stack walk that finds the caller.
+                access_logger.handle(access_logger.makeRecord(
+                    access_logger.name, logging.INFO, __file__, 0, "%s %s %d",
+                    (scope["method"], scope["path"], status), None,
                     extra={
                         "method": scope["method"],
                         "path": scope["path"],
@@ -132,6 +179,7 @@ class RequestIdMiddleware:
                         "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
                         "principal": getattr(principal, "name", None),
                         "client": (scope.get("client") or (None,))[0],
+                        "request_id": request_id,
                     },
-                )
+                ))
             request_id_var.reset(token)

@@ -30,6 +30,7 @@ from autoscaler.status import EntityStatus
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaState
 from router.observability.cost import CostLedger, CostSettings, cost_fields
 from router.observability.inference_tables import InferenceTables, InferenceTableSettings
+from router.observability.logging import flush_logging
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
 from router.observability.timeseries import FIELDS, TimeSeriesSampler, TimeSeriesStore
 from router.stats import DataPlaneStats
@@ -254,6 +255,7 @@ class Observability:
 
     def tick(self) -> None:
         """One pass of the loop (public for tests that drive time by hand)."""
+        flush_logging()  # log lines are written at once but flushed in batches
         self.refresh()
         now = self.clock.now()
         if self._last_point is None or now - self._last_point >= self.settings.resolution_s - 1e-6:

@@ -21,6 +21,7 @@ from router.observability.logging import (
     JsonFormatter,
     RequestIdMiddleware,
     configure_logging,
+    flush_logging,
     request_id_var,
 )
 
@@ -56,6 +57,7 @@ def client() -> httpx.AsyncClient:
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    flush_logging()  # lines are written by the logging thread
     return [orjson.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
