@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def build_request(host: str, port: int, path: str, body: bytes, content_type: st
     return head.encode() + body
 
 
-async def run(host: str, port: int, request: bytes, concurrency: int, duration: float, warmup: float) -> Results:
+async def run(
+    host: str, port: int, request: bytes, concurrency: int, duration: float, warmup: float
+) -> Results:
     loop = asyncio.get_running_loop()
     if warmup > 0:
         await _phase(loop, host, port, request, concurrency, warmup)
@@ -100,11 +103,17 @@ async def _phase(
     waits = []
     for _ in range(concurrency):
         done: asyncio.Future[None] = loop.create_future()
-        await loop.create_connection(lambda d=done: _Connection(request, results, deadline, d), host, port)  # type: ignore[misc]
+        await loop.create_connection(_factory(request, results, deadline, done), host, port)
         waits.append(done)
     await asyncio.wait_for(asyncio.gather(*waits), timeout=duration + 30)
     results.finished = time.perf_counter()
     return results
+
+
+def _factory(
+    request: bytes, results: Results, deadline: float, done: asyncio.Future[None]
+) -> Callable[[], _Connection]:
+    return lambda: _Connection(request, results, deadline, done)
 
 
 def summarize(results: Results) -> dict[str, Any]:

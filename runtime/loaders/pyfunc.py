@@ -49,9 +49,9 @@ class PyfuncModel(LoadedModel):
         # more than a small model's prediction). The flavor's predict behind PyFuncModel is then called
         # directly; params, and models without a column signature, go through PyFuncModel.predict.
         impl = getattr(self._model, "_model_impl", None)
-        self._validated_predict = (
-            impl.predict if isinstance(info.input_schema, ColumnSchema) and hasattr(impl, "predict") else None
-        )
+        self._validated_predict: Any = None
+        if isinstance(info.input_schema, ColumnSchema) and impl is not None and hasattr(impl, "predict"):
+            self._validated_predict = impl.predict
         schema = info.input_schema
         self._uniform_float = (
             isinstance(schema, ColumnSchema)
