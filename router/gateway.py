@@ -87,7 +87,7 @@ class Gateway:
         self.catalog = StoreCatalog(self.store, self.scaler.entity_state)
         self.observability.bind(catalog=self.catalog,
                                 autoscaler=self.autoscaler, load=self.dataplane.activator,
-                                cache_counters=_cache_counters)
+                                cache_counters=self._cache_counters)
         self.controller = EndpointController(
             self.store, self.scaler, self.dataplane, rollout_timeout_s=settings.rollout_timeout_s
         )
@@ -191,16 +191,21 @@ class Gateway:
         """The OpenAPI document of every route of this gateway."""
         return JSONResponse(gateway_openapi(self.app.routes, _version()))
 
+    def _cache_counters(self) -> tuple[int, int, int]:
+        """Model-cache counters of this process (models stored by the gateway) and of its replicas."""
+        from runtime.store import cache_stats
+
+        stats = cache_stats()
+        hits, misses, fetched = stats.hits, stats.misses, stats.bytes_fetched
+        from_replicas = getattr(self.backend, "cache_counters", None)
+        if callable(from_replicas):
+            replica_hits, replica_misses, replica_fetched = from_replicas()
+            hits, misses, fetched = hits + replica_hits, misses + replica_misses, fetched + replica_fetched
+        return hits, misses, fetched
+
     def endpoint_metrics(self, name: str) -> bytes:
         record = self.store.get(name)  # 404 for an unknown endpoint
         return self.observability.endpoint_metrics(self.catalog.view(record))
-
-
-def _cache_counters() -> tuple[int, int, int]:
-    from runtime.store import cache_stats
-
-    stats = cache_stats()
-    return stats.hits, stats.misses, stats.bytes_fetched
 
 
 def _local_backend(settings: GatewaySettings) -> Backend:

@@ -54,7 +54,13 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def announce_ready(port: int) -> None:
-    line = json.dumps({"port": port, "pid": os.getpid()})
+    from runtime.store import cache_stats
+
+    # The model was fetched (or found in the cache) by this process: the gateway adds these counters
+    # up over replicas for its model-cache metrics.
+    cache = cache_stats()
+    counters = {"hits": cache.hits, "misses": cache.misses, "bytes_fetched": cache.bytes_fetched}
+    line = json.dumps({"port": port, "pid": os.getpid(), "cache": counters})
     sys.stdout.write(f"{READY_PREFIX} {line}\n")
     sys.stdout.flush()
 

@@ -87,6 +87,13 @@ class LocalBackend:
         self._replicas: dict[str, _LocalReplica] = {}
         self._gone: OrderedDict[str, ProcessOutput] = OrderedDict()
         self._client: httpx.AsyncClient | None = None
+        # Model-cache counters announced by replicas when ready (hits, misses, bytes fetched), summed.
+        self._cache_counters = [0, 0, 0]
+
+    def cache_counters(self) -> tuple[int, int, int]:
+        """Model-cache hits, misses and bytes fetched over every replica this backend started."""
+        hits, misses, fetched = self._cache_counters
+        return hits, misses, fetched
 
     @property
     def pool(self) -> WarmPool | None:
@@ -201,7 +208,9 @@ class LocalBackend:
             exited.cancel()
         output = replica.output
         if output.ready.done() and not output.ready.cancelled():
-            url = f"http://{self._url_host()}:{int(output.ready.result()['port'])}"
+            announced = output.ready.result()
+            url = f"http://{self._url_host()}:{int(announced['port'])}"
+            self._count_cache(announced.get("cache"))
             await self._probe_until_ready(replica, url)
             return url
         code = await replica.process.wait()
@@ -211,6 +220,13 @@ class LocalBackend:
         last_line = next((line for line in reversed(output.tail().splitlines()) if line.strip()), "")
         raise ReplicaStartError(f"replica {replica.replica_id} exited with code {code} before it was ready"
                                 + (f": {last_line}" if last_line else ""), log_tail=output.tail())
+
+    def _count_cache(self, cache: object) -> None:
+        if isinstance(cache, dict):
+            for index, name in enumerate(("hits", "misses", "bytes_fetched")):
+                value = cache.get(name)
+                if isinstance(value, int):
+                    self._cache_counters[index] += value
 
     async def _probe_until_ready(self, replica: _LocalReplica, url: str) -> None:
         # The runtime announces readiness only once it listens, so this passes at the first try unless

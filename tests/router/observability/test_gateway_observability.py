@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,10 +29,42 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "observability-models"
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """moto on loopback holding the ONNX model, so that the replica fetches it into the cache."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=BUCKET)
+        model = make_logreg_onnx(tmp_path_factory.mktemp("models") / "fraud", n_features=N_FEATURES)
+        for path in sorted(p for p in Path(model).rglob("*") if p.is_file()):
+            s3.upload_file(str(path), BUCKET, f"fraud/1/{path.relative_to(model).as_posix()}")
+        yield f"s3://{BUCKET}/fraud/1", {**DUMMY_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory,
+            model_store: tuple[str, dict[str, str]]) -> Iterator[GatewayProcess]:
     home = tmp_path_factory.mktemp("home")
     env = {
+        **model_store[1],
         "ZEROSERVE_OBSERVABILITY_RESOLUTION_S": "1",
         "ZEROSERVE_INFERENCE_TABLES_FLUSH_INTERVAL_S": "0.5",
         "ZEROSERVE_COST_PRICES_PER_REPLICA_HOUR": '{"CPU": 36.0}',  # 0.01 per replica-second
@@ -41,10 +74,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 @pytest.fixture(scope="module")
-def traffic(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    model = make_logreg_onnx(tmp_path_factory.mktemp("models") / "fraud", n_features=N_FEATURES)
+def traffic(gateway: GatewayProcess, model_store: tuple[str, dict[str, str]]) -> dict[str, Any]:
     body = {"name": "fraud", "config": {
-        "served_entities": [{"name": "fraud-1", "entity_name": f"file://{model}", "workload_size": "Small",
+        "served_entities": [{"name": "fraud-1", "entity_name": model_store[0], "workload_size": "Small",
                              "scale_to_zero_enabled": True}],
         "auto_capture_config": {"enabled": True, "catalog_name": "ml", "schema_name": "serving",
                                 "table_name_prefix": "fraud"},
@@ -97,6 +129,9 @@ def test_prometheus_metrics_after_known_traffic(gateway: GatewayProcess, traffic
     assert found[("zeroserve_inference_table_records_total",
                   frozenset({"endpoint": "fraud", "outcome": "captured"}.items()))] == SENT + 2
     assert one[("zeroserve_requests_total", labels | {("status_class", "2xx")})] == SENT
+    # The replica fetched the model into the (fresh) cache: one miss, its bytes, announced when ready.
+    assert found[("zeroserve_model_cache_misses_total", frozenset())] == 1
+    assert found[("zeroserve_model_cache_fetched_bytes_total", frozenset())] > 0
 
 
 def test_cost_fields_on_the_endpoint(gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
