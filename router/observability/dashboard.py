@@ -26,6 +26,8 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import authorize, require_admin
 from router.auth.types import PermissionLevel
+from router.observability._views import overview as overview_json
+from router.observability._views import timeseries_json
 from router.observability.service import Observability
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
@@ -73,7 +75,7 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
         return Response(observability.hub.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     async def overview(request: Request) -> Response:
-        return JSONResponse(observability.overview(lambda name: _can_view(request, name)))
+        return JSONResponse(overview_json(observability, lambda name: _can_view(request, name)))
 
     async def timeseries(request: Request) -> Response:
         name = request.path_params["name"]
@@ -81,7 +83,7 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
         if name not in observability.known_endpoints():
             raise NotFound(f"Serving endpoint {name!r} does not exist.")
         since = _since(request.query_params.get("since"))
-        return JSONResponse(observability.timeseries_json(name, since))
+        return JSONResponse(timeseries_json(observability, name, since))
 
     return [
         *(Route(path, asset, methods=["GET"]) for path in _ASSETS),

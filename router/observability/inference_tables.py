@@ -279,3 +279,27 @@ class InferenceTables:
                 counters.written += len(records)
                 counters.files += 1
                 return
+
+
+class TableCollector:
+    """Inference-table counters as Prometheus families."""
+
+    def __init__(self, tables: InferenceTables) -> None:
+        self._tables = tables
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        records = CounterMetricFamily("zeroserve_inference_table_records",
+                                      "Captured request/response pairs, by what became of them.",
+                                      labels=("endpoint", "outcome"))
+        files = CounterMetricFamily("zeroserve_inference_table_files", "Parquet files written.",
+                                    labels=("endpoint",))
+        for endpoint, counters in sorted(self._tables.counters.items()):
+            for outcome in ("captured", "dropped", "written", "failed"):
+                records.add_metric([endpoint, outcome], getattr(counters, outcome))
+            files.add_metric([endpoint], counters.files)
+        yield records
+        yield files
+        yield GaugeMetricFamily("zeroserve_inference_table_buffered",
+                                "Captured records waiting to be written.", value=self._tables.buffered)

@@ -29,10 +29,10 @@ from autoscaler.backend import Clock, MonotonicClock
 from autoscaler.status import EntityStatus
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaState
 from router.observability.cost import CostLedger, CostSettings, cost_fields
-from router.observability.inference_tables import InferenceTables, InferenceTableSettings
+from router.observability.inference_tables import InferenceTables, InferenceTableSettings, TableCollector
 from router.observability.logging import flush_logging
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
-from router.observability.timeseries import FIELDS, TimeSeriesSampler, TimeSeriesStore
+from router.observability.timeseries import TimeSeriesSampler, TimeSeriesStore
 from router.stats import DataPlaneStats
 from runtime.errors import NotFound
 
@@ -135,7 +135,7 @@ class Observability:
         self.tables = InferenceTables(table_settings)
         self.hub.replica_seconds = self.ledger.replica_seconds
         self.hub.cost = self.ledger.cost
-        self.hub.extra_collectors.append(_TableCollector(self.tables))
+        self.hub.extra_collectors.append(TableCollector(self.tables))
         self.hub.before_collect = self.refresh
         self.catalog: EndpointCatalog | None = None
         self.autoscaler: StatusSource | None = None
@@ -353,72 +353,6 @@ class Observability:
         if watch is not None:
             watch.ready.discard(replica.replica_id)
 
-    # The dashboard's JSON ---------------------------------------------------------------------------
-
-    def endpoint_overview(self, view: EndpointView) -> dict[str, Any]:
-        keys = self.hub.entities(view.name) or view.keys()
-        counts = [self.replica_counts(key) for key in keys]
-        last = (ring.last() if (ring := self.timeseries.get(view.name)) is not None else None) or {}
-        replicas = {
-            "desired": sum(c.desired for c in counts), "starting": sum(c.starting for c in counts),
-            "ready": sum(c.ready for c in counts), "draining": sum(c.draining for c in counts),
-        }
-        return {
-            "name": view.name,
-            "state": {"ready": "READY" if view.ready else "NOT_READY", "config_update": view.config_update},
-            "replicas": replicas,
-            "scaled_to_zero": sum(c.running for c in counts) == 0 and replicas["desired"] == 0,
-            "requests_per_s": last.get("requests_per_s"),
-            "p50_ms": last.get("p50_ms"),
-            "p99_ms": last.get("p99_ms"),
-            "error_rate": last.get("error_rate"),
-            "cost": self.endpoint_cost(view.name),
-            "capture": self.tables.config(view.name) is not None,
-            "served_entities": [
-                {"name": key.served_entity, "workload_type": self.hub.workload_type(key),
-                 "replicas": vars_of(self.replica_counts(key)), "cost": self.entity_cost(key)}
-                for key in keys
-            ],
-        }
-
-    def overview(self, visible: Callable[[str], bool]) -> dict[str, Any]:
-        views = self.catalog.endpoint_views() if self.catalog is not None else [
-            EndpointView(name, ready=True) for name in self.hub.endpoints()]
-        return {
-            "now_ms": int(self.clock.wall() * 1000),
-            "currency": self.ledger.currency,
-            "resolution_s": self.settings.resolution_s,
-            "endpoints": [self.endpoint_overview(view) for view in views if visible(view.name)],
-        }
-
-    def timeseries_json(self, endpoint: str, since: float | None = None) -> dict[str, Any]:
-        ring = self.timeseries.get(endpoint)
-        series = ring.series(since) if ring is not None else {"t": [], **{name: [] for name in FIELDS}}
-        events: list[dict[str, Any]] = []
-        for key in self.hub.entities(endpoint):
-            status = self.status(key)
-            if status is None:
-                continue
-            events.extend({"timestamp_ms": record.at_unix_ms, "served_entity": key.served_entity,
-                           "previous": record.from_replicas, "desired": record.to_replicas,
-                           "reason": record.reason} for record in status.history)
-        events.sort(key=lambda event: event["timestamp_ms"])
-        shown = self.settings.scaling_events_shown
-        return {
-            "endpoint": endpoint,
-            "now": self.clock.wall(),
-            "resolution_s": self.settings.resolution_s,
-            "retention_s": self.settings.retention_s,
-            "series": series,
-            "scaling_events": events[-shown:] if shown else [],
-            "cost": self.endpoint_cost(endpoint),
-        }
-
-
-def vars_of(counts: ReplicaCounts) -> dict[str, int]:
-    return {"desired": counts.desired, "starting": counts.starting, "ready": counts.ready,
-            "draining": counts.draining}
-
 
 class _ListenerTap:
     def __init__(self, observability: Observability, inner: ReplicaListener) -> None:
@@ -442,27 +376,3 @@ class _ListenerTap:
 
     def entity_failed(self, entity: EntityKey, reason: str) -> None:
         self._inner.entity_failed(entity, reason)
-
-
-class _TableCollector:
-    """Inference-table counters as Prometheus families."""
-
-    def __init__(self, tables: InferenceTables) -> None:
-        self._tables = tables
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        records = CounterMetricFamily("zeroserve_inference_table_records",
-                                      "Captured request/response pairs, by what became of them.",
-                                      labels=("endpoint", "outcome"))
-        files = CounterMetricFamily("zeroserve_inference_table_files", "Parquet files written.",
-                                    labels=("endpoint",))
-        for endpoint, counters in sorted(self._tables.counters.items()):
-            for outcome in ("captured", "dropped", "written", "failed"):
-                records.add_metric([endpoint, outcome], getattr(counters, outcome))
-            files.add_metric([endpoint], counters.files)
-        yield records
-        yield files
-        yield GaugeMetricFamily("zeroserve_inference_table_buffered",
-                                "Captured records waiting to be written.", value=self._tables.buffered)

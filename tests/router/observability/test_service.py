@@ -14,6 +14,8 @@ from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.testing import FakeBackend, FakeClock, RecordingListener
 from autoscaler.types import EntityKey
+from router.observability._views import overview as overview_json
+from router.observability._views import timeseries_json
 from router.observability.cost import CostSettings
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings
 from router.stats import DataPlaneStats
@@ -86,7 +88,7 @@ async def test_an_idle_scale_to_zero_endpoint_costs_nothing(harness: Harness) ->
     cost = harness.observability.endpoint_cost("idle")
     assert cost["total"] == 0.0 and cost["replica_seconds"] == 0.0 and cost["hourly_rate"] == 0.0
     assert cost["per_1k_inferences"] is None
-    overview = harness.observability.overview(lambda name: True)
+    overview = overview_json(harness.observability, lambda name: True)
     idle = next(e for e in overview["endpoints"] if e["name"] == "idle")
     assert idle["scaled_to_zero"] is True and idle["replicas"]["ready"] == 0
 
@@ -128,7 +130,7 @@ async def test_cold_starts_scaling_decisions_and_the_time_series(harness: Harnes
     cost = harness.observability.endpoint_cost("burst")
     assert cost["replica_seconds"] > 0
 
-    series = harness.observability.timeseries_json("burst")
+    series = timeseries_json(harness.observability, "burst")
     points = series["series"]
     assert len(points["t"]) == pytest.approx(55 / 5, abs=1)  # a point every 5 s
     assert max(v for v in points["replicas_ready"] if v is not None) == 8
