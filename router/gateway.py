@@ -37,6 +37,7 @@ from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, dataplane_routes, error_response
 from router.db import Database
+from router.mcp import McpMount
 from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
@@ -101,6 +102,15 @@ class Gateway:
             metrics_of=self.endpoint_metrics,
             access=FrontDoorAccess(self.front_door),
         )
+        # MCP: endpoints as tools; a tool call is dispatched through ``self.asgi`` like any query.
+        self.mcp = McpMount(
+            store=self.store,
+            state_of=self.control_plane.state_of,
+            allowed_hosts=settings.allowed_hosts,
+            listen_host=settings.host,
+            max_body_bytes=self.front_door.settings.max_body_bytes,
+            version=_version(),
+        )
         self.ready = False
         self.url: str | None = None
         # A generated admin token (first start only), to be shown once.
@@ -115,6 +125,7 @@ class Gateway:
         # What the server runs: the app behind the front door (auth, limits, audit, rate limits), with
         # a request id on every answer (401s included) and one JSON access-log line per request.
         self.asgi = RequestIdMiddleware(self.front_door.wrap(self.app))
+        self.mcp.bind(self.asgi)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -122,6 +133,7 @@ class Gateway:
             *self.front_door.routes(self.store),
             *dataplane_routes(self.dataplane),
             *dashboard_routes(self.observability),
+            *self.mcp.routes(),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -145,6 +157,7 @@ class Gateway:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        await self.mcp.aclose()  # ends MCP requests before the data plane they query goes away
         await self.controller.aclose()
         await self.autoscaler.stop()  # drains and stops every replica, closes the backend
         await self.observability.close()  # writes captured requests and the cost so far

@@ -8,9 +8,10 @@ gateway when no ``--url`` is given.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PORT = 8484
 
@@ -27,6 +28,17 @@ class GatewaySettings(BaseSettings):
     # Graceful shutdown: how long in-flight requests get to finish when the gateway stops.
     drain_timeout_s: float = Field(default=10.0, ge=0)
     log_level: str = "info"
+    # Host names clients reach the gateway under (comma-separated in the environment), e.g.
+    # "serving.example.com" (any port) or "serving.example.com:8443"; "*" for any. /mcp answers only
+    # these (DNS-rebinding protection); empty: loopback, the listen address and this machine's name.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @property
     def db_path(self) -> Path:
