@@ -15,7 +15,6 @@ generic MLflow scoring schema until the fetch completes. A failed fetch is retri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -72,9 +71,9 @@ class SignatureCache:
         entry = self._entry(key, model_uri)
         if not entry.task.done():
             wait_s = budget_s if budget_s is not None else self.budget_s
-            with contextlib.suppress(TimeoutError):
-                # shield: the fetch outlives a listing that stops waiting for it.
-                await asyncio.wait_for(asyncio.shield(entry.task), wait_s)
+            # asyncio.wait neither cancels the fetch when the time is up (or when this listing is
+            # cancelled) nor raises its failure: the fetch outlives a listing that stops waiting for it.
+            await asyncio.wait([entry.task], timeout=wait_s)
         if not entry.task.done():
             return None
         if entry.task.cancelled() or entry.task.exception() is not None:
