@@ -44,7 +44,7 @@ class ArgumentChecker:
         errors = sorted(self._output.iter_errors(reply), key=relevance, reverse=True)
         if not errors:
             return None
-        return f"{location(errors[0].absolute_path)}: {_shorten(errors[0].message)}"
+        return f"{location(errors[0].absolute_path, root='answer')}: {_shorten(errors[0].message)}"
 
     def check(self, arguments: Any) -> dict[str, Any]:
         """``arguments`` when they satisfy the schema; ``InvalidArguments`` naming each violation."""
@@ -81,12 +81,12 @@ class ArgumentChecker:
                 f"'{RECORDS}'); the columns are {_names(fields)}")
 
 
-def location(path: Sequence[str | int] | Iterable[str | int]) -> str:
-    """``["records", 1, "age"]`` -> ``records[1].age``; the top level is ``arguments``."""
+def location(path: Sequence[str | int] | Iterable[str | int], root: str = "arguments") -> str:
+    """``["records", 1, "age"]`` -> ``records[1].age``; the top level is ``root``."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "arguments"
+    return text or root
 
 
 def _names(names: Iterable[str]) -> str:
