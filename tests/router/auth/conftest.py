@@ -4,16 +4,23 @@ a real SQLite database, and a real uvicorn server on loopback for the tests that
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
+from autoscaler.spec import EntitySpec
+from autoscaler.testing import FakeBackend
+from autoscaler.testing import FakeClock as AutoscalerClock
+from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.auth.types import EndpointRef
@@ -95,7 +102,8 @@ def running_server(app: Any, *, harden: bool = False, **options: Any) -> Iterato
     from router.auth import tls
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off", **options)
+    options.setdefault("lifespan", "off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **options)
     if harden:
         tls.harden(config)
     server = uvicorn.Server(config)  # in a thread, uvicorn leaves signal handlers alone
@@ -114,3 +122,83 @@ def running_server(app: Any, *, harden: bool = False, **options: Any) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+async def stand_in_replica(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers every request 200 with an empty JSON object: what the fake backend's replicas point at."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class StandInBackend(FakeBackend):
+    """The autoscaler's fake backend (replicas are records), with replica URLs of a real stand-in server."""
+
+    def __init__(self, clock: AutoscalerClock, port: int) -> None:
+        super().__init__(clock)
+        self.port = port
+
+    async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
+        info = await super().start_replica(entity, spec, replica_id)
+        return dataclasses.replace(info, url=f"http://127.0.0.1:{self.port}")
+
+
+@dataclass
+class ServedGateway:
+    """A real gateway (fake backend, stand-in replicas) served by uvicorn on loopback in the test's loop."""
+
+    gateway: Any
+    clock: AutoscalerClock
+    url: str
+    admin: Any  # httpx.AsyncClient with the admin token
+
+    async def create_endpoint(self, name: str) -> dict[str, Any]:
+        body = {"name": name, "config": {"served_entities": [
+            {"entity_name": "file:///models/propensity", "entity_version": "1"}]}}
+        created = await self.admin.post("/api/2.0/serving-endpoints", json=body)
+        assert created.status_code == 200, created.text
+        for _ in range(250):
+            endpoint: dict[str, Any] = (await self.admin.get(f"/api/2.0/serving-endpoints/{name}")).json()
+            if endpoint["state"]["ready"] == "READY" and endpoint["state"]["config_update"] != "IN_PROGRESS":
+                return endpoint
+            await self.clock.advance(0.5)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{name} did not become ready")
+
+
+@asynccontextmanager
+async def serving_gateway(home: Path, **security: Any) -> AsyncIterator[ServedGateway]:
+    import httpx
+    from pydantic import SecretStr
+
+    from router.auth.settings import SecuritySettings
+    from router.auth.tls import uvicorn_options
+    from router.gateway import Gateway
+    from router.settings import GatewaySettings
+
+    with running_server(stand_in_replica) as replica_port:
+        clock = AutoscalerClock()
+        security.setdefault("admin_token", SecretStr(ADMIN_TOKEN))
+        gateway = Gateway(GatewaySettings(home=home, rollout_timeout_s=3.0),
+                          backend=StandInBackend(clock, replica_port), clock=clock,
+                          security=SecuritySettings(**security))
+        port = free_port()
+        config = uvicorn.Config(gateway.asgi, host="127.0.0.1", port=port, lifespan="on", log_level="error",
+                                **uvicorn_options())
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        try:
+            for _ in range(500):
+                if server.started or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert server.started, "the gateway did not start"
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, timeout=10,
+                                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+                yield ServedGateway(gateway, clock, url, admin)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)

@@ -12,7 +12,6 @@ either an invalid body (400 after the permission check) or one that restates the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,15 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from autoscaler.spec import EntitySpec
-from autoscaler.testing import FakeBackend, FakeClock
-from autoscaler.types import EntityKey, ReplicaInfo
+from autoscaler.testing import FakeClock
 from router.auth.types import PermissionLevel
 from router.gateway import Gateway
 from tests.router.api.conftest import ADMIN_TOKEN, LoopbackFakeBackend, entity, make_gateway
-from tests.router.auth.conftest import running_server
+from tests.router.auth.conftest import StandInBackend, running_server, stand_in_replica
 
 API = "/api/2.0/serving-endpoints"
 ENDPOINT = "guarded"
@@ -157,27 +153,6 @@ def app_routes(gateway: Gateway) -> set[tuple[str, str]]:
             if method != "HEAD":  # Starlette adds HEAD to every GET
                 routes.add((method, route.path))
     return routes
-
-
-async def stand_in_replica(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers every request 200 with an empty JSON object: what the fake backend's replicas point at."""
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
-    await send({"type": "http.response.body", "body": b"{}"})
-
-
-class StandInBackend(FakeBackend):
-    """The autoscaler's fake backend (replicas are records), with replica URLs of a real stand-in server."""
-
-    def __init__(self, clock: FakeClock, port: int) -> None:
-        super().__init__(clock)
-        self.port = port
-
-    async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
-        info = await super().start_replica(entity, spec, replica_id)
-        return dataclasses.replace(info, url=f"http://127.0.0.1:{self.port}")
 
 
 @dataclass
