@@ -20,6 +20,7 @@ def _register() -> None:
     from router.cli import replica  # noqa: F401
     from router.cli import apply, endpoints, serve  # noqa: F401
     from router.cli import models  # noqa: F401
+    from router.cli import tokens  # noqa: F401
 
 
 def main() -> None:

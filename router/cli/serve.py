@@ -83,7 +83,8 @@ def serve_command(**options: Any) -> None:
 @click.option("--example", is_flag=True, help="Also deploy the example endpoint (a propensity model).")
 def up(example: bool, **options: Any) -> None:
     """Start the gateway in the foreground (Ctrl-C stops it); with --example, deploy an example model."""
-    _run(options, [_deploy_example] if example else [_print_ready])
+    # _print_ready first: a generated admin token is shown only this once.
+    _run(options, [_print_ready, _deploy_example] if example else [_print_ready])
 
 
 async def _print_ready(gateway: Any) -> None:
