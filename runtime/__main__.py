@@ -1,8 +1,10 @@
 """``python -m runtime --model-uri URI --port PORT``: one replica process.
 
-Prints exactly one line, ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ...}``, once the model is
-loaded, warmed and the port accepts requests. Exits 1 with a message naming the URI when the model
-cannot be fetched or loaded, and 0 after a graceful drain on SIGTERM.
+Prints exactly one line, ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ..., "cache": {...},
+"optimization": {"path": "onnx"|"native", "mode": ..., "reason": ...}}``, once the model is loaded,
+warmed and the port accepts requests (``optimization`` says which path serves the model and why).
+Exits 1 with a message naming the URI when the model cannot be fetched or loaded, and 0 after a
+graceful drain on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.loaders.base import LoadedModel
 
 READY_PREFIX = "ZEROSERVE_REPLICA_READY"
 
@@ -53,14 +58,39 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
-def announce_ready(port: int) -> None:
+# The ready line is read as one line of at most a few KiB; a converter's error message can be long.
+_MAX_REASON_CHARS = 1000
+
+
+def optimization_status(model: LoadedModel, mode: str) -> dict[str, str]:
+    """Which path serves ``model`` and why, as the ready line (and so the endpoint state) reports it."""
+    result = model.optimization
+    if result is not None:
+        reason = result.reason if len(result.reason) <= _MAX_REASON_CHARS else (
+            result.reason[: _MAX_REASON_CHARS - 3] + "...")
+        return {"path": result.path, "mode": result.mode, "reason": reason}
+    # Not an MLflow model that optimization looked at: its own flavor serves it.
+    if model.flavor == "onnx":
+        return {"path": "onnx", "mode": mode, "reason": "the model is an ONNX graph; nothing to convert"}
+    return {
+        "path": "native",
+        "mode": mode,
+        "reason": f"a {model.flavor} model is served by its own runtime; automatic optimization "
+        "converts MLflow models only",
+    }
+
+
+def announce_ready(port: int, optimization: dict[str, str] | None = None) -> None:
     from runtime.store import cache_stats
 
     # The model was fetched (or found in the cache) by this process: the gateway adds these counters
     # up over replicas for its model-cache metrics.
     cache = cache_stats()
     counters = {"hits": cache.hits, "misses": cache.misses, "bytes_fetched": cache.bytes_fetched}
-    line = json.dumps({"port": port, "pid": os.getpid(), "cache": counters})
+    announcement: dict[str, Any] = {"port": port, "pid": os.getpid(), "cache": counters}
+    if optimization is not None:
+        announcement["optimization"] = optimization
+    line = json.dumps(announcement)
     sys.stdout.write(f"{READY_PREFIX} {line}\n")
     sys.stdout.flush()
 
@@ -86,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.store import open_model
 
     uri = args.model_uri
+    optimization: dict[str, str] = {}
+
+    def loaded(model: LoadedModel) -> None:
+        optimization.update(optimization_status(model, settings.optimization))
+
     try:
         handle = open_model(uri)
     except Exception as exc:  # any store failure ends the process with a message naming the URI
@@ -98,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             served_name=args.name or name_from_uri(uri),
             settings=settings,
-            on_ready=announce_ready,
+            on_ready=lambda port: announce_ready(port, optimization),
             model_version=args.model_version,
+            on_loaded=loaded,
         )
     except ZeroserveError as exc:
         print(f"zeroserve replica: cannot load model {uri!r}: {exc.message}", file=sys.stderr)

@@ -22,7 +22,7 @@ import uvicorn
 
 from runtime.app import build_app
 from runtime.config import ReplicaSettings
-from runtime.loaders import load_model
+from runtime.loaders import LoadedModel, load_model
 from runtime.replica import Replica
 from runtime.warmup import warm_up
 
@@ -105,17 +105,22 @@ def serve(
     sock: socket.socket | None = None,
     on_ready: Callable[[int], None] | None = None,
     model_version: str | None = None,
+    on_loaded: Callable[[LoadedModel], None] | None = None,
 ) -> None:
     """Load, warm up and serve the model in ``model_dir`` until SIGTERM/SIGINT (or ``Ctrl+C``).
 
-    Blocks. ``on_ready(port)`` is called once the model is loaded and warmed and the socket accepts
-    requests. Raises ``ModelLoadError`` (before listening) when the model cannot be loaded. On a signal,
-    stops accepting, finishes in-flight requests within ``settings.drain_timeout_s`` and returns.
+    Blocks. ``on_loaded(model)`` is called once the model is loaded and warmed, before listening (to
+    read what loading decided, such as ``model.optimization``); ``on_ready(port)`` once the socket
+    accepts requests. Raises ``ModelLoadError`` (before listening) when the model cannot be loaded. On
+    a signal, stops accepting, finishes in-flight requests within ``settings.drain_timeout_s`` and
+    returns.
     """
     settings = settings or ReplicaSettings()
     model = load_model(model_dir, settings=settings)
     try:
         warm = warm_up(model)
+        if on_loaded is not None:
+            on_loaded(model)
         replica = Replica(
             model,
             name=served_name or default_name(model_dir),

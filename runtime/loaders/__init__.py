@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.config import ReplicaSettings
 from runtime.errors import ModelLoadError, ZeroserveError
 from runtime.loaders._imports import quiet_import
 from runtime.loaders.base import LoadedModel
+
+if TYPE_CHECKING:
+    from runtime.loaders._mlmodel import MLmodelInfo
 
 __all__ = ["FLAVOR_MODULES", "LoadedModel", "detect", "load_model", "preload"]
 
@@ -116,7 +120,6 @@ def _load(kind: str, target: Path, settings: ReplicaSettings) -> LoadedModel:
 
 def _load_mlflow(directory: Path, settings: ReplicaSettings) -> LoadedModel:
     from runtime.loaders._mlmodel import read_mlmodel
-    from runtime.types import TensorSchema
 
     info = read_mlmodel(directory)
     flavors = info.flavors
@@ -129,9 +132,18 @@ def _load_mlflow(directory: Path, settings: ReplicaSettings) -> LoadedModel:
     # Convertible flavors are served from a verified ONNX conversion unless optimization is off.
     from runtime.optimize.loader import load_optimized
 
-    optimized = load_optimized(directory, info, settings)
+    optimized, optimization = load_optimized(directory, info, settings)
     if optimized is not None:
         return optimized
+    native = _load_mlflow_native(directory, info, settings)
+    native.optimization = optimization
+    return native
+
+
+def _load_mlflow_native(directory: Path, info: MLmodelInfo, settings: ReplicaSettings) -> LoadedModel:
+    from runtime.types import TensorSchema
+
+    flavors = info.flavors
     if "pytorch" in flavors and isinstance(info.input_schema, TensorSchema):
         from runtime.loaders.torch import load_mlflow_pytorch
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runtime.types import InputSchema, Params, Prediction, Tensors, TensorSpec
+
+if TYPE_CHECKING:
+    from runtime.optimize.types import OptimizationResult
 
 
 class LoadedModel(abc.ABC):
@@ -33,6 +36,9 @@ class LoadedModel(abc.ABC):
         self.example = example
         self.accepts_params = accepts_params
         self.description = description
+        # For an MLflow model: which path automatic optimization chose (ONNX or native) and why.
+        # None for models that are not MLflow models, or whose own flavor is ONNX.
+        self.optimization: OptimizationResult | None = None
 
     @abc.abstractmethod
     def predict(self, inputs: Tensors, params: Params | None = None) -> Prediction:

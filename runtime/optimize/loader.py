@@ -26,8 +26,9 @@ log = logging.getLogger("zeroserve.optimize")
 
 def load_optimized(
     directory: Path, info: MLmodelInfo, settings: ReplicaSettings, *, cache_dir: Path | None = None
-) -> LoadedModel | None:
-    """The optimized model for the MLflow model in ``directory``, or None to serve it natively.
+) -> tuple[LoadedModel | None, OptimizationResult]:
+    """The optimized model for the MLflow model in ``directory`` (None to serve it natively), and the
+    decision: which path and why (the caller attaches it to the native model it loads instead).
 
     Logs which path the replica runs and why. Raises ``ModelLoadError`` when optimization is
     ``"required"`` and the model cannot be served as a verified graph.
@@ -64,7 +65,7 @@ def load_optimized(
     # A fallback the user did not ask for is worth their attention; the other outcomes are routine.
     level = logging.WARNING if result.path == "native" and mode == "auto" and result.flavor else logging.INFO
     log.log(level, "model %s: %s", directory.name, result.describe())
-    return model
+    return model, result
 
 
 class OptimizedMlflowModel(LoadedModel):

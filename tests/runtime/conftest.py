@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,8 @@ def torchscript_model(models_dir: Path) -> Path:
 class ReplicaProcess:
     process: subprocess.Popen[str]
     port: int
+    # The ready line's JSON (port, pid, cache counters, optimization path).
+    announced: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -78,6 +81,12 @@ def start_process(args: list[str], env: dict[str, str] | None = None) -> subproc
 
 def wait_ready(process: subprocess.Popen[str], timeout: float = 60.0) -> int:
     """Read the replica's stdout until its ready line; fail with its stderr if it exits first."""
+    port: int = wait_announced(process, timeout)["port"]
+    return port
+
+
+def wait_announced(process: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
+    """The JSON of the replica's ready line (see ``wait_ready``)."""
     import selectors
 
     assert process.stdout is not None
@@ -92,8 +101,8 @@ def wait_ready(process: subprocess.Popen[str], timeout: float = 60.0) -> int:
     if not line.startswith(READY_PREFIX):
         stderr = process.stderr.read() if process.stderr and process.wait(timeout=10) is not None else ""
         raise AssertionError(f"replica did not become ready: {line!r} {stderr}")
-    port: int = json.loads(line[len(READY_PREFIX) :])["port"]
-    return port
+    announced: dict[str, Any] = json.loads(line[len(READY_PREFIX) :])
+    return announced
 
 
 def stop(process: subprocess.Popen[str]) -> None:
@@ -117,7 +126,8 @@ def start_replica() -> Iterator[Callable[..., ReplicaProcess]]:
     def start(*args: str, env: dict[str, str] | None = None) -> ReplicaProcess:
         process = start_process(list(args), env)
         started.append(process)
-        return ReplicaProcess(process, wait_ready(process))
+        announced = wait_announced(process)
+        return ReplicaProcess(process, announced["port"], announced)
 
     try:
         yield start

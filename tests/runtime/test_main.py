@@ -30,6 +30,20 @@ def test_serves_an_onnx_model_by_uri(onnx_model: Path, start_replica: Callable[.
         assert client.get("/v2/models/scorer").json()["platform"] == "onnx"
 
 
+def test_ready_line_says_which_path_serves_the_model(
+    onnx_model: Path, sklearn_model: Path, start_replica: Callable[..., ReplicaProcess]
+) -> None:
+    graph = start_replica("--model-uri", str(onnx_model))
+    assert graph.announced["optimization"] == {
+        "path": "onnx", "mode": "auto", "reason": "the model is an ONNX graph; nothing to convert"
+    }
+    native = start_replica("--model-uri", str(sklearn_model), "--optimization", "off")
+    assert native.announced["optimization"] == {
+        "path": "native", "mode": "off", "reason": "optimization is off"
+    }
+    assert set(native.announced) == {"port", "pid", "cache", "optimization"}
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_0(
     onnx_model: Path, start_replica: Callable[..., ReplicaProcess]
 ) -> None:

@@ -50,6 +50,9 @@ def test_optimized_prediction_equals_the_native_loaders(
     optimized = load_model(model_dir, settings=ReplicaSettings(optimization="auto"))
     assert not isinstance(native, OptimizedMlflowModel)
     assert isinstance(optimized, OptimizedMlflowModel)
+    # Both carry the decision, for the ready line and the endpoint state.
+    assert native.optimization is not None and native.optimization.path == "native"
+    assert optimized.optimization is not None and optimized.optimization.path == "onnx"
     assert optimized.input_schema == native.input_schema
     expected = native.predict(tensors(held_out))
     served = optimized.predict(tensors(held_out))
@@ -77,6 +80,8 @@ def test_loader_falls_back_or_fails_by_mode(
         model = load_model(model_dir, settings=ReplicaSettings(optimization="auto"))
     assert not isinstance(model, OptimizedMlflowModel)
     assert any("serving natively" in r.message and "AddOne" in r.message for r in caplog.records)
+    assert model.optimization is not None
+    assert model.optimization.path == "native" and "AddOne" in model.optimization.reason
     with pytest.raises(ModelLoadError, match="optimization is required"):
         load_model(model_dir, settings=ReplicaSettings(optimization="required"))
 
@@ -85,9 +90,10 @@ def test_loader_falls_back_or_fails_by_mode(
 
 
 class Replica:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], announced: dict[str, Any]) -> None:
         self.process = process
-        self.url = f"http://127.0.0.1:{port}"
+        self.announced = announced
+        self.url = f"http://127.0.0.1:{announced['port']}"
 
 
 @pytest.fixture
@@ -110,7 +116,7 @@ def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
             if not line:
                 break
             if line.startswith(READY_PREFIX.encode()):
-                return Replica(process, orjson.loads(line.split(b" ", 1)[1])["port"])
+                return Replica(process, orjson.loads(line.split(b" ", 1)[1]))
         raise RuntimeError(f"replica did not start (exit {process.poll()})")
 
     try:
@@ -148,8 +154,10 @@ def test_replica_answers_the_same_with_optimization_on_and_off(
     ]
     answers: dict[str, list[bytes]] = {}
     logs: dict[str, str] = {}
+    paths: dict[str, str] = {}
     for mode in ("auto", "off"):
         replica = start_replica(model_dir, "--optimization", mode)
+        paths[mode] = replica.announced["optimization"]["path"]
         with httpx.Client(base_url=replica.url, timeout=30) as client:
             answers[mode] = []
             for body in bodies:
@@ -162,6 +170,7 @@ def test_replica_answers_the_same_with_optimization_on_and_off(
             assert missing.status_code == 400 and "x1" in missing.text
         logs[mode] = stop(replica)
     assert answers["auto"] == answers["off"]
+    assert paths == {"auto": "onnx", "off": "native"}  # the ready line says which path runs
     assert orjson.loads(answers["auto"][0])["predictions"][0] in ("bronze", "gold", "silver")
     assert "serving sklearn model as ONNX (converted now; " in logs["auto"]
     assert "serving natively (optimization=off): optimization is off" in logs["off"]
