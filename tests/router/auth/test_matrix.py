@@ -68,6 +68,7 @@ class Row:
     path: str | None = None  # the concrete path; default: the template with the fixtures filled in
     body: Any = None  # JSON body
     recreate: bool = False  # the call destroys its target: rebuild it before each allowed call
+    headers: dict[str, str] | None = None
 
 
 ACL = {"access_control_list": [
@@ -121,6 +122,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/dashboard"): Row(Need.PUBLIC, 200),  # static page and assets; the data needs a token
     ("GET", "/dashboard/dashboard.js"): Row(Need.PUBLIC, 200),
     ("GET", "/dashboard/dashboard.css"): Row(Need.PUBLIC, 200),
+    # MCP: any token may talk to it; which tools it lists and runs is decided per endpoint inside.
+    ("POST", "/mcp"): Row(Need.TOKEN, 400, body={}),  # not JSON-RPC
+    # Without text/event-stream in Accept the stream is refused instead of held open.
+    ("GET", "/mcp"): Row(Need.TOKEN, 406, headers={"accept": "application/json"}),
+    ("DELETE", "/mcp"): Row(Need.TOKEN, 405),  # stateless: no sessions to end
     ("GET", "/healthz"): Row(Need.PUBLIC, 200),
     ("GET", "/readyz"): Row(Need.PUBLIC, 200),
     ("GET", "/openapi.json"): Row(Need.TOKEN, 200),
@@ -164,9 +170,11 @@ class World:
     tokens: dict[Caller, str | None]
     fill: dict[str, str]
 
-    async def call(self, caller: Caller, method: str, path: str, body: Any = None) -> httpx.Response:
+    async def call(
+        self, caller: Caller, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         token = self.tokens[caller]
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token is not None else {})}
         return await self.anonymous.request(method, path, json=body, headers=headers)
 
     async def ensure_endpoint(self, name: str) -> None:
@@ -201,9 +209,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         gateway = make_gateway(tmp_path, StandInBackend(clock, replica_port), clock)
         await gateway.start()
         transport = httpx.ASGITransport(app=gateway.asgi)
-        admin = httpx.AsyncClient(transport=transport, base_url="http://gateway",
+        admin = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8484",
                                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        anonymous = httpx.AsyncClient(transport=transport, base_url="http://gateway")
+        anonymous = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8484")
         try:
             yield await _populate(gateway, clock, admin, anonymous)
         finally:
@@ -268,7 +276,7 @@ async def test_authorization_matrix(world: World) -> None:
                 await world.ensure_endpoint(DOOMED)
             path = row.path or template.format(**world.fill)
             try:
-                response = await asyncio.wait_for(world.call(caller, method, path, row.body), 10)
+                response = await asyncio.wait_for(world.call(caller, method, path, row.body, row.headers), 10)
             except TimeoutError:
                 mismatches.append(f"{method} {template} as {caller.value}: no answer within 10 s")
                 continue
@@ -318,7 +326,7 @@ async def test_public_v2_health_when_configured(tmp_path: Path) -> None:
     await gateway.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.asgi),
-                                     base_url="http://gateway") as anonymous:
+                                     base_url="http://127.0.0.1:8484") as anonymous:
             assert (await anonymous.get("/v2/health/live")).status_code == 200
             assert (await anonymous.get("/v2/health/ready")).status_code == 200
             assert (await anonymous.get("/v2")).status_code == 401
