@@ -11,7 +11,7 @@ from autoscaler.metrics_window import MetricsWindow
 from autoscaler.policy import PolicyState
 from autoscaler.spec import EntitySpec
 from autoscaler.status import DecisionRecord, EntityStatus, ReplicaStatus
-from autoscaler.types import EntityKey, ReplicaInfo, ReplicaState
+from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization, ReplicaState
 
 LIVE = (ReplicaState.STARTING, ReplicaState.READY)
 
@@ -48,6 +48,8 @@ class EntityRecord:
     gone_replicas: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # its starts and drains in flight
     closing: bool = False  # removed or the autoscaler is stopping: start nothing new
+    # What the latest ready replica of this generation announced about its serving path.
+    optimization: ReplicaOptimization | None = None
 
     def current(self, *states: ReplicaState) -> list[ReplicaRecord]:
         return [r for r in self.replicas.values() if r.generation == self.generation and r.state in states]
@@ -74,4 +76,5 @@ class EntityRecord:
             replicas=tuple(ReplicaStatus(r.replica_id, r.state, r.generation, r.info)
                            for r in self.replicas.values()),
             history=tuple(self.history),
+            optimization=self.optimization,
         )

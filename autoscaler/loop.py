@@ -132,6 +132,7 @@ class Autoscaler:
             if not spec.same_replica_template(state.spec):
                 state.generation += 1
                 state.ever_ready = False
+                state.optimization = None
             state.spec = spec
             state.window.set_retention(spec.autoscaling.stable_window_s)
         state.failed_reason = None
@@ -291,6 +292,7 @@ class Autoscaler:
         if replica.generation == entity.generation:
             entity.start_failures = 0
             entity.ever_ready = True
+            entity.optimization = info.optimization
         self._notify("replica_ready", info)
         self._reconcile(entity, self._clock.now())
 

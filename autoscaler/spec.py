@@ -15,8 +15,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal, TypeAlias
 
 from runtime.errors import InvalidParameterValue
+
+# The replica's automatic optimization (runtime/optimize): serve an MLflow model as a verified ONNX
+# conversion when there is one ("auto"), never ("off"), or fail the replica when there is none
+# ("required"). Spelled out here, not imported, so the gateway does not import the optimizer.
+OptimizationMode: TypeAlias = Literal["auto", "off", "required"]
+OPTIMIZATION_MODES: tuple[OptimizationMode, ...] = ("auto", "off", "required")
 
 
 class WorkloadSize(enum.Enum):
@@ -192,6 +199,7 @@ class EntitySpec:
     start_timeout_s: float = 120.0
     # Longest a draining replica gets to finish its in-flight requests before it is killed.
     drain_timeout_s: float = 30.0
+    optimization: OptimizationMode = "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.model_uri.strip()), "model_uri", "must not be empty", self.model_uri)
@@ -203,6 +211,8 @@ class EntitySpec:
                      f"value of {key} must be a string without NUL", value)
         _require(self.start_timeout_s > 0, "start_timeout_s", "must be > 0", self.start_timeout_s)
         _require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0", self.drain_timeout_s)
+        _require(self.optimization in OPTIMIZATION_MODES, "optimization",
+                 f"must be one of {', '.join(OPTIMIZATION_MODES)}", self.optimization)
         # A read-only copy: the spec is shared by the loop and the backend and must not change under them.
         object.__setattr__(self, "environment_vars", MappingProxyType(dict(self.environment_vars)))
 
@@ -215,5 +225,6 @@ class EntitySpec:
             and dict(self.environment_vars) == dict(other.environment_vars)
             and self.workload_type == other.workload_type
             and self.batching == other.batching
+            and self.optimization == other.optimization
             and self.autoscaling.container_concurrency == other.autoscaling.container_concurrency
         )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from autoscaler.lifecycle import DeploymentState
 from autoscaler.spec import EntitySpec
-from autoscaler.types import EntityKey, ReplicaInfo, ReplicaState
+from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization, ReplicaState
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +42,6 @@ class EntityStatus:
     panicking: bool
     replicas: tuple[ReplicaStatus, ...]
     history: tuple[DecisionRecord, ...]  # oldest first, bounded
+    # How the latest ready replica of the current template serves the model (kept while scaled to zero);
+    # None until one was ready.
+    optimization: ReplicaOptimization | None = None

@@ -8,7 +8,7 @@ router feeds concurrency reports back through ``Autoscaler.report``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
@@ -31,6 +31,16 @@ class ReplicaState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaOptimization:
+    """Which path a replica serves its model by, as it announced when ready: ``"onnx"`` (a verified
+    conversion, or a model that is ONNX already) or ``"native"`` (its own flavor), and why."""
+
+    path: str
+    reason: str
+    mode: str = "auto"  # the optimization setting it ran under: auto, off or required
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaInfo:
     """A replica as the router sees it: where to send requests and how many at once."""
 
@@ -38,6 +48,9 @@ class ReplicaInfo:
     entity: EntityKey
     url: str  # base URL, e.g. "http://127.0.0.1:41234"
     capacity: int  # container concurrency C: never more than this many in flight to it
+    # What the replica announced about its model's serving path; None when its backend cannot tell.
+    # Not part of its identity: the router compares replicas by where they are.
+    optimization: ReplicaOptimization | None = field(default=None, compare=False)
 
 
 class ReplicaListener(Protocol):

@@ -3,7 +3,8 @@
 A replica is ``python -m runtime`` (through ``autoscaler.backends._worker``, which adds a
 parent-death guard), or an idle warm-pool worker handed the same arguments (see ``warm_pool``). It is
 ready when it printed ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ...}`` and answers
-``GET /v2/health/ready`` with 200. Its merged stdout/stderr is kept (bounded) while it runs and for the
+``GET /v2/health/ready`` with 200; what the line says about the model's serving path (optimization)
+is kept with the replica. Its merged stdout/stderr is kept (bounded) while it runs and for the
 last ``kept_logs`` replicas after it is gone, for the logs API and for start-failure reports.
 """
 
@@ -24,7 +25,7 @@ from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
 from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
 from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
-from autoscaler.types import EntityKey, ReplicaInfo
+from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
@@ -35,7 +36,9 @@ def runtime_argv(spec: EntitySpec, host: str) -> list[str]:
     """The ``python -m runtime`` arguments for a replica of ``spec``."""
     argv = ["--model-uri", spec.model_uri, "--port", "0", "--host", host, "--name", spec.served_name,
             "--concurrency", str(spec.autoscaling.container_concurrency),
-            "--drain-timeout", f"{spec.drain_timeout_s:g}"]
+            "--drain-timeout", f"{spec.drain_timeout_s:g}",
+            # Always explicit: the spec decides, not a ZEROSERVE_OPTIMIZATION the gateway happens to have.
+            "--optimization", spec.optimization]
     if spec.model_version:
         argv += ["--model-version", spec.model_version]
     batching = spec.batching
@@ -49,6 +52,17 @@ def runtime_argv(spec: EntitySpec, host: str) -> list[str]:
     return argv
 
 
+def announced_optimization(announced: object) -> ReplicaOptimization | None:
+    """The ``optimization`` object of a ready line, or None when it is missing or malformed (an older
+    runtime): the serving path is information, never a reason to refuse a replica."""
+    if not isinstance(announced, dict):
+        return None
+    path, reason, mode = announced.get("path"), announced.get("reason"), announced.get("mode", "auto")
+    if not (isinstance(path, str) and isinstance(reason, str) and isinstance(mode, str)):
+        return None
+    return ReplicaOptimization(path=path, reason=reason, mode=mode)
+
+
 @dataclass(eq=False)
 class _LocalReplica:
     replica_id: str
@@ -58,6 +72,11 @@ class _LocalReplica:
     capacity: int
     from_pool: bool
     url: str | None = None
+    optimization: ReplicaOptimization | None = None
+
+    def info(self) -> ReplicaInfo:
+        assert self.url is not None
+        return ReplicaInfo(self.replica_id, self.entity, self.url, self.capacity, self.optimization)
 
 
 class LocalBackend:
@@ -143,7 +162,7 @@ class LocalBackend:
             self._pool.refill()
         logger.info("replica %s of %s ready at %s (pid %s, %s)", replica_id, entity, replica.url,
                     process.pid, "warm pool" if replica.from_pool else "new process")
-        return ReplicaInfo(replica_id, entity, replica.url, replica.capacity)
+        return replica.info()
 
     async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
         replica = self._replicas.get(replica_id)
@@ -168,8 +187,8 @@ class LocalBackend:
         return ReplicaHealth.HEALTHY if await self._probe(replica.url) else ReplicaHealth.UNHEALTHY
 
     def list_replicas(self) -> list[ReplicaInfo]:
-        return [ReplicaInfo(r.replica_id, r.entity, r.url, r.capacity)
-                for r in self._replicas.values() if r.url is not None and r.process.returncode is None]
+        return [replica.info() for replica in self._replicas.values()
+                if replica.url is not None and replica.process.returncode is None]
 
     def logs(self, replica_id: str) -> str:
         replica = self._replicas.get(replica_id)
@@ -211,6 +230,7 @@ class LocalBackend:
             announced = output.ready.result()
             url = f"http://{self._url_host()}:{int(announced['port'])}"
             self._count_cache(announced.get("cache"))
+            replica.optimization = announced_optimization(announced.get("optimization"))
             await self._probe_until_ready(replica, url)
             return url
         code = await replica.process.wait()

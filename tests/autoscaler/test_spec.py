@@ -120,9 +120,11 @@ def test_spec_is_frozen() -> None:
         ({"environment_vars": {"A": 1}}, "environment_vars"),
         ({"start_timeout_s": 0}, "start_timeout_s"),
         ({"drain_timeout_s": -1}, "drain_timeout_s"),
+        ({"optimization": "fast"}, "optimization"),
+        ({"optimization": "AUTO"}, "optimization"),
     ],
     ids=["blank-uri", "blank-name", "env-key-with-equals", "env-empty-key", "env-non-string", "start-timeout",
-         "drain-timeout"],
+         "drain-timeout", "unknown-optimization", "optimization-not-normalised"],
 )
 def test_invalid_entity_spec(settings: dict[str, Any], field: str) -> None:
     arguments: dict[str, Any] = {"model_uri": "file:///models/a", "served_name": "a", **settings}
@@ -153,5 +155,7 @@ def test_replica_template_ignores_scaling_only() -> None:
     assert not base.same_replica_template(dataclasses.replace(base, model_uri="file:///other"))
     assert not base.same_replica_template(dataclasses.replace(base, environment_vars={"A": "2"}))
     assert not base.same_replica_template(dataclasses.replace(base, batching=BatchingSpec(max_batch_size=8)))
+    assert base.optimization == "auto"
+    assert not base.same_replica_template(dataclasses.replace(base, optimization="off"))
     assert not base.same_replica_template(
         dataclasses.replace(base, autoscaling=AutoscalingSpec(container_concurrency=8)))

@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from autoscaler.backend import ReplicaHealth, ReplicaStartError
-from autoscaler.backends.local import LocalBackend, runtime_argv
+from autoscaler.backends.local import LocalBackend, announced_optimization, runtime_argv
 from autoscaler.lifecycle import DeploymentState
 from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec
 from autoscaler.testing import RecordingListener
-from autoscaler.types import EntityKey
+from autoscaler.types import EntityKey, ReplicaOptimization
 
 KEY = EntityKey("iris", "logreg")
 FAST = AutoscalingSpec(stable_window_s=2.0, scale_to_zero_grace_s=1.0, max_provisioned_concurrency=12)
@@ -78,6 +78,10 @@ async def test_zero_to_one_on_the_first_poke_then_back_to_zero(local: Local, onn
         response = await client.post(f"{replica.url}/v2/models/logreg/infer", json=INPUT)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [1]
+    # The warm-pool worker's ready line said how it serves the model; the entity keeps it.
+    graph = ReplicaOptimization("onnx", "the model is an ONNX graph; nothing to convert", "auto")
+    assert replica.optimization == graph
+    assert local.scaler.status(KEY).optimization == graph
     # No traffic: zero after the 2 s window + 1 s grace, drained through the listener first.
     await eventually(lambda: local.ready() == 0, timeout_s=10, what="scale to zero")
     await local.scaler.settle()
@@ -87,6 +91,7 @@ async def test_zero_to_one_on_the_first_poke_then_back_to_zero(local: Local, onn
     assert f"--- replica {replica.replica_id} (GONE) ---" in logs
     assert "ZEROSERVE_REPLICA_READY" in logs
     assert "stopped (exit code 0)" in logs
+    assert local.scaler.status(KEY).optimization == graph  # still known at zero
 
 
 async def test_one_to_n_under_load_then_down_to_the_floor(local: Local, onnx_model_uri: str) -> None:
@@ -176,6 +181,7 @@ async def test_import_time_environment_forces_a_fresh_process(
         spec = dataclasses.replace(spec_for(onnx_model_uri), environment_vars={"OMP_NUM_THREADS": "1"})
         info = await backend.start_replica(KEY, spec, "fresh-1")
         assert not backend.started_from_pool("fresh-1")
+        assert info.optimization is not None and info.optimization.path == "onnx"
         assert backend.pool.idle == 1  # the pooled worker was not used
         assert await backend.health("fresh-1") is ReplicaHealth.HEALTHY
         assert [replica.replica_id for replica in backend.list_replicas()] == [info.replica_id]
@@ -192,8 +198,27 @@ def test_runtime_arguments() -> None:
                       autoscaling=AutoscalingSpec(container_concurrency=8), drain_timeout_s=10)
     assert runtime_argv(spec, "127.0.0.1") == [
         "--model-uri", "s3://models/iris/3", "--port", "0", "--host", "127.0.0.1", "--name", "iris",
-        "--concurrency", "8", "--drain-timeout", "10", "--model-version", "3",
+        "--concurrency", "8", "--drain-timeout", "10", "--optimization", "auto", "--model-version", "3",
         "--max-batch-size", "16", "--max-batch-delay-ms", "1.5",
     ]
+    required = runtime_argv(dataclasses.replace(spec, optimization="required"), "127.0.0.1")
+    assert required[required.index("--optimization") + 1] == "required"
     unbatched = dataclasses.replace(spec, batching=BatchingSpec(enabled=False), model_version=None)
     assert runtime_argv(unbatched, "::1")[-1] == "--no-batching"
+
+
+@pytest.mark.parametrize(
+    ("announced", "expected"),
+    [
+        ({"path": "native", "mode": "off", "reason": "optimization is off"},
+         ReplicaOptimization("native", "optimization is off", "off")),
+        ({"path": "onnx", "reason": "verified"}, ReplicaOptimization("onnx", "verified", "auto")),
+        (None, None),  # an older runtime's ready line has no optimization
+        ({"path": "onnx"}, None),
+        ({"path": 1, "reason": "x"}, None),
+        ("onnx", None),
+    ],
+    ids=["native", "mode-missing", "absent", "reason-missing", "path-not-text", "not-an-object"],
+)
+def test_announced_optimization(announced: object, expected: ReplicaOptimization | None) -> None:
+    assert announced_optimization(announced) == expected
