@@ -22,8 +22,9 @@ from router.api.controller import EndpointController
 from router.api.models import PatchTagsInput, parse_body
 from router.api.openapi import endpoint_openapi
 from router.api.views import StateOf, endpoint_detailed, endpoint_summary
+from router.auth.limits import loads_json
 from router.state import EndpointRecord
-from runtime.errors import InvalidParameterValue, NotFound
+from runtime.errors import InvalidInput, InvalidParameterValue, NotFound
 
 PRINCIPAL_SCOPE_KEY = "zeroserve.principal"
 PREFIX = "/api/2.0/serving-endpoints"
@@ -192,9 +193,10 @@ async def _json(request: Request) -> Any:
     if not raw:
         raise InvalidParameterValue("request body is required (a JSON object)")
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidParameterValue(f"request body is not valid JSON: {exc}") from None
+        # Bounded nesting and strict UTF-8, the same parse the front door uses for every body.
+        return loads_json(raw)
+    except InvalidInput as exc:
+        raise InvalidParameterValue(exc.message) from None
 
 
 def _base_url(request: Request) -> str:

@@ -17,10 +17,7 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to ``cli``.
-    from router.cli import replica  # noqa: F401
-    from router.cli import apply, endpoints, serve  # noqa: F401
-    from router.cli import models  # noqa: F401
-    from router.cli import tokens  # noqa: F401
+    from router.cli import apply, endpoints, models, replica, serve, tokens  # noqa: F401
 
 
 def main() -> None:
