@@ -20,6 +20,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 NAME_RULE = "alphanumerics, '-' and '_', starting with an alphanumeric, at most 63 characters"
 URI_SCHEMES = ("s3://", "file://", "models:/", "runs:/")
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
+# zeroserve extension ``optimization`` on a served entity (runtime/optimize): "auto" serves an MLflow
+# model as a verified ONNX conversion when there is one, "off" never does, "required" fails the
+# deployment when there is none.
+OptimizationMode = Literal["auto", "off", "required"]
+OPTIMIZATION_MODES: tuple[OptimizationMode, ...] = ("auto", "off", "required")
 WORKLOAD_TYPES = (
     "CPU", "CPU_MEDIUM", "CPU_LARGE", "GPU_SMALL", "GPU_MEDIUM", "GPU_LARGE", "GPU_XLARGE", "GPU_XLARGE_8",
     "MULTIGPU_MEDIUM",
@@ -76,6 +81,7 @@ class ServedEntityInput(_Lenient):
     max_provisioned_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     environment_vars: dict[str, str] = Field(default_factory=dict)
     autoscaling: AutoscalingInput = Field(default_factory=AutoscalingInput)
+    optimization: OptimizationMode | None = None
 
     @field_validator("entity_version", "model_version", mode="before")
     @classmethod
@@ -92,6 +98,15 @@ class ServedEntityInput(_Lenient):
             if value.lower() == size.lower():
                 return size
         raise ValueError(f"must be one of {', '.join(WORKLOAD_SIZES)}")
+
+    @field_validator("optimization", mode="before")
+    @classmethod
+    def _known_optimization(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.lower() not in OPTIMIZATION_MODES:
+            raise ValueError(f"must be one of {', '.join(OPTIMIZATION_MODES)}, got {value!r}")
+        return value.lower()
 
     @field_validator("workload_type")
     @classmethod
@@ -162,10 +177,13 @@ class ServedEntity(BaseModel):
     autoscaling: dict[str, Any]
     # Which spelling the client used, so that answers echo it (served_models vs served_entities).
     legacy: bool = False
+    # Defaulted so that configs stored before the field existed still load.
+    optimization: OptimizationMode = "auto"
 
-    def replica_identity(self) -> tuple[str, tuple[tuple[str, str], ...], str]:
+    def replica_identity(self) -> tuple[str, tuple[tuple[str, str], ...], str, str]:
         """What a running replica is made of: a change here needs new replicas, anything else does not."""
-        return (self.model_uri, tuple(sorted(self.environment_vars.items())), self.workload_type)
+        return (self.model_uri, tuple(sorted(self.environment_vars.items())), self.workload_type,
+                self.optimization)
 
 
 class Route(BaseModel):
@@ -287,6 +305,7 @@ def _normalize_entity(item: ServedEntityInput, where: str, legacy: bool, resolve
         environment_vars=dict(item.environment_vars),
         autoscaling=item.autoscaling.given(),
         legacy=legacy,
+        optimization=item.optimization or "auto",
     )
 
 

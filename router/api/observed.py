@@ -108,7 +108,15 @@ def entity_state(status: EntityStatus) -> EntityState:
             {"timestamp": r.at_unix_ms, "from": r.from_replicas, "to": r.to_replicas, "reason": r.reason}
             for r in status.history[-SCALING_REASONS_SHOWN:]
         ],
+        optimization=_optimization(status),
     )
+
+
+def _optimization(status: EntityStatus) -> dict[str, str] | None:
+    optimization = status.optimization
+    if optimization is None:
+        return None
+    return {"path": optimization.path, "mode": optimization.mode, "reason": optimization.reason}
 
 
 def _message(status: EntityStatus, deployment: Deployment) -> str:

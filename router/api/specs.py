@@ -32,6 +32,7 @@ def entity_spec(entity: ServedEntity) -> EntitySpec:
         environment_vars=dict(entity.environment_vars),
         workload_type=entity.workload_type,
         autoscaling=autoscaling,
+        optimization=entity.optimization,
     )
 
 

@@ -33,6 +33,9 @@ class EntityState:
     scaling: list[dict[str, Any]] = field(default_factory=list)
     # zeroserve extension, filled by observability: replica-seconds, cost, cost per 1,000 inferences.
     cost: dict[str, Any] | None = None
+    # zeroserve extension: how the replicas serve the model, {"path": "onnx"|"native", "mode", "reason"};
+    # None until a replica of the current config was ready.
+    optimization: dict[str, str] | None = None
 
     @property
     def replicas(self) -> dict[str, int]:
@@ -137,6 +140,7 @@ def _entity(
         "max_provisioned_concurrency": entity.max_provisioned_concurrency,
         "environment_vars": entity.environment_vars or None,
         "autoscaling": autoscaling_view(entity),
+        "optimization": entity.optimization,
         "creation_timestamp": version.created_ms,
         "creator": record.creator,
         "state": _without_none({
@@ -145,6 +149,7 @@ def _entity(
             "replicas": state.replicas,
             "scaling": state.scaling,
             "cost": state.cost,
+            "optimization": state.optimization,
         }),
     })
 

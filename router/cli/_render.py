@@ -60,7 +60,8 @@ def entities_table(config: dict[str, Any], title: str) -> Table:
     traffic = {r.get("served_entity_name") or r.get("served_model_name"): r.get("traffic_percentage", 0)
                for r in (config.get("traffic_config") or {}).get("routes", [])}
     table = Table(title=title, title_justify="left", expand=False)
-    for column in ("served entity", "model", "traffic", "deployment", "replicas (ready/desired)", "message"):
+    for column in ("served entity", "model", "traffic", "deployment", "replicas (ready/desired)",
+                   "serving path", "message"):
         table.add_column(column)
     for entity in config.get("served_entities", []):
         state = entity.get("state", {})
@@ -74,9 +75,22 @@ def entities_table(config: dict[str, Any], title: str) -> Table:
             f"{traffic.get(entity.get('name'), 0)}%",
             f"[{_DEPLOYMENT_STYLE.get(deployment, 'white')}]{deployment.removeprefix('DEPLOYMENT_')}[/]",
             f"{replicas.get('ready', 0)}/{replicas.get('desired', 0)}",
+            serving_path(entity, detailed=True),
             state.get("deployment_state_message", ""),
         )
     return table
+
+
+def serving_path(entity: dict[str, Any], *, detailed: bool = False) -> str:
+    """How a served entity's replicas run its model (``state.optimization``): ``onnx`` or ``native``,
+    with the reason when ``detailed``; the requested mode while no replica has said yet."""
+    announced = (entity.get("state") or {}).get("optimization")
+    if not isinstance(announced, dict):
+        return f"- (optimization {entity.get('optimization', 'auto')})"
+    path = str(announced.get("path", "?"))
+    if detailed and announced.get("reason"):
+        return f"{path}: {announced['reason']}"
+    return path
 
 
 def endpoints_table(endpoints: list[dict[str, Any]]) -> Table:

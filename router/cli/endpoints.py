@@ -48,6 +48,9 @@ def entity_options(command: Any) -> Any:
                      help="Requests one replica takes at once (autoscaling.container_concurrency)."),
         click.option("--env", multiple=True, metavar="KEY=VALUE",
                      help="Environment variable of the replicas."),
+        click.option("--optimization", type=click.Choice(["auto", "off", "required"], case_sensitive=False),
+                     help="Serve MLflow models as verified ONNX conversions: auto (default), off, or "
+                     "required (fail the deployment when the model does not convert)."),
         click.option("--json", "json_text", help="The config (served_entities, traffic_config) as JSON."),
         click.option("--file", "-f", "json_file", help="The config as a JSON file ('-' for stdin)."),
         click.option("--wait/--no-wait", default=True, show_default=True,
@@ -86,6 +89,8 @@ def config_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         entity["autoscaling"] = {"container_concurrency": opts["concurrency"]}
     if opts["env"]:
         entity["environment_vars"] = _key_values(opts["env"], "--env")
+    if opts["optimization"] is not None:
+        entity["optimization"] = opts["optimization"].lower()
     return {"served_entities": [entity]}
 
 

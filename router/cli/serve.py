@@ -13,7 +13,7 @@ import click
 
 from router.cli import cli
 from router.cli._client import GatewayClient, gateway_options, load_json_argument, print_json
-from router.cli._render import console, endpoint_state, err_console
+from router.cli._render import console, endpoint_state, err_console, serving_path
 from router.cli.endpoints import API
 
 EXAMPLE_ENDPOINT = "propensity"
@@ -127,8 +127,8 @@ def status(client: GatewayClient, output: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"gateway {client.url}", title_justify="left")
-    for column in ("endpoint", "state", "served entity", "traffic", "deployment", "replicas", "cost so far",
-                   "per 1k inferences", "last scaling"):
+    for column in ("endpoint", "state", "served entity", "traffic", "deployment", "replicas", "serving path",
+                   "cost so far", "per 1k inferences", "last scaling"):
         table.add_column(column)
     for endpoint in details:
         config = endpoint.get("config") or endpoint.get("pending_config") or {}
@@ -146,6 +146,7 @@ def status(client: GatewayClient, output: str) -> None:
                 f"{traffic.get(entity.get('name'), 0)}%" if entity else "",
                 state.get("deployment", "-").removeprefix("DEPLOYMENT_"),
                 _replicas(replicas),
+                serving_path(entity) if entity else "",
                 *_cost_cells(state.get("cost")),
                 scaling[-1]["reason"] if scaling else "-",
             )

@@ -16,7 +16,7 @@ import pytest
 
 from autoscaler.spec import EntitySpec
 from autoscaler.testing import FakeBackend, FakeClock
-from autoscaler.types import EntityKey, ReplicaInfo
+from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
 from router.auth.settings import SecuritySettings
 from router.gateway import Gateway
 from router.settings import GatewaySettings
@@ -49,11 +49,13 @@ class Harness:
 
 class LoopbackFakeBackend(FakeBackend):
     """The autoscaler's fake, with replica URLs the router accepts (host:port; nothing listens there,
-    and these tests send no queries)."""
+    and these tests send no queries), announcing a serving path the way real replicas do."""
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         info = await super().start_replica(entity, spec, replica_id)
-        return dataclasses.replace(info, url="http://127.0.0.1:9")
+        path = "native" if spec.optimization == "off" else "onnx"
+        optimization = ReplicaOptimization(path, f"fake replica {replica_id}", spec.optimization)
+        return dataclasses.replace(info, url="http://127.0.0.1:9", optimization=optimization)
 
 
 def make_gateway(home: Path, backend: FakeBackend, clock: FakeClock) -> Gateway:

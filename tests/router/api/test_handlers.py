@@ -36,6 +36,10 @@ async def test_create_answers_in_progress_then_becomes_ready(harness: Harness) -
     assert served["state"]["replicas"] == {"desired": 1, "starting": 0, "ready": 1, "draining": 0}
     assert served["state"]["scaling"], "the first scale-up has a reason"
     assert served["autoscaling"]["container_concurrency"] == 4
+    assert served["optimization"] == "auto"  # the zeroserve extension's default, echoed
+    assert served["state"]["optimization"] == {
+        "path": "onnx", "mode": "auto", "reason": served["state"]["optimization"]["reason"]
+    }
     assert config["traffic_config"]["routes"] == [
         {"served_entity_name": "propensity-1", "served_model_name": "propensity-1", "traffic_percentage": 100}
     ]
@@ -73,8 +77,11 @@ async def test_list_get_and_errors(harness: Harness) -> None:
         ({"name": "ep"}, "config: Field required"),
         ({"name": "ep", "config": {"name": "other", "served_entities": [entity()]}}, "does not match"),
         ([1, 2], "must be a JSON object"),
+        ({"name": "ep", "config": {"served_entities": [entity(optimization="turbo")]}},
+         "config.served_entities[0].optimization: must be one of auto, off, required, got 'turbo'"),
     ],
-    ids=["bad-name", "bad-size", "floor-above-ceiling", "no-config", "config-name-mismatch", "not-object"],
+    ids=["bad-name", "bad-size", "floor-above-ceiling", "no-config", "config-name-mismatch", "not-object",
+         "bad-optimization"],
 )
 async def test_invalid_create_is_400_naming_the_field(harness: Harness, body: Any, fragment: str) -> None:
     response = await harness.client.post(API, json=body)
@@ -163,3 +170,24 @@ async def test_auto_capture_config_is_kept_and_echoed(harness: Harness) -> None:
     body = await harness.settle("ep")
     assert body["config"]["auto_capture_config"] == capture
     assert harness.gateway.store.get("ep").config.config.auto_capture_config == capture  # type: ignore[union-attr]
+
+
+async def test_optimization_is_stored_echoed_and_rolls_replicas(harness: Harness) -> None:
+    await create(harness)
+    await harness.settle("ep")
+    update = await harness.client.put(f"{API}/ep/config",
+                                      json={"served_entities": [entity(optimization="off")]})
+    assert update.status_code == 200, update.text
+    assert update.json()["pending_config"]["served_entities"][0]["optimization"] == "off"
+    body = await harness.settle("ep")
+    (served,) = body["config"]["served_entities"]
+    assert served["optimization"] == "off"
+    # Only new replicas started under "off" are reported: the old ones' path no longer applies.
+    assert served["state"]["optimization"]["path"] == "native"
+    assert served["state"]["optimization"]["mode"] == "off"
+    assert harness.backend.starts == 2  # a new mode needs a new replica
+    invalid = await harness.client.put(f"{API}/ep/config",
+                                       json={"served_entities": [entity(optimization="sometimes")]})
+    assert invalid.status_code == 400
+    assert invalid.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "served_entities[0].optimization" in invalid.json()["message"]

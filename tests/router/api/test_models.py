@@ -69,6 +69,16 @@ def test_legacy_served_models_and_served_model_name_routes() -> None:
     assert result.traffic("a") == 90 and result.traffic("b") == 10
 
 
+def test_optimization_extension_defaults_to_auto_and_is_normalised() -> None:
+    result = config({"served_entities": [entity(name="a"), entity(name="b", optimization="OFF"),
+                                         entity(name="c", optimization=None)],
+                     "traffic_config": {"routes": [{"served_entity_name": "a", "traffic_percentage": 100}]}})
+    assert [e.optimization for e in result.served_entities] == ["auto", "off", "auto"]
+    # A different mode is a different replica: switching it rolls the replicas.
+    first, second, _ = result.served_entities
+    assert first.replica_identity() != second.model_copy(update={"name": "a"}).replica_identity()
+
+
 def test_autoscaling_extension_keeps_only_given_settings() -> None:
     result = config({"served_entities": [entity(autoscaling={"container_concurrency": 8, "max_queue": 10})]})
     assert result.served_entities[0].autoscaling == {"container_concurrency": 8, "max_queue": 10}
@@ -114,6 +124,11 @@ def test_autoscaling_extension_keeps_only_given_settings() -> None:
                      "config.traffic_config.routes[0].traffic_percentage", id="percent-over-100"),
         pytest.param({"served_entities": [entity()], "served_models": [entity()]}, "not both",
                      id="both-lists"),
+        pytest.param({"served_entities": [entity(optimization="fastest")]},
+                     "config.served_entities[0].optimization: must be one of auto, off, required",
+                     id="bad-optimization"),
+        pytest.param({"served_entities": [entity(optimization=True)]},
+                     "config.served_entities[0].optimization", id="optimization-not-text"),
     ],
 )
 def test_invalid_configs_name_the_field(body: dict[str, Any], field: str) -> None:

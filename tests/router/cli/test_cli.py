@@ -47,12 +47,16 @@ def as_json(result: Result) -> Any:
 
 def test_endpoints_create_get_update_delete(gateway: GatewayProcess, model_uri: str) -> None:
     created = run(gateway, "endpoints", "create", "cli-ep", "--model", model_uri, "--version", "1",
-                  "--scale-to-zero", "--tag", "team=ds")
+                  "--scale-to-zero", "--tag", "team=ds", "--optimization", "OFF")
     assert created.exit_code == 0, created.output
     assert "cli-ep" in created.stdout and "READY" in created.stdout
+    # Scaled to zero from the start: no replica has said how it serves yet, so the requested mode shows.
+    assert "- (optimization off)" in created.stdout
 
     got = as_json(run(gateway, "endpoints", "get", "cli-ep", "-o", "json"))
     assert got["config"]["served_entities"][0]["name"] == "propensity-1"
+    assert got["config"]["served_entities"][0]["optimization"] == "off"
+    assert "optimization" not in got["config"]["served_entities"][0]["state"]
     assert got["tags"] == [{"key": "team", "value": "ds"}]
     listed = as_json(run(gateway, "endpoints", "list", "--output", "json"))
     assert [e["name"] for e in listed] == ["cli-ep"]
@@ -142,6 +146,12 @@ def test_invoke_status_and_logs(gateway: GatewayProcess, model_uri: str) -> None
 
     status = run(gateway, "status")
     assert status.exit_code == 0 and "query-me" in status.stdout and "1 ready / 1 desired" in status.stdout
+    assert "native" in status.stdout  # a custom pyfunc has nothing to convert
+    got = as_json(run(gateway, "endpoints", "get", "query-me", "-o", "json"))
+    assert got["config"]["served_entities"][0]["state"]["optimization"] == {
+        "path": "native", "mode": "auto",
+        "reason": "no convertible flavor (pyfunc loader 'mlflow.pyfunc.model', flavors ['python_function'])",
+    }
     assert as_json(run(gateway, "status", "-o", "json"))[0]["name"] == "query-me"
     logs = as_json(run(gateway, "logs", "query-me", "-o", "json"))
     assert "ZEROSERVE_REPLICA_READY" in logs["m"]
