@@ -140,7 +140,7 @@ async def test_a_model_that_fails_to_load_fails_the_entity_without_endless_retri
 ) -> None:
     local.scaler.apply(KEY, spec_for(broken_model_uri))
     local.scaler.poke(KEY)
-    await eventually(lambda: KEY in local.listener.failures, timeout_s=30, what="the entity to fail")
+    await eventually(lambda: KEY in local.listener.failures, timeout_s=90, what="the entity to fail")
     status = local.scaler.status(KEY)
     assert status.deployment is DeploymentState.FAILED
     assert status.failed_reason is not None
