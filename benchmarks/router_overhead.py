@@ -1,17 +1,28 @@
 """What the router adds: the same replica measured directly and through the data plane, in one run.
 
-    python -m benchmarks.router_overhead [--quick] [--no-clients] [--no-burst]
+    python -m benchmarks.router_overhead [--quick] [--no-clients] [--no-burst] [--stacks gateway,dataplane]
 
 Three processes per measurement — the replica (``python -m runtime`` serving an ONNX logistic
-regression), the router (uvicorn + ``router.dataplane`` with the replica announced to its activator),
-and the load generator — so the load generator's own work is not charged to the router. The load
-generator uses the router's own upstream client (the fastest at hand, see the client table) for both
-the direct and the routed runs, so the comparison is like for like.
+regression), the router, and the load generator — so the load generator's own work is not charged to
+the router. The router is measured in two shapes:
+
+- ``gateway``: the gateway as users run it (``router.gateway.Gateway.asgi`` under the same uvicorn
+  options as ``zeroserve serve``): trusted proxies, limits, audit, bearer-token auth, the endpoint guard
+  (permissions, rate limits), the request id and the JSON access log, then the data plane. The endpoint
+  is created through the control-plane API; its one replica is the benchmark's replica process (a
+  backend that hands the autoscaler that replica instead of starting one).
+- ``dataplane``: the bare data plane (uvicorn + ``dataplane_routes``, no middleware), to show what the
+  layers in front of it cost.
+
+The load generator uses the router's own upstream client (the fastest at hand, see the client table)
+for both the direct and the routed runs, so the comparison is like for like.
 
 Tables:
-1. latency at concurrency 1 and 16, direct vs routed: added p50 / p99, routed req/s as a share of direct;
-   targets (2-core machine, router and replica share the cores): added p50 <= 0.5 ms at c=1, added p99
-   <= 2 ms at c=16, routed >= 60% of direct. Knative's queue-proxy alone adds p50 4.3 ms / p99 5.4 ms.
+1. latency at concurrency 1 and 16, direct vs routed: added p50 / p99, routed req/s as a share of direct,
+   and the router process's CPU time per routed request (user + system, from /proc: far steadier than
+   latency on a shared machine); targets (2-core machine, router and replica share the cores): added
+   p50 <= 0.5 ms at c=1, added p99 <= 2 ms at c=16, routed >= 60% of direct. Knative's queue-proxy alone
+   adds p50 4.3 ms / p99 5.4 ms.
 2. 1,000 requests arriving at once at an entity scaled to zero (real autoscaler + local backend): time
    to the first and the last response, errors.
 3. upstream client candidates against the replica directly: httpx, aiohttp, ours.
@@ -35,6 +46,9 @@ from typing import Any
 import orjson
 
 READY = "BENCH_READY"
+# The gateway's static admin token in the benchmark (32+ characters, as the gateway requires).
+BENCH_TOKEN = "bench-admin-token-" + "b" * 32
+ENDPOINT = "bench"
 N_FEATURES = 20
 BODY = orjson.dumps({"inputs": [[0.1 * i for i in range(N_FEATURES)]]})
 HEADERS = [(b"content-type", b"application/json")]
@@ -83,26 +97,161 @@ def replica(model_dir: Path, capacity: int) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def router(*args: str) -> Iterator[int]:
+def router(*args: str) -> Iterator[tuple[int, int]]:
+    """A router process; yields (port, pid)."""
     process, rest = _spawn(
         [sys.executable, "-m", "benchmarks.router_overhead", "--role", "router", *args], READY
     )
     try:
-        yield int(rest)
+        yield int(rest), process.pid
     finally:
         _stop(process)
 
 
-def load(port: int, path: str, concurrency: int, requests: int, warmup: int) -> dict[str, Any]:
-    """Run the load generator in its own process and return its summary."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; nan elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    port: int,
+    path: str,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    *,
+    token: str = "",
+    router_pid: int = 0,
+) -> dict[str, Any]:
+    """Run the load generator in its own process and return its summary; with ``router_pid``, also the
+    router's CPU seconds spent meanwhile (``router_cpu_s``)."""
     argv = [sys.executable, "-m", "benchmarks.router_overhead", "--role", "loadgen", "--port", str(port)]
     argv += ["--path", path, "--concurrency", str(concurrency), "--requests", str(requests)]
-    argv += ["--warmup", str(warmup)]
+    argv += ["--warmup", str(warmup), "--token", token]
+    cpu_before = _cpu_seconds(router_pid) if router_pid else 0.0
     output = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
-    return dict(orjson.loads(output.strip().splitlines()[-1]))
+    result = dict(orjson.loads(output.strip().splitlines()[-1]))
+    if router_pid:
+        result["router_cpu_s"] = _cpu_seconds(router_pid) - cpu_before
+    return result
 
 
 # --- roles run in child processes -----------------------------------------------------------------
+
+
+class _OneReplicaBackend:
+    """An autoscaler ``Backend`` whose only replica is the benchmark's replica process, already running:
+    the gateway routes to the same replica the direct runs measure."""
+
+    def __init__(self, url: str, capacity: int) -> None:
+        self._url = url
+        self._capacity = capacity
+        self._running: Any = None  # the ReplicaInfo handed out, if any
+
+    async def open(self) -> None:
+        return None
+
+    async def start_replica(self, entity: Any, spec: Any, replica_id: str) -> Any:
+        from autoscaler.backend import ReplicaStartError
+        from autoscaler.types import ReplicaInfo
+
+        if self._running is not None:
+            raise ReplicaStartError("the benchmark runs exactly one replica")
+        self._running = ReplicaInfo(replica_id, entity, self._url, self._capacity)
+        return self._running
+
+    async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
+        if self._running is not None and self._running.replica_id == replica_id:
+            self._running = None
+
+    async def health(self, replica_id: str) -> Any:
+        from autoscaler.backend import ReplicaHealth
+
+        running = self._running is not None and self._running.replica_id == replica_id
+        return ReplicaHealth.HEALTHY if running else ReplicaHealth.EXITED
+
+    def list_replicas(self) -> list[Any]:
+        return [self._running] if self._running is not None else []
+
+    def logs(self, replica_id: str) -> str:
+        return ""
+
+    async def close(self) -> None:
+        self._running = None
+
+
+async def _create_endpoint(port: int, model_uri: str, capacity: int) -> None:
+    """Create the benchmark's endpoint through the control-plane API and wait until it is ready."""
+    import httpx
+
+    served = {
+        "entity_name": model_uri,
+        "entity_version": "1",
+        "name": "m",
+        "scale_to_zero_enabled": False,
+        "max_provisioned_concurrency": capacity,
+        "autoscaling": {"container_concurrency": capacity, "max_queue": 4096, "queue_timeout_s": 120},
+    }
+    body = {"name": ENDPOINT, "config": {"served_entities": [served]}}
+    headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
+        response = await client.post("/api/2.0/serving-endpoints", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"creating the endpoint failed: {response.status_code} {response.text}")
+        for _ in range(600):
+            state = (await client.get(f"/api/2.0/serving-endpoints/{ENDPOINT}")).json().get("state", {})
+            if state.get("ready") == "READY":
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"endpoint {ENDPOINT!r} did not become ready: {state}")
+
+
+async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) -> None:
+    """The gateway as ``zeroserve serve`` runs it (same app, middleware and uvicorn options)."""
+    import socket
+
+    import uvicorn
+    from pydantic import SecretStr
+
+    from router.auth.settings import SecuritySettings
+    from router.auth.tls import harden, uvicorn_options
+    from router.gateway import Gateway
+    from router.observability.logging import configure_logging
+    from router.settings import GatewaySettings
+
+    # The JSON log (an access-log line per request) goes to a file, as a service's log would.
+    configure_logging("info", stream=log_file)
+    security = SecuritySettings(admin_token=SecretStr(BENCH_TOKEN))
+    backend = _OneReplicaBackend(f"http://127.0.0.1:{args.replica_port}", args.capacity)
+    gateway = Gateway(GatewaySettings(home=home), backend=backend, security=security)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        gateway.asgi,
+        loop="none",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        backlog=4096,
+        **uvicorn_options(
+            max_header_bytes=security.max_header_bytes, header_timeout_s=security.header_timeout_s
+        ),
+    )
+    server = uvicorn.Server(harden(config))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(1000):  # uvicorn offers no started event; poll its flag
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    port = sock.getsockname()[1]
+    await _create_endpoint(port, args.model_uri, args.capacity)
+    print(f"{READY} {port}", flush=True)
+    await serving
 
 
 async def _serve_router(args: argparse.Namespace) -> None:
@@ -116,9 +265,9 @@ async def _serve_router(args: argparse.Namespace) -> None:
     from router.routing import EndpointRouting
     from runtime.errors import ZeroserveError
 
-    entity = EntityKey("bench", "m")
+    entity = EntityKey(ENDPOINT, "m")
     dataplane = DataPlane()
-    dataplane.set_endpoint("bench", [(entity, 100)], EndpointRouting(max_queue=4096, queue_timeout_s=120))
+    dataplane.set_endpoint(ENDPOINT, [(entity, 100)], EndpointRouting(max_queue=4096, queue_timeout_s=120))
     app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
     autoscaler = None
     if args.replica_port:
@@ -168,16 +317,20 @@ async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
     from router.proxy import UpstreamPool
 
     pool = UpstreamPool(max_idle_per_host=args.concurrency + 8)
+    headers = [*HEADERS, (b"authorization", f"Bearer {args.token}".encode())] if args.token else HEADERS
+    sent = 0
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     first_answer: list[float] = []
 
     async def worker(count: int, record: bool) -> None:
+        nonlocal sent
         for _ in range(count):
             began = time.perf_counter()
+            sent += 1
             try:
                 response = await pool.request(
-                    "127.0.0.1", args.port, "POST", args.path, HEADERS, BODY, timeout_s=300
+                    "127.0.0.1", args.port, "POST", args.path, headers, BODY, timeout_s=300
                 )
                 status = response.status
             except Exception:
@@ -204,6 +357,7 @@ async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "mean_ms": 1000 * statistics.fmean(latencies),
         "rps": len(latencies) / elapsed,
         "elapsed_s": elapsed,
+        "sent": sent,  # warm-up included
         "first_s": first_answer[0] - began if first_answer else float("nan"),
         "ok": statuses.get(200, 0),
         "errors": sum(count for status, count in statuses.items() if status != 200),
@@ -225,6 +379,9 @@ def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "rps": len(latencies) / sum(result["elapsed_s"] for result in rounds),
         "errors": sum(result["errors"] for result in rounds),
         "statuses": statuses,
+        # CPU microseconds of the router per request it served (warm-up requests included).
+        "cpu_us": 1e6 * sum(result.get("router_cpu_s", 0.0) for result in rounds)
+        / sum(result["sent"] for result in rounds),
     }
 
 
@@ -293,6 +450,9 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+STACKS = ("gateway", "dataplane")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,8 +462,14 @@ def main() -> None:
     parser.add_argument("--no-burst", action="store_true", help="skip the 1,000 requests at zero")
     parser.add_argument("--capacity", type=int, default=16, help="replica concurrency C")
     parser.add_argument(
+        "--stacks",
+        default=",".join(STACKS),
+        help="router shapes to measure, comma-separated: gateway (as users run it), dataplane (bare)",
+    )
+    parser.add_argument(
         "--role", choices=["main", "router", "loadgen"], default="main", help=argparse.SUPPRESS
     )
+    parser.add_argument("--stack", choices=STACKS, default="dataplane", help=argparse.SUPPRESS)
     parser.add_argument("--replica-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model-uri", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -311,10 +477,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--token", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    stacks = [stack.strip() for stack in args.stacks.split(",") if stack.strip()]
+    unknown = sorted(set(stacks) - set(STACKS))
+    if unknown or not stacks:
+        parser.error(f"--stacks takes {', '.join(STACKS)}; got {args.stacks!r}")
 
     import uvloop
 
+    if args.role == "router" and args.stack == "gateway":
+        with (
+            tempfile.TemporaryDirectory(prefix="zeroserve-bench-gateway-") as home,
+            open(Path(home) / "gateway.log", "w") as log_file,
+        ):
+            uvloop.run(_serve_gateway(args, Path(home), log_file))
+        return
     if args.role == "router":
         uvloop.run(_serve_router(args))
         return
@@ -325,24 +503,39 @@ def main() -> None:
     from runtime.examples import make_logreg_onnx
 
     n1, n16 = (1000, 4000) if args.quick else (4000, 16000)
-    routed_path = "/serving-endpoints/bench/invocations"
+    routed_path = f"/serving-endpoints/{ENDPOINT}/invocations"
     with tempfile.TemporaryDirectory(prefix="zeroserve-bench-") as tmp:
         model_dir = make_logreg_onnx(Path(tmp) / "logreg", n_features=N_FEATURES)
         rows = []
-        with (
-            replica(model_dir, args.capacity) as replica_port,
-            router("--replica-port", str(replica_port), "--capacity", str(args.capacity)) as router_port,
-        ):
+        with contextlib.ExitStack() as running:
+            replica_port = running.enter_context(replica(model_dir, args.capacity))
+            routers = {
+                stack: running.enter_context(
+                    router(
+                        "--stack", stack, "--replica-port", str(replica_port),
+                        "--capacity", str(args.capacity), "--model-uri", model_dir.as_uri(),
+                    )
+                )
+                for stack in stacks
+            }
+            token = {"gateway": BENCH_TOKEN, "dataplane": ""}
             for concurrency, requests in ((1, n1), (16, n16)):
                 # Direct and routed alternate in short rounds, so that a noisy neighbour (the machine is
-                # shared) slows both alike instead of whichever ran during the disturbance.
+                # shared) slows all alike instead of whichever ran during the disturbance.
                 per_round = requests // ROUNDS
-                direct_rounds, routed_rounds = [], []
+                direct_rounds: list[dict[str, Any]] = []
+                routed_rounds: dict[str, list[dict[str, Any]]] = {stack: [] for stack in stacks}
                 for _ in range(ROUNDS):
                     warmup = max(100, per_round // 10)
                     direct_rounds.append(load(replica_port, "/invocations", concurrency, per_round, warmup))
-                    routed_rounds.append(load(router_port, routed_path, concurrency, per_round, warmup))
-                rows.append((concurrency, _pooled(direct_rounds), _pooled(routed_rounds)))
+                    for stack, (port, pid) in routers.items():
+                        routed_rounds[stack].append(
+                            load(port, routed_path, concurrency, per_round, warmup,
+                                 token=token[stack], router_pid=pid)
+                        )
+                direct = _pooled(direct_rounds)
+                for stack in stacks:
+                    rows.append((stack, concurrency, direct, _pooled(routed_rounds[stack])))
             clients = (
                 []
                 if args.no_clients
@@ -350,15 +543,18 @@ def main() -> None:
             )
         burst = None
         if not args.no_burst:
-            with router("--model-uri", model_dir.as_uri(), "--capacity", "4") as router_port:
+            with router("--model-uri", model_dir.as_uri(), "--capacity", "4") as (router_port, _):
                 burst = load(router_port, routed_path, 1000, 1000, 0)
 
     print("\nrouter overhead (same replica, direct vs through the router; load generator in its own process)")
+    print("  gateway: the full stack as `zeroserve serve` runs it (auth, guard, request id, access log);")
+    print("  dataplane: the bare data-plane routes; cpu/req: router process CPU time per routed request")
     print(
-        f"{'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
-        f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6}  target"
+        f"{'stack':<9} {'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
+        f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6} "
+        f"{'cpu/req':>9}  target"
     )
-    for concurrency, direct, routed in rows:
+    for stack, concurrency, direct, routed in rows:
         added50 = routed["p50_ms"] - direct["p50_ms"]
         added99 = routed["p99_ms"] - direct["p99_ms"]
         ratio = routed["rps"] / direct["rps"]
@@ -367,9 +563,10 @@ def main() -> None:
         else:
             target = f"added p99 <= 2 ms: {_verdict(added99 <= 2.0)}, ratio >= 0.60: {_verdict(ratio >= 0.6)}"
         print(
-            f"{concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms {added50:>8.3f}ms "
-            f"{direct['p99_ms']:>9.3f}ms {routed['p99_ms']:>9.3f}ms {added99:>8.3f}ms "
-            f"{direct['rps']:>11.0f} {routed['rps']:>11.0f} {ratio:>6.2f}  {target}"
+            f"{stack:<9} {concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms "
+            f"{added50:>8.3f}ms {direct['p99_ms']:>9.3f}ms {routed['p99_ms']:>9.3f}ms {added99:>8.3f}ms "
+            f"{direct['rps']:>11.0f} {routed['rps']:>11.0f} {ratio:>6.2f} "
+            f"{routed['cpu_us']:>7.0f}us  {target}"
         )
         for label, result in (("direct", direct), ("routed", routed)):
             if result["errors"]:
