@@ -11,8 +11,8 @@ the router. The router is measured in two shapes:
   (permissions, rate limits), the request id and the JSON access log, then the data plane. The endpoint
   is created through the control-plane API; its one replica is the benchmark's replica process (a
   backend that hands the autoscaler that replica instead of starting one).
-- ``dataplane``: the bare data plane (uvicorn + ``dataplane_routes``, no middleware), to show what the
-  layers in front of it cost.
+- ``dataplane``: the bare data plane (uvicorn + ``dataplane_routes`` behind ``QueryFastPath``, no front
+  door, no request id or access log), to show what the layers in front of it cost.
 
 The load generator uses the router's own upstream client (the fastest at hand, see the client table)
 for both the direct and the routed runs, so the comparison is like for like.
@@ -261,14 +261,17 @@ async def _serve_router(args: argparse.Namespace) -> None:
     from starlette.applications import Starlette
 
     from autoscaler.types import EntityKey, ReplicaInfo
-    from router.dataplane import DataPlane, dataplane_routes, error_response
+    from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
     from router.routing import EndpointRouting
     from runtime.errors import ZeroserveError
 
     entity = EntityKey(ENDPOINT, "m")
     dataplane = DataPlane()
     dataplane.set_endpoint(ENDPOINT, [(entity, 100)], EndpointRouting(max_queue=4096, queue_timeout_s=120))
-    app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
+    app = QueryFastPath(
+        Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response}),
+        dataplane,
+    )
     autoscaler = None
     if args.replica_port:
         dataplane.activator.replica_ready(

@@ -4,6 +4,9 @@
 ``dataplane_routes(dataplane)`` and registers ``error_response`` as its handler of ``ZeroserveError``.
 The handlers are plain ASGI callables, not Starlette request/response functions: bodies go through as
 bytes (the JSON is never parsed on the hot path) and no Request/Response objects are built per call.
+``QueryFastPath`` goes one step further for the query routes (``POST`` invocations and OIP infer): it
+sits in front of the gateway's Starlette app and matches them with string operations, so a query pays
+neither the scan over every route of the gateway nor Starlette's exception middleware.
 
 One request: read the body → find the endpoint → pick a served entity by traffic share → get a replica
 slot from the activator (waiting while the entity scales up) → forward over a pooled connection →
@@ -361,6 +364,67 @@ def _v2_server_metadata(_: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+_INVOCATIONS_PREFIX = "/serving-endpoints/"
+_INVOCATIONS_SUFFIX = "/invocations"
+_V2_MODELS_PREFIX = "/v2/models/"
+_INFER_SUFFIX = "/infer"
+
+
+def _invocations_path(_: EntityKey) -> str:
+    return "/invocations"
+
+
+class QueryFastPath:
+    """ASGI middleware: serves the query routes straight from the data plane, anything else via ``app``.
+
+    A ``POST`` to ``/serving-endpoints/{name}/invocations``, ``/v2/models/{name}/infer`` or
+    ``/v2/models/{name}/versions/{version}/infer`` is matched by prefix, suffix and a split (the same
+    paths ``dataplane_routes`` declares, ``{name}`` being one non-empty path segment) and handled here;
+    a ``ZeroserveError`` becomes its answer through ``error_response``, as the app's handler would make
+    it. Every other request, and these paths with another method, go to ``app`` unchanged (which keeps
+    the routes for 405s, OpenAPI and anything mounted under a root path).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], dataplane: DataPlane) -> None:
+        self.app = app
+        self.dataplane = dataplane
+        model = dataplane.upstream_model_name
+        self._infer_path: Callable[[EntityKey], str] = lambda entity: f"/v2/models/{model(entity)}/infer"
+
+    def match(self, method: str, path: str) -> tuple[dict[str, str], Callable[[EntityKey], str]] | None:
+        """(path params, upstream path) when ``method path`` is a query route served here."""
+        if method != "POST":
+            return None
+        if path.startswith(_INVOCATIONS_PREFIX) and path.endswith(_INVOCATIONS_SUFFIX):
+            name = path[len(_INVOCATIONS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
+            if name and "/" not in name:
+                return {"name": name}, _invocations_path
+            return None
+        if path.startswith(_V2_MODELS_PREFIX) and path.endswith(_INFER_SUFFIX):
+            parts = path[len(_V2_MODELS_PREFIX) : -len(_INFER_SUFFIX)].split("/")
+            if len(parts) == 1 and parts[0]:
+                return {"name": parts[0]}, self._infer_path
+            if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                return {"name": parts[0], "version": parts[2]}, self._infer_path
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched = (
+            self.match(scope["method"], scope["path"])
+            if scope["type"] == "http" and not scope.get("root_path")
+            else None
+        )
+        if matched is None:
+            await self.app(scope, receive, send)
+            return
+        scope["path_params"], upstream_path = matched
+        try:
+            await self.dataplane.handle(scope, receive, send, upstream_path)
+        except ZeroserveError as exc:
+            # Raised before the response started (handle sends its answer last): answer it here.
+            await error_response(Request(scope), exc)(scope, receive, send)
+
+
 def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
     """The query routes: MLflow scoring invocations and the Open Inference Protocol v2, where the model
     name is the endpoint name (and any version maps to the endpoint's current config)."""
@@ -371,7 +435,7 @@ def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
     return [
         Route(
             "/serving-endpoints/{name}/invocations",
-            _proxied(dataplane, lambda _: "/invocations"),
+            _proxied(dataplane, _invocations_path),
             methods=["POST"],
         ),
         Route("/v2", _v2_server_metadata, methods=["GET"]),

@@ -35,7 +35,7 @@ from router.auth.access import FrontDoorAccess
 from router.auth.directory import StoreDirectory
 from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
-from router.dataplane import DataPlane, dataplane_routes, error_response
+from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
 from router.db import Database
 from router.mcp import McpMount
 from router.observability import Observability
@@ -123,8 +123,9 @@ class Gateway:
             lifespan=self._lifespan,
         )
         # What the server runs: the app behind the front door (auth, limits, audit, rate limits), with
-        # a request id on every answer (401s included) and one JSON access-log line per request.
-        self.asgi = RequestIdMiddleware(self.front_door.wrap(self.app))
+        # a request id on every answer (401s included) and one JSON access-log line per request. Queries
+        # skip the app's route scan: the data plane's fast path answers them right behind the front door.
+        self.asgi = RequestIdMiddleware(self.front_door.wrap(QueryFastPath(self.app, self.dataplane)))
         self.mcp.bind(self.asgi)
 
     def routes(self) -> list[BaseRoute]:

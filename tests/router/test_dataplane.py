@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -16,7 +17,7 @@ import pytest
 from starlette.applications import Starlette
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.dataplane import DataPlane, dataplane_routes, error_response, running
+from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
 from router.routing import EndpointRouting
 from runtime.errors import ZeroserveError
 from tests.router._servers import echo_replica, free_port
@@ -43,11 +44,52 @@ async def dataplane() -> AsyncIterator[DataPlane]:
         yield plane
 
 
-@pytest.fixture
-async def client(dataplane: DataPlane) -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=dataplane_routes(dataplane), exception_handlers={ZeroserveError: error_response})
+@pytest.fixture(params=["routes", "fast_path"])
+async def client(dataplane: DataPlane, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    # Every test runs against the Starlette routes and against the gateway's fast path in front of them:
+    # both must answer alike.
+    routes = dataplane_routes(dataplane)
+    app: Any = Starlette(routes=routes, exception_handlers={ZeroserveError: error_response})
+    if request.param == "fast_path":
+        app = QueryFastPath(app, dataplane)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
         yield http
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/serving-endpoints/ep/invocations", ({"name": "ep"}, "/invocations")),
+        ("POST", "/v2/models/ep/infer", ({"name": "ep"}, "/v2/models/a/infer")),
+        ("POST", "/v2/models/ep/versions/3/infer", ({"name": "ep", "version": "3"}, "/v2/models/a/infer")),
+        ("GET", "/serving-endpoints/ep/invocations", None),  # Starlette answers 405
+        ("POST", "/serving-endpoints//invocations", None),
+        ("POST", "/serving-endpoints/a/b/invocations", None),
+        ("POST", "/serving-endpoints/ep/invocations/", None),
+        ("POST", "/v2/models//infer", None),
+        ("POST", "/v2/models/ep/versions//infer", None),
+        ("POST", "/v2/models/ep/v/3/infer", None),
+        ("POST", "/v2/models/ep/ready", None),
+        ("POST", "/api/2.0/serving-endpoints", None),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_fast_path_matches_exactly_the_query_routes(
+    dataplane: DataPlane, method: str, path: str, expected: tuple[dict[str, str], str] | None
+) -> None:
+    fast = QueryFastPath(Starlette(), dataplane)
+    matched = fast.match(method, path)
+    if expected is None:
+        assert matched is None
+    else:
+        assert matched is not None
+        params, upstream = matched
+        assert (params, upstream(A)) == expected
+
+
+async def test_fast_path_leaves_other_requests_to_the_app(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/serving-endpoints/ep/invocations")).status_code == 405
+    assert (await client.get("/v2/health/ready")).status_code == 200
 
 
 async def test_invocation_passes_the_body_through_and_names_the_served_model(
