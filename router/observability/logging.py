@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,19 +56,25 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = {key: record.__dict__[key] for key in record.__dict__.keys() - _STANDARD_ATTRIBUTES}
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
+
+    def line(self, created: float, levelname: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+        """The JSON line of one log entry; ``fields`` are its extras (``request_id`` among them, or the
+        request id of the context)."""
         entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+            "ts": self._timestamp(created),
+            "level": levelname.lower(),
+            "logger": logger,
+            "message": message,
         }
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        request_id = fields.get("request_id") or request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        for key in record.__dict__.keys() - _STANDARD_ATTRIBUTES:
-            entry.setdefault(key, record.__dict__[key])
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        for key, value in fields.items():
+            entry.setdefault(key, value)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -83,13 +89,28 @@ class _BatchingStreamHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + "\n")
-            now = time.monotonic()
-            if now - self._last_flush >= self.flush_interval_s or record.levelno >= logging.WARNING:
-                self._last_flush = now
-                self.stream.flush()
+            self._write(self.format(record), record.levelno)
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str, levelno: int = logging.INFO) -> None:
+        """Write an already formatted line (the access log's, see ``_direct_access_handler``)."""
+        self.acquire()
+        try:
+            self._write(line, levelno)
+        except Exception:
+            # What handleError does for a record: report on stderr, never fail the request.
+            if logging.raiseExceptions:
+                sys.stderr.write("--- Logging error: an access log line could not be written ---\n")
+        finally:
+            self.release()
+
+    def _write(self, line: str, levelno: int) -> None:
+        self.stream.write(line + "\n")
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_interval_s or levelno >= logging.WARNING:
+            self._last_flush = now
+            self.stream.flush()
 
 
 _handler: _BatchingStreamHandler | None = None
@@ -113,6 +134,32 @@ def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> loggi
     # Our access log replaces uvicorn's (it carries the request id and the principal).
     logging.getLogger("uvicorn.access").disabled = True
     return _handler
+
+
+def _direct_access_handler() -> _BatchingStreamHandler | None:
+    """Our JSON handler when it is the one place an access-log record would go (no filter on the access
+    logger, no other handler on the way up, the handler lets INFO through); None otherwise.
+
+    Then the access log line is formatted and written here, skipping the ``LogRecord`` and the handler
+    chain (about 15 us of a request's CPU); the line is the one ``JsonFormatter`` writes for the record.
+    Anything else listening (a test's ``caplog``, another handler, a filter) gets the record as usual.
+    """
+    handler = _handler
+    if handler is None or access_logger.filters or handler.filters or handler.level > logging.INFO:
+        return None
+    if not isinstance(handler.formatter, JsonFormatter):
+        return None
+    found = 0
+    node: logging.Logger | None = access_logger
+    while node is not None:
+        for other in node.handlers:
+            if other is not handler:
+                return None
+            found += 1
+        if not node.propagate:
+            break
+        node = node.parent
+    return handler if found == 1 else None
 
 
 def flush_logging() -> None:
@@ -185,19 +232,29 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                principal = scope.get("zeroserve.principal")
-                # makeRecord + handle rather than .info(): skips the stack walk that finds the caller.
-                access_logger.handle(access_logger.makeRecord(
-                    access_logger.name, logging.INFO, __file__, 0, "%s %s %d",
-                    (scope["method"], scope["path"], status), None,
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
-                        "principal": getattr(principal, "name", None),
-                        "client": (scope.get("client") or (None,))[0],
-                        "request_id": request_id,
-                    },
-                ))
+                _log_access(scope, status, time.perf_counter() - started, request_id)
             request_id_var.reset(token)
+
+
+def _log_access(scope: Scope, status: int, elapsed_s: float, request_id: str) -> None:
+    principal = scope.get("zeroserve.principal")
+    method, path = scope["method"], scope["path"]
+    fields = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(elapsed_s * 1000.0, 3),
+        "principal": getattr(principal, "name", None),
+        "client": (scope.get("client") or (None,))[0],
+        "request_id": request_id,
+    }
+    handler = _direct_access_handler()
+    if handler is not None:
+        formatter = cast(JsonFormatter, handler.formatter)
+        line = formatter.line(time.time(), "INFO", access_logger.name, f"{method} {path} {status}", fields)
+        handler.write_line(line)
+        return
+    # makeRecord + handle rather than .info(): skips the stack walk that finds the caller.
+    access_logger.handle(access_logger.makeRecord(
+        access_logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, path, status), None, extra=fields
+    ))
