@@ -3,7 +3,7 @@
 Runs inside the KServe virtualenv that ``benchmarks._peers`` makes (never in zeroserve's environment: the
 pins conflict), as a plain script:
 
-    VENV/bin/python benchmarks/_kserve_peer.py --model_file model.joblib --model_name logreg \
+    VENV/bin/python benchmarks/_kserve_peer.py --model_file model.joblib --model_name sklearn-model \
         --http_port 8080 --enable_grpc false
 
 It serves the V1 protocol (``POST /v1/models/{name}:predict`` with ``{"instances": [[...], ...]}``) the
@@ -47,9 +47,11 @@ def main() -> None:
     model = SklearnModel(args.model_name, args.model_file)
     model.load()
     server = kserve.ModelServer()
-    # Per-request access lines are off in every server of the benchmark (zeroserve's, the floor, MLServer
-    # with debug off); KServe's are on uvicorn's access logger, which its logging setup configures.
+    # No server in the benchmarks writes a line per request (zeroserve, the floor, MLServer with debug off).
+    # KServe writes two: uvicorn's access line, and the trace line of the timing middleware its REST server
+    # always installs (the timing itself still runs; only its printing is silenced).
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("kserve.trace").disabled = True
     server.start([model])
 
 

@@ -6,14 +6,17 @@ sklearn model — through:
 * zeroserve optimized: ``python -m runtime`` with ``--optimization auto`` (the default), which converts the
   forest to ONNX, verifies it against scikit-learn and serves the graph;
 * zeroserve native: the same replica with ``--optimization off`` (scikit-learn through the pyfunc);
-* ``mlflow models serve --env-manager local``.
+* ``mlflow models serve --env-manager local``;
+* the native peers, on the same forest exported with joblib: MLServer + mlserver-sklearn (V2, one FP64
+  tensor) and KServe's Python model server (V1 ``instances``), each from a virtualenv of its own made on
+  first use (``benchmarks._peers``); ``--no-peers`` leaves these two out.
 
 For each it measures p50 latency at concurrency 1, requests/s at 16 and rows/s for a 1,000-row request,
 and start-to-ready; zeroserve optimized starts twice, first with an empty conversion cache (it converts
 and verifies) and then with the cached conversion. The load generator runs in its own process
 (``benchmarks._loadgen``). Targets: optimized >= 50x mlflow serve and >= 20x native at c=16.
 
-    python3 -m benchmarks.optimized [--quick] [--duration S]
+    python3 -m benchmarks.optimized [--quick] [--duration S] [--no-peers]
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
+
+from benchmarks import _peers
 
 N_FEATURES = 20
 N_TREES = 200
 TRAINING_ROWS = 4000
 MLFLOW_FLAGS = ["--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
 OPTIMIZED, NATIVE, MLFLOW = "zeroserve optimized", "zeroserve native", "mlflow models serve"
+MLSERVER, KSERVE = "MLServer + mlserver-sklearn", "KServe Python server"
 
 
 @dataclass
@@ -49,10 +55,14 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    # A peer speaking another protocol brings its own path and bodies (one row, 1,000 rows).
+    path: str = "/invocations"
+    bodies: tuple[bytes, bytes] | None = None
+    cwd: Path | None = None
 
 
-def build_model(directory: Path) -> tuple[Path, bytes, bytes]:
-    """The forest as an MLflow sklearn model, and request bodies of one and 1,000 rows."""
+def build_model(directory: Path) -> tuple[Path, list[list[float]]]:
+    """The forest as an MLflow sklearn model, and 1,000 request rows."""
     import mlflow.sklearn
     import numpy as np
     import pandas as pd
@@ -75,10 +85,35 @@ def build_model(directory: Path) -> tuple[Path, bytes, bytes]:
             pip_requirements=["scikit-learn", "mlflow"],
             serialization_format="cloudpickle",
         )
-    rows = np.random.default_rng(1).standard_normal((1000, N_FEATURES)).tolist()
+    rows: list[list[float]] = np.random.default_rng(1).standard_normal((1000, N_FEATURES)).tolist()
+    return directory, rows
+
+
+def split_bodies(rows: list[list[float]]) -> tuple[bytes, bytes]:
+    """MLflow ``dataframe_split`` bodies of one and of all ``rows``."""
+    columns = [f"f{index}" for index in range(N_FEATURES)]
     one = json.dumps({"dataframe_split": {"columns": columns, "data": rows[:1]}}).encode()
     thousand = json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
-    return directory, one, thousand
+    return one, thousand
+
+
+def peer_targets(model_dir: Path, rows: list[list[float]], workdir: Path) -> dict[str, Target]:
+    """MLServer and KServe serving the forest natively (scikit-learn, exported with joblib); a peer whose
+    virtualenv cannot be made stays in the table with the reason."""
+    estimator_file = _peers.export_estimator(model_dir, workdir / "forest-joblib" / "model.joblib")
+    targets = {}
+    for name, make in ((MLSERVER, _peers.mlserver), (KSERVE, _peers.kserve)):
+        try:
+            peer = make(workdir, estimator_file, rows[:1], rows)
+        except _peers.PeerUnavailable as exc:
+            print(f"{name} left out: {exc}", file=sys.stderr, flush=True)
+            targets[name] = Target(name, [], "", note=f"skipped, no virtualenv: {exc}")
+            continue
+        targets[name] = Target(
+            name, peer.command, peer.health, peer.env, path=peer.path, bodies=(peer.body, peer.big_body),
+            cwd=peer.cwd,
+        )  # fmt: skip
+    return targets
 
 
 def free_port() -> int:
@@ -88,53 +123,80 @@ def free_port() -> int:
         return port
 
 
-def start(target: Target, port: int) -> tuple[subprocess.Popen[bytes], float]:
-    """Start the server and return it with its start-to-ready time (first successful health check)."""
-    command = [part.replace("{port}", str(port)) for part in target.command]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **target.env}
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    # stderr goes to a file, not a pipe: a server that logs while nobody reads (KServe writes a trace line
+    # per request) would fill a pipe and stall mid-load.
+    log: IO[bytes]
+    ready_s: float  # start to the first successful health check
+
+
+def start(target: Target, port: int) -> Running:
+    """Start the server and wait until it is ready."""
+    ports = {"{port}": str(port), "{grpc_port}": str(free_port()), "{metrics_port}": str(free_port())}
+
+    def fill(text: str) -> str:
+        for placeholder, value in ports.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    command = [fill(part) for part in target.command]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.update({key: fill(value) for key, value in target.env.items()})
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (stop() closes it)
     started = time.perf_counter()
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env
+        command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env, cwd=target.cwd
     )
+    running = Running(process, log, 0.0)
     url = f"http://127.0.0.1:{port}{target.health}"
     with httpx.Client(timeout=1.0) as client:
         while time.perf_counter() - started < 300:
             if process.poll() is not None:
-                error = process.stderr.read().decode(errors="replace")[-1500:] if process.stderr else ""
+                error = stop(running)[-1500:]
                 raise RuntimeError(f"exited with {process.returncode} before it was ready: {error}")
             try:
                 if client.get(url).status_code == 200:
-                    return process, time.perf_counter() - started
+                    running.ready_s = time.perf_counter() - started
+                    return running
             except httpx.TransportError:
                 pass
             time.sleep(0.01)
-    stop(process)
+    stop(running)
     raise RuntimeError("not ready after 300 s")
 
 
-def stop(process: subprocess.Popen[bytes]) -> str:
+def stop(running: Running) -> str:
     """SIGTERM the server's process group; returns what it wrote to stderr."""
-    with_signal = signal.SIGTERM
+    process = running.process
     try:
-        os.killpg(process.pid, with_signal)
-        _, stderr = process.communicate(timeout=20)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
+        process.wait()
     except ProcessLookupError:
-        _, stderr = process.communicate()
-    return (stderr or b"").decode(errors="replace")
+        process.wait()
+    with running.log:
+        running.log.seek(0)
+        return running.log.read().decode(errors="replace")
 
 
-def load(port: int, body: bytes, concurrency: int, duration: float, workdir: Path) -> dict[str, Any]:
+def load(
+    port: int, path: str, body: bytes, concurrency: int, duration: float, workdir: Path
+) -> dict[str, Any]:
     body_file = workdir / f"body-{len(body)}.json"
     body_file.write_bytes(body)
     warmup = min(1.0, duration / 3)
     command = [
         sys.executable, "-m", "benchmarks._loadgen", "--port", str(port), "--body-file", str(body_file),
-        "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup),
+        "--path", path, "--concurrency", str(concurrency), "--duration", str(duration),
+        "--warmup", str(warmup),
     ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 90, check=True)
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 90)
+    if output.returncode != 0:
+        raise RuntimeError(f"load generator failed at c={concurrency}: {output.stderr.strip()[-300:]}")
     result: dict[str, Any] = json.loads(output.stdout)
     bad = {code: count for code, count in result["statuses"].items() if code != "200"}
     if bad:
@@ -143,15 +205,19 @@ def load(port: int, body: bytes, concurrency: int, duration: float, workdir: Pat
 
 
 def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdir: Path) -> None:
+    if not target.command:  # a peer that could not be installed; its note says why
+        return
     port = free_port()
-    process, ready_s = start(target, port)
-    target.results["ready_s"] = ready_s
+    running = start(target, port)
+    target.results["ready_s"] = running.ready_s
+    one, thousand = target.bodies or (one, thousand)
     try:
-        target.results["c1"] = load(port, one, 1, duration, workdir)
-        target.results["c16"] = load(port, one, 16, duration, workdir)
-        target.results["rows_per_s"] = load(port, thousand, 1, duration / 2, workdir)["rps"] * 1000
+        target.results["c1"] = load(port, target.path, one, 1, duration, workdir)
+        target.results["c16"] = load(port, target.path, one, 16, duration, workdir)
+        big = load(port, target.path, thousand, 1, duration / 2, workdir)
+        target.results["rows_per_s"] = big["rps"] * 1000
     finally:
-        log = stop(process)
+        log = stop(running)
     # The replica logs which path it serves and why (logger zeroserve.optimize).
     decisions = [
         line.split("zeroserve.optimize: ", 1)[1]
@@ -164,9 +230,9 @@ def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdi
 
 def cached_cold_start(target: Target) -> float:
     """Start-to-ready again, now that the conversion cache holds the verified graph."""
-    process, ready_s = start(target, free_port())
-    stop(process)
-    return ready_s
+    running = start(target, free_port())
+    stop(running)
+    return running.ready_s
 
 
 def report(targets: dict[str, Target], cached_ready_s: float | None, duration: float) -> str:
@@ -211,7 +277,24 @@ def report(targets: dict[str, Target], cached_ready_s: float | None, duration: f
         f"- optimized / zeroserve native: {shown(ratio(OPTIMIZED, NATIVE), 20)}",
         f"- zeroserve native / mlflow models serve: {shown(ratio(NATIVE, MLFLOW), 1)}",
     ]
-    notes = [f"- {target.name}: {target.note}" for target in targets.values() if target.note]
+    peers = [name for name in (MLFLOW, MLSERVER, KSERVE) if name in targets]
+    measured = [name for name in peers if "c16" in targets[name].results]
+    if measured:
+        best = max(measured, key=lambda name: targets[name].results["c16"]["rps"])
+        each = "; ".join(
+            f"{name} {'n/a' if value is None else f'{value:.1f}x'}"
+            for name in measured
+            for value in [ratio(OPTIMIZED, name)]
+        )
+        lines += [
+            f"- optimized / best peer measured ({best}): {shown(ratio(OPTIMIZED, best), 20)}",
+            f"- optimized / each peer: {each}",
+        ]
+    notes = [
+        f"- {target.name}: {target.note}"
+        for target in targets.values()
+        if target.note and target.name in (OPTIMIZED, NATIVE)
+    ]
     return "\n".join(lines + (["", "Paths as the replicas logged them:", *notes] if notes else []))
 
 
@@ -221,12 +304,14 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short load phases (about two minutes in all)")
     parser.add_argument("--duration", type=float, help="seconds per load phase (default 5, --quick 1.5)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out MLServer and KServe")
     args = parser.parse_args()
     duration = args.duration or (1.5 if args.quick else 5.0)
     with tempfile.TemporaryDirectory(prefix="zeroserve-bench-optimized-") as tmp:
         workdir = Path(tmp)
         print("training the forest ...", file=sys.stderr, flush=True)
-        model_dir, one, thousand = build_model(workdir / "forest")
+        model_dir, rows = build_model(workdir / "forest")
+        one, thousand = split_bodies(rows)
         replica = [sys.executable, "-m", "runtime", "--model-uri", str(model_dir), "--port", "{port}",
                    "--concurrency", "16", "--log-level", "INFO"]  # fmt: skip
         cache = {"ZEROSERVE_CACHE_DIR": str(workdir / "cache")}
@@ -239,6 +324,8 @@ def main() -> None:
                 "/ping",
             ),
         }
+        if not args.no_peers:
+            targets.update(peer_targets(model_dir, rows, workdir))
         cached_ready_s = None
         for target in targets.values():
             print(f"measuring {target.name} ...", file=sys.stderr, flush=True)

@@ -6,8 +6,9 @@ as ONNX — through:
 * ``floor``: a bare Starlette + onnxruntime app written below (the least any Python server can do);
 * zeroserve's replica (``python -m runtime``) on the ONNX and the sklearn model, batching on and off;
 * the peers, on the sklearn model: ``mlflow models serve --env-manager local``; MLServer with
-  mlserver-sklearn (V2 ``/v2/models/logreg/infer``, one FP64 tensor); KServe's Python model server with a
-  ``kserve.Model`` written for it (``benchmarks/_kserve_peer.py``, V1 ``/v1/models/logreg:predict``).
+  mlserver-sklearn (V2 ``/v2/models/sklearn-model/infer``, one FP64 tensor); KServe's Python model
+  server with a ``kserve.Model`` written for it (``benchmarks/_kserve_peer.py``, V1
+  ``/v1/models/sklearn-model:predict``).
   MLServer and KServe run from virtualenvs of their own, made on first use (``benchmarks._peers``);
   ``--no-peers`` leaves all three out.
 
@@ -143,8 +144,10 @@ def load(
             "--path", path, "--concurrency", str(concurrency), "--duration", str(duration),
             "--warmup", str(min(1.0, duration / 3)),
         ],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
+        capture_output=True, text=True, timeout=duration + 60,
     )  # fmt: skip
+    if output.returncode != 0:
+        raise RuntimeError(f"load generator failed at c={concurrency}: {output.stderr.strip()[-300:]}")
     result: dict[str, Any] = json.loads(output.stdout)
     return result
 
