@@ -12,6 +12,10 @@ Errors say whether a retry is safe: ``UpstreamConnectError`` means the replica s
 response (refused, reset, closed before answering), so the request can go to another replica;
 ``UpstreamProtocolError`` means it broke mid-response. An idle pooled connection that the replica closed
 meanwhile is retried once on a fresh connection here, so it never counts against the replica.
+
+Upstream timeouts cost no timer per request (a loop timer is several microseconds under uvloop, an
+``asyncio.timeout`` twice that): each exchange records its deadline on its connection, and one timer per
+pool, set for the earliest deadline of the exchanges in flight, fails those that are overdue.
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_waiter",
         "closed",
+        "deadline",
         "idle_since",
         "received_any",
+        "timeout_s",
         "transport",
     )
 
@@ -83,6 +89,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.received_any = False
         self.idle_since = 0.0
+        # The exchange in flight must be answered by ``deadline`` (loop time); the pool enforces it.
+        self.deadline = float("inf")
+        self.timeout_s = 0.0
 
     # asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,6 +156,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def time_out(self) -> None:
+        """The exchange in flight passed its deadline: fail it (the pool then closes the connection)."""
+        self._fail(UpstreamTimeout(f"The model did not answer within {self.timeout_s:g} s."))
+
     @property
     def reusable(self) -> bool:
         return not self.closed and self._keep_alive and not self._chunks_until_eof
@@ -183,6 +196,10 @@ class UpstreamPool:
         self._connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
+        # Connections with an exchange in flight, and the timer that enforces their deadlines.
+        self._busy: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = float("inf")
 
     async def request(
         self,
@@ -207,34 +224,65 @@ class UpstreamPool:
         head.append(body)
         data = b"".join(head)
         key = (host, port)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._exchange(key, data)
-        except TimeoutError:
-            raise UpstreamTimeout(f"The model did not answer within {timeout_s:g} s.") from None
-
-    async def _exchange(self, key: tuple[str, int], data: bytes) -> UpstreamResponse:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         connection = self._take_idle(key)
         if connection is not None:
             try:
-                response = await self._send(connection, data)
+                response = await self._send(connection, data, deadline, timeout_s)
             except UpstreamConnectError:
                 # The replica closed this idle connection meanwhile; a fresh one decides.
                 connection = None
             else:
                 self._put_idle(key, connection)
                 return response
-        connection = await self._connect(key)
-        response = await self._send(connection, data)
+        try:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._connect(key)
+        except TimeoutError:
+            raise UpstreamTimeout(f"The model did not answer within {timeout_s:g} s.") from None
+        response = await self._send(connection, data, deadline, timeout_s)
         self._put_idle(key, connection)
         return response
 
-    async def _send(self, connection: _Connection, data: bytes) -> UpstreamResponse:
+    async def _send(
+        self, connection: _Connection, data: bytes, deadline: float, timeout_s: float
+    ) -> UpstreamResponse:
+        connection.deadline = deadline
+        connection.timeout_s = timeout_s
+        busy = self._busy
+        busy.add(connection)
+        if deadline < self._sweep_at:
+            self._arm(deadline)
         try:
             return await connection.send(data)
         except BaseException:
             connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
             raise
+        finally:
+            busy.discard(connection)
+
+    def _arm(self, when: float) -> None:
+        """(Re)set the pool's one timer to ``when`` (loop time)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = when
+        self._sweeper = asyncio.get_running_loop().call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the exchanges past their deadline; set the timer for the earliest one left."""
+        self._sweeper = None
+        self._sweep_at = float("inf")
+        # A loop timer may fire a little before its time (libuv counts milliseconds).
+        now = asyncio.get_running_loop().time() + 0.001
+        earliest = float("inf")
+        for connection in list(self._busy):
+            if connection.deadline <= now:
+                self._busy.discard(connection)
+                connection.time_out()
+            elif connection.deadline < earliest:
+                earliest = connection.deadline
+        if earliest != float("inf"):
+            self._arm(earliest)
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -278,6 +326,10 @@ class UpstreamPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._sweeper is not None and not self._busy:  # exchanges in flight keep their deadlines
+            self._sweeper.cancel()
+            self._sweeper = None
+            self._sweep_at = float("inf")
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()

@@ -140,6 +140,28 @@ async def test_timeout_answers_504_and_drops_the_connection(pool: UpstreamPool) 
         assert pool.idle_connections() == 0
 
 
+async def test_each_exchange_times_out_at_its_own_deadline(pool: UpstreamPool) -> None:
+    # The pool's one timer is set for a 5 s deadline first; a later exchange with a 0.1 s deadline
+    # must still fail on time, and the long one must not be disturbed.
+    async with echo_replica("slow") as replica:
+        port = replica.port
+        loop = asyncio.get_running_loop()
+        long_wait = asyncio.ensure_future(
+            pool.request("127.0.0.1", port, "POST", "/invocations?sleep=0.4", [], b"{}", timeout_s=5)
+        )
+        await asyncio.sleep(0.05)
+        began = loop.time()
+        with pytest.raises(UpstreamTimeout, match=r"0\.1 s"):
+            await pool.request("127.0.0.1", port, "POST", "/invocations?sleep=1", [], b"{}", timeout_s=0.1)
+        assert 0.09 <= loop.time() - began < 0.3
+        assert (await long_wait).status == 200
+        # After the sweeps, a new short deadline is enforced again.
+        began = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await pool.request("127.0.0.1", port, "POST", "/invocations?sleep=1", [], b"{}", timeout_s=0.2)
+        assert 0.19 <= loop.time() - began < 0.4
+
+
 async def test_closed_pool_refuses_requests() -> None:
     pool = UpstreamPool()
     async with echo_replica("r1") as replica:
