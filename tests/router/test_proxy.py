@@ -153,13 +153,13 @@ async def test_each_exchange_times_out_at_its_own_deadline(pool: UpstreamPool) -
         began = loop.time()
         with pytest.raises(UpstreamTimeout, match=r"0\.1 s"):
             await pool.request("127.0.0.1", port, "POST", "/invocations?sleep=1", [], b"{}", timeout_s=0.1)
-        assert 0.09 <= loop.time() - began < 0.3
+        assert 0.09 <= loop.time() - began < 0.7  # well before the 1 s answer and the 5 s deadline
         assert (await long_wait).status == 200
         # After the sweeps, a new short deadline is enforced again.
         began = loop.time()
         with pytest.raises(UpstreamTimeout):
             await pool.request("127.0.0.1", port, "POST", "/invocations?sleep=1", [], b"{}", timeout_s=0.2)
-        assert 0.19 <= loop.time() - began < 0.4
+        assert 0.19 <= loop.time() - began < 0.8
 
 
 async def test_closed_pool_refuses_requests() -> None:
