@@ -109,7 +109,16 @@ def router(*args: str) -> Iterator[tuple[int, int]]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc; nan elsewhere)."""
+    """CPU time (user + system, all threads) of process ``pid`` so far; nan where it cannot be read.
+
+    On Linux from the process's CPU clock (nanoseconds; the clock id is the kernel's
+    ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``); /proc's utime + stime count 10 ms ticks, too coarse
+    for a round of a few hundred requests, and are the fallback.
+    """
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except (OSError, OverflowError, AttributeError):
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
