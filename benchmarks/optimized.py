@@ -287,7 +287,7 @@ def report(targets: dict[str, Target], cached_ready_s: float | None, duration: f
             for value in [ratio(OPTIMIZED, name)]
         )
         lines += [
-            f"- optimized / best peer measured ({best}): {shown(ratio(OPTIMIZED, best), 20)}",
+            f"- optimized / best peer measured ({best}): {ratio(OPTIMIZED, best) or 0:.1f}x",
             f"- optimized / each peer: {each}",
         ]
     notes = [
