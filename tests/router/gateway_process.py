@@ -8,11 +8,14 @@ SIGKILL (a crash); both wait for the process, and the context manager always cle
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -20,6 +23,9 @@ from typing import IO, Any
 import httpx
 
 ADMIN_TOKEN = "e2e-admin-token-" + "z" * 32
+# Never reach for real credentials: moto accepts any.
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 # Runs the CLI as the `zeroserve` entry point does, importing only the command groups it needs.
 _CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'; cli()"
 
@@ -113,3 +119,29 @@ def wait_for(condition: Any, timeout_s: float, what: str, interval_s: float = 0.
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+@contextmanager
+def s3_models(bucket: str, models: Mapping[str, Path]) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback holding each model directory under ``s3://bucket/<prefix>/``.
+
+    Yields the environment a gateway needs to reach it; the server stops when the block ends.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=bucket)
+        for prefix, directory in models.items():
+            for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+                s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
+        yield {**DUMMY_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}
+    finally:
+        server.stop()

@@ -3,7 +3,6 @@ Databricks SDK, serving models kept in an S3-compatible store (moto) through rea
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,16 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
+from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, s3_models, wait_for
 
 pytestmark = pytest.mark.slow
 
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 BUCKET = "zeroserve-e2e-models"
 ROW = {"age": 41, "tenure_months": 20, "num_purchases": 6, "avg_basket": 37.5, "days_since_last_visit": 12,
        "is_member": True}
@@ -39,30 +32,12 @@ class ModelStore:
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
     """moto on loopback holding two versions of the propensity model under s3:// URIs."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from runtime.examples import make_propensity_mlflow
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket=BUCKET)
-        local = tmp_path_factory.mktemp("models")
-        for version in ("1", "2"):
-            directory = make_propensity_mlflow(local / version)
-            for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-                key = f"propensity/{version}/{path.relative_to(directory).as_posix()}"
-                s3.upload_file(str(path), BUCKET, key)
-        env = {**DUMMY_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}
+    local = tmp_path_factory.mktemp("models")
+    models = {f"propensity/{version}": make_propensity_mlflow(local / version) for version in ("1", "2")}
+    with s3_models(BUCKET, models) as env:
         yield ModelStore(env, f"s3://{BUCKET}/propensity/1", f"s3://{BUCKET}/propensity/2")
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
+from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, s3_models, wait_for
 
 pytestmark = pytest.mark.slow
 
-DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "mcp-models"
 PUBLIC_HOST = "models.example.com"
 CUSTOMERS = [
@@ -82,30 +79,13 @@ class Deployment:
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """moto holding the propensity model, the custom pyfunc (columns x, y; param scale) and picky."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from runtime.examples import make_custom_pyfunc, make_propensity_mlflow
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket=BUCKET)
-        local = tmp_path_factory.mktemp("models")
-        makers = (("propensity", make_propensity_mlflow), ("uplift", make_custom_pyfunc),
-                  ("picky", make_picky_model))
-        for name, make in makers:
-            directory = make(local / name)
-            for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-                s3.upload_file(str(path), BUCKET, f"{name}/1/{path.relative_to(directory).as_posix()}")
-        yield {**DUMMY_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}
-    finally:
-        server.stop()
+    local = tmp_path_factory.mktemp("models")
+    makers = (("propensity", make_propensity_mlflow), ("uplift", make_custom_pyfunc),
+              ("picky", make_picky_model))
+    with s3_models(BUCKET, {f"{name}/1": make(local / name) for name, make in makers}) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

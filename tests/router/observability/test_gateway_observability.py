@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.examples import logreg_rows, make_logreg_onnx
-from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
+from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, s3_models, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,34 +28,15 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "observability-models"
 
 
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """moto on loopback holding the ONNX model, so that the replica fetches it into the cache."""
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket=BUCKET)
-        model = make_logreg_onnx(tmp_path_factory.mktemp("models") / "fraud", n_features=N_FEATURES)
-        for path in sorted(p for p in Path(model).rglob("*") if p.is_file()):
-            s3.upload_file(str(path), BUCKET, f"fraud/1/{path.relative_to(model).as_posix()}")
-        yield f"s3://{BUCKET}/fraud/1", {**DUMMY_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}
-    finally:
-        server.stop()
+    model = make_logreg_onnx(tmp_path_factory.mktemp("models") / "fraud", n_features=N_FEATURES)
+    with s3_models(BUCKET, {"fraud/1": model}) as env:
+        yield f"s3://{BUCKET}/fraud/1", env
 
 
 @pytest.fixture(scope="module")
