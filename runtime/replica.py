@@ -12,7 +12,7 @@ from runtime.loaders.base import LoadedModel
 from runtime.payload import Payload
 from runtime.runner import ModelRunner
 from runtime.types import Prediction
-from runtime.validation import UNBATCHABLE, conform
+from runtime.validation import UNBATCHABLE
 from runtime.warmup import WarmUp
 
 
@@ -77,7 +77,7 @@ class Replica:
                 raise InvalidInput(
                     f"this {self.model.flavor} model takes no params, got {sorted(payload.params)}"
                 )
-            inputs, rows = conform(payload, self.model.input_schema, allow_nan=self.settings.allow_nan)
+            inputs, rows = self.model.conform(payload, allow_nan=self.settings.allow_nan)
             if batcher is not None and rows != UNBATCHABLE and not payload.params:
                 announced = False
                 return await batcher.submit(inputs, rows, announced=True)
@@ -92,4 +92,8 @@ class Replica:
         return self.admission.in_progress + self.admission.queued
 
     def __repr__(self) -> str:
-        return f"<Replica {self.name!r} {self.model!r} batching={self.batching} {self.admission!r}>"
+        execution = "thread" if self.runner.threaded else "inline"
+        return (
+            f"<Replica {self.name!r} {self.model!r} execution={execution} batching={self.batching} "
+            f"{self.admission!r}>"
+        )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from runtime.payload import Payload
 from runtime.types import InputSchema, Params, Prediction, Tensors, TensorSpec
+from runtime.validation import conform
 
 if TYPE_CHECKING:
     from runtime.optimize.types import OptimizationResult
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
 
 class LoadedModel(abc.ABC):
     """A model ready to predict. ``predict`` is synchronous and called from one thread at a time.
+
+    A request reaches ``predict`` in two steps: ``conform`` validates its payload against
+    ``input_schema`` (per request), then ``predict`` runs on those inputs, or on several requests'
+    inputs merged along the batch dimension.
 
     ``predict`` raises ``runtime.errors.InvalidInput`` when the model itself rejects an input that passed
     schema validation (so that the batcher can retry the batch's requests one by one and only the
@@ -40,9 +46,19 @@ class LoadedModel(abc.ABC):
         # None for models that are not MLflow models, or whose own flavor is ONNX.
         self.optimization: OptimizationResult | None = None
 
+    def conform(self, payload: Payload, *, allow_nan: bool) -> tuple[Tensors, int]:
+        """The payload validated against ``input_schema``, as the inputs ``predict`` takes, and their
+        rows (``UNBATCHABLE`` when they share none).
+
+        Requests are merged for batching in this form, so a model that runs on other arrays than the
+        schema's (one feature matrix rather than one array per column) builds them here, once per
+        request, instead of merging many small arrays per batch.
+        """
+        return conform(payload, self.input_schema, allow_nan=allow_nan)
+
     @abc.abstractmethod
     def predict(self, inputs: Tensors, params: Params | None = None) -> Prediction:
-        """Run the model on already validated inputs."""
+        """Run the model on inputs made by ``conform`` (or merged from several of them)."""
 
     def close(self) -> None:  # noqa: B027 - most models hold nothing that needs releasing
         """Release what the model holds (sessions, threads)."""

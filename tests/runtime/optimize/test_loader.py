@@ -22,9 +22,12 @@ import orjson
 import pytest
 
 from runtime.config import ReplicaSettings
-from runtime.errors import ModelLoadError
-from runtime.loaders import load_model
+from runtime.errors import InvalidInput, ModelLoadError
+from runtime.loaders import LoadedModel, load_model
 from runtime.optimize.loader import OptimizedMlflowModel
+from runtime.payload import Payload
+from runtime.types import Prediction
+from runtime.validation import conform
 
 ModelFactory = Callable[[str], tuple[Path, Any]]
 REPO = Path(__file__).resolve().parents[3]
@@ -35,6 +38,20 @@ def tensors(inputs: Any) -> dict[str, np.ndarray[Any, Any]]:
     if isinstance(inputs, np.ndarray):
         return {"input-0": inputs}
     return {str(name): inputs[name].to_numpy() for name in inputs.columns}
+
+
+def payloads(inputs: Any) -> list[Payload]:
+    """Requests for ``inputs``: named arrays, and for a frame also ``dataframe_split`` rows."""
+    named = [Payload(named=tensors(inputs))]
+    if isinstance(inputs, np.ndarray):
+        return named
+    return [*named, Payload(split=([str(name) for name in inputs.columns], inputs.to_numpy().tolist()))]
+
+
+def predict(model: LoadedModel, payload: Payload) -> Prediction:
+    """What the replica does with a request: the model's own ``conform``, then ``predict``."""
+    inputs, _ = model.conform(payload, allow_nan=False)
+    return model.predict(inputs)
 
 
 @pytest.mark.parametrize(
@@ -54,18 +71,67 @@ def test_optimized_prediction_equals_the_native_loaders(
     assert native.optimization is not None and native.optimization.path == "native"
     assert optimized.optimization is not None and optimized.optimization.path == "onnx"
     assert optimized.input_schema == native.input_schema
-    expected = native.predict(tensors(held_out))
-    served = optimized.predict(tensors(held_out))
-    assert served.layout == expected.layout
-    assert list(served.outputs) == list(expected.outputs)
-    for key, values in expected.outputs.items():
-        assert served.outputs[key].dtype == values.dtype and served.outputs[key].shape == values.shape
-        if values.dtype.kind in "fc":
-            np.testing.assert_allclose(
-                served.outputs[key], values, rtol=1e-5, atol=1e-5 * np.abs(values).max()
-            )
-        else:
-            np.testing.assert_array_equal(served.outputs[key], values)
+    for payload in payloads(held_out):
+        expected = predict(native, payload)
+        served = predict(optimized, payload)
+        assert served.layout == expected.layout
+        assert list(served.outputs) == list(expected.outputs)
+        for key, values in expected.outputs.items():
+            assert served.outputs[key].dtype == values.dtype and served.outputs[key].shape == values.shape
+            if values.dtype.kind in "fc":
+                np.testing.assert_allclose(
+                    served.outputs[key], values, rtol=1e-5, atol=1e-5 * np.abs(values).max()
+                )
+            else:
+                np.testing.assert_array_equal(served.outputs[key], values)
+
+
+def test_split_rows_become_the_feature_matrix_validation_would_give(
+    model_factory: ModelFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Float columns in signature order are read straight into the graph's matrix; every other request
+    # goes through full validation. Both must give the same feeds and the same errors.
+    monkeypatch.setenv("ZEROSERVE_CACHE_DIR", str(tmp_path))
+    model_dir, held_out = model_factory("sklearn_random_forest")
+    model = load_model(model_dir, settings=ReplicaSettings(optimization="auto"))
+    assert isinstance(model, OptimizedMlflowModel) and model.optimization is not None
+    assert model.optimization.adapter is not None
+    (feed,) = model.optimization.adapter.feeds
+    assert feed.kind == "matrix"
+    frame = held_out.head(7)
+    columns = [str(name) for name in frame.columns]
+    expected = frame.to_numpy(dtype=np.float64).astype(feed.dtype)
+    reordered = columns[::-1]
+    variants = [
+        Payload(split=(columns, frame.to_numpy().tolist())),
+        Payload(split=(None, frame.to_numpy().tolist())),
+        Payload(split=(reordered, frame[reordered].to_numpy().tolist())),
+        Payload(split=(columns, [[repr(value) for value in row] for row in frame.to_numpy().tolist()])),
+        Payload(named={name: frame[name].tolist() for name in columns}),
+    ]
+    for payload in variants:
+        feeds, rows = model.conform(payload, allow_nan=False)
+        assert rows == 7 and list(feeds) == [feed.graph_input]
+        matrix = feeds[feed.graph_input]
+        assert matrix.dtype == expected.dtype and matrix.flags.c_contiguous
+        np.testing.assert_array_equal(matrix, expected)
+    # An all-float request with NaN: the same 400 as validation's, unless NaN is allowed.
+    with_nan = frame.to_numpy().tolist()
+    with_nan[3][2] = float("nan")
+    bad_requests = [
+        Payload(split=(columns, with_nan)),
+        Payload(split=(columns, [*frame.to_numpy().tolist(), [1.0]])),  # ragged
+        Payload(split=(columns, [["high", *row[1:]] for row in frame.to_numpy().tolist()])),
+        Payload(split=(columns[:-1], [row[:-1] for row in frame.to_numpy().tolist()])),  # a missing column
+    ]
+    for payload in bad_requests:
+        with pytest.raises(InvalidInput) as validated:
+            conform(payload, model.input_schema, allow_nan=False)
+        with pytest.raises(InvalidInput) as served:
+            model.conform(payload, allow_nan=False)
+        assert served.value.message == validated.value.message
+    feeds, _ = model.conform(Payload(split=(columns, with_nan)), allow_nan=True)
+    assert np.isnan(feeds[feed.graph_input][3, 2]) and np.isnan(feeds[feed.graph_input]).sum() == 1
 
 
 def test_loader_falls_back_or_fails_by_mode(
