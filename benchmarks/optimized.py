@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -224,8 +225,10 @@ def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdi
         for line in log.splitlines()
         if "zeroserve.optimize: " in line
     ]
+    # ... and whether model calls run inline on the event loop or on a worker thread (chosen at warm-up).
+    execution = re.search(r"serving <Replica .*? (execution=\w+)", log)
     if decisions:
-        target.note = decisions[-1][:240]
+        target.note = decisions[-1][:240] + (f" [{execution.group(1)}]" if execution else "")
 
 
 def cached_cold_start(target: Target) -> float:

@@ -60,7 +60,7 @@ def warm_up(model: LoadedModel) -> WarmUp:
 # preempted and look ten times slower than it is, so the fastest of a few calls counts; the calls stop
 # once they have taken this long in all, so a slow model is still timed once.
 _TIMED_CALLS = 5
-_TIMING_BUDGET_S = 0.05
+_TIMING_BUDGET_S = 0.02
 
 
 def _fastest_call(model: LoadedModel, inputs: Tensors) -> float:
