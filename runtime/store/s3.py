@@ -143,8 +143,11 @@ class S3Store:
             ranges = [(start, min(start + part, file.size)) for start in range(0, file.size, part)]
             async with asyncio.TaskGroup() as group:
                 hashing = group.create_task(hasher.run())
-                for start, end in ranges:
+                parts = [
                     group.create_task(self._fetch_range(bucket, file, fd, start, end, hasher, progress))
+                    for start, end in ranges
+                ]
+                group.create_task(_flush_when_written(fd, parts))
             return hashing.result()
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
@@ -259,6 +262,18 @@ class S3Store:
                 await asyncio.sleep(self._backoff(failures))
             except boto_errors.NoCredentialsError as exc:
                 raise StoreError(f"{what}: no AWS credentials found ({exc})") from exc
+
+
+async def _flush_when_written(fd: int, parts: list[asyncio.Task[None]]) -> None:
+    """Flush the file to disk once every part is written, while the hasher still reads the last one.
+
+    The fsync before publishing (which still runs) then finds nothing left to write: on a cold fetch
+    the flush of the last file is otherwise added, whole, after its hash.
+    """
+    if parts:
+        await asyncio.wait(parts)
+    if all(not part.cancelled() and part.exception() is None for part in parts):
+        await asyncio.to_thread(os.fdatasync, fd)
 
 
 class _Downloader:
