@@ -3,11 +3,13 @@ request heads bounded in size and time, X-Forwarded-* believed only from trusted
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +204,82 @@ def test_bad_trusted_proxy_is_rejected() -> None:
 def test_insecure_mode_binds_to_loopback_only(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
     assert (insecure_bind_error(host) is None) is loopback
+
+
+stream_may_continue = threading.Event()
+
+
+async def shapes(scope: Scope, receive: Receive, send: Send) -> None:
+    """Fixed-length, streamed and failing responses, to check how their heads reach the client."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if scope["method"] == "POST":
+        while (await receive()).get("more_body"):
+            pass
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(500):  # the client must see the head before the first chunk exists
+            if stream_may_continue.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"chunk", "more_body": False})
+        return
+    headers = [(b"content-length", b"5")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if path == "/fail":
+        raise RuntimeError("the app fails after starting its response")
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@pytest.fixture(scope="module")
+def shapes_port() -> Iterator[int]:
+    with running_server(shapes, **uvicorn_options()) as port:
+        yield port
+
+
+def test_fixed_length_response_is_one_write(shapes_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", shapes_port), timeout=5) as sock:
+        for _ in range(2):  # and again on the kept-alive connection
+            sock.sendall(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n")
+            first = sock.recv(65536)  # a single write arrives whole on loopback; two writes need not
+            assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"content-length: 5\r\n" in first
+            assert first.endswith(b"\r\n\r\nhello")
+
+
+def test_head_request_gets_its_head_without_body(shapes_port: int) -> None:
+    answer = head_exchange(shapes_port, b"HEAD /plain HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"content-length: 5\r\nconnection: close\r\n\r\n")
+
+
+def test_streamed_head_is_not_held_back(shapes_port: int) -> None:
+    stream_may_continue.clear()
+    with socket.create_connection(("127.0.0.1", shapes_port), timeout=3) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = sock.recv(65536)  # times out if the head waits for the first chunk
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head.endswith(b"transfer-encoding: chunked\r\n\r\n")
+        stream_may_continue.set()
+        rest = b""
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += sock.recv(65536)
+    assert rest == b"5\r\nchunk\r\n0\r\n\r\n"
+
+
+def test_failing_app_still_sends_the_head_it_started(shapes_port: int) -> None:
+    answer = head_exchange(shapes_port, b"GET /fail HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"content-length: 5\r\n\r\n")  # then the connection closes
+
+
+def test_expect_100_continue(shapes_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", shapes_port), timeout=5) as sock:
+        sock.sendall(b"POST /plain HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"{}")
+        answer = b""
+        while not answer.endswith(b"hello"):
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
