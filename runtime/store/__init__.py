@@ -38,12 +38,19 @@ def open_model(
 ) -> ModelHandle:
     """Synchronous :func:`fetch_model`, callable before (or outside) any event loop.
 
-    Runs the fetch on a private event loop; when the calling thread already runs a loop (a
-    synchronous call from inside async code), the private loop runs in a helper thread instead.
+    Runs the fetch on this process's store loop (a background thread, see
+    ``runtime.store.background``), which keeps S3 clients and their connections between calls so that
+    a warm open of an ``s3://`` prefix costs one listing on a live connection.
     """
+    from runtime.store import background
+
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(fetch_model(uri, settings, progress=progress))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="zeroserve-store") as pool:
-        return pool.submit(asyncio.run, fetch_model(uri, settings, progress=progress)).result()
+        running = None
+    if running is not None and background.is_background_loop(running):
+        # Called from code running on the store loop itself (a progress callback): waiting on that
+        # loop would deadlock, so this call gets a private loop in a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zeroserve-store") as pool:
+            return pool.submit(asyncio.run, fetch_model(uri, settings, progress=progress)).result()
+    return background.run(fetch_model(uri, settings, progress=progress))

@@ -52,6 +52,67 @@ _CORRUPT_BODY = (boto_errors.ChecksumError, boto_errors.FlexibleChecksumError)
 _session: AioSession | None = None
 
 
+def _client_key(settings: StoreSettings) -> tuple[Any, ...]:
+    # Every setting _client_context reads; two settings objects equal here get the same client.
+    return (
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        settings.s3_addressing_style,
+        settings.s3_verify_tls,
+        settings.max_concurrency,
+        settings.connect_timeout_s,
+        settings.read_timeout_s,
+    )
+
+
+def _client_context(settings: StoreSettings) -> Any:
+    config = AioConfig(
+        # Retries are ours (with resume of partial ranges); botocore's would restart whole bodies.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=settings.max_concurrency,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        s3={"addressing_style": settings.s3_addressing_style},
+    )
+    region = settings.s3_region or ("us-east-1" if settings.s3_endpoint_url else None)
+    endpoint = settings.s3_endpoint_url
+    # Certificate verification only exists for https; turning it off for a plain-http endpoint loses
+    # nothing and skips building an SSL context in a worker thread (~40 ms of every cold open).
+    verify = settings.s3_verify_tls and not (endpoint or "").lower().startswith("http://")
+    return _shared_session().create_client(
+        "s3", endpoint_url=endpoint, region_name=region, config=config, verify=verify
+    )
+
+
+# Clients kept open on open_model's process-wide loop (runtime.store.background), one per client key:
+# each is only ever used on that loop, and closed by close_shared_clients at interpreter exit.
+_shared_clients: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # key -> (context manager, client)
+_shared_lock: asyncio.Lock | None = None
+
+
+async def _shared_client(settings: StoreSettings) -> Any:
+    global _shared_lock
+    if _shared_lock is None:
+        _shared_lock = asyncio.Lock()  # created on, and only used on, the background loop
+    key = _client_key(settings)
+    async with _shared_lock:  # concurrent first opens build one client, not several
+        entry = _shared_clients.get(key)
+        if entry is None:
+            context = _client_context(settings)
+            entry = (context, await context.__aenter__())
+            _shared_clients[key] = entry
+        return entry[1]
+
+
+async def close_shared_clients() -> None:
+    """Close every kept client (called on ``loop``, the background loop, at interpreter exit)."""
+    entries = list(_shared_clients.values())
+    _shared_clients.clear()
+    for context, _client in entries:
+        with contextlib.suppress(Exception):
+            await context.__aexit__(None, None, None)
+
+
 class _Cursor:
     """How far a range has been written; survives the exception that interrupts a transfer."""
 
@@ -84,27 +145,13 @@ class S3Store:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, settings: StoreSettings) -> AsyncIterator[S3Store]:
-        config = AioConfig(
-            # Retries are ours (with resume of partial ranges); botocore's would restart whole bodies.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            max_pool_connections=settings.max_concurrency,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            s3={"addressing_style": settings.s3_addressing_style},
-        )
-        region = settings.s3_region or ("us-east-1" if settings.s3_endpoint_url else None)
-        endpoint = settings.s3_endpoint_url
-        # Certificate verification only exists for https; turning it off for a plain-http endpoint loses
-        # nothing and skips building an SSL context in a worker thread (~40 ms of every cold open).
-        verify = settings.s3_verify_tls and not (endpoint or "").lower().startswith("http://")
-        client_context = _shared_session().create_client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            config=config,
-            verify=verify,
-        )
-        async with client_context as client:
+        from runtime.store.background import is_background_loop
+
+        # On open_model's process-wide loop the client outlives the call.
+        if is_background_loop(asyncio.get_running_loop()):
+            yield cls(await _shared_client(settings), settings)
+            return
+        async with _client_context(settings) as client:
             yield cls(client, settings)
 
     # ---- resolving --------------------------------------------------------------------------------
