@@ -59,6 +59,15 @@ _current: _LoopThread | None = None
 _inherited: list[_LoopThread] = []
 
 
+def _new_lock_in_child() -> None:
+    # Another thread of the parent may have held the lock at the fork; in the child it never unlocks.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _get() -> _LoopThread:
     global _current
     with _lock:

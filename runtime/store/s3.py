@@ -88,10 +88,18 @@ def _client_context(settings: StoreSettings) -> Any:
 # each is only ever used on that loop, and closed by close_shared_clients at interpreter exit.
 _shared_clients: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # key -> (context manager, client)
 _shared_lock: asyncio.Lock | None = None
+_shared_pid = os.getpid()
+# Clients inherited across fork: their connections are the parent's sockets, so the child neither
+# uses nor closes them, and keeps them referenced so that garbage collection does not close them.
+_inherited_clients: list[tuple[Any, Any]] = []
 
 
 async def _shared_client(settings: StoreSettings) -> Any:
-    global _shared_lock
+    global _shared_lock, _shared_pid
+    if _shared_pid != os.getpid():
+        _inherited_clients.extend(_shared_clients.values())
+        _shared_clients.clear()
+        _shared_lock, _shared_pid = None, os.getpid()
     if _shared_lock is None:
         _shared_lock = asyncio.Lock()  # created on, and only used on, the background loop
     key = _client_key(settings)

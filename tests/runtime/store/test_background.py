@@ -34,7 +34,7 @@ _SCRIPT = textwrap.dedent(
             clients.extend(entry[1] for entry in s3._shared_clients.values())
         assert len(s3._shared_clients) == 1, s3._shared_clients
         assert clients[0] is clients[1], "the second open built a new client"
-        return id(background._current.loop), os.getpid()
+        return id(background._current.loop), os.getpid(), id(clients[0])
 
     def child(queue: multiprocessing.Queue) -> None:
         queue.put(open_twice())
@@ -44,10 +44,11 @@ _SCRIPT = textwrap.dedent(
     queue = ctx.Queue()
     process = ctx.Process(target=child, args=(queue,))
     process.start()
-    child_loop, child_pid = queue.get(timeout=60)
+    child_loop, child_pid, child_client = queue.get(timeout=60)
     process.join(60)
     assert process.exitcode == 0, process.exitcode
-    assert child_pid != parent[1]
+    assert child_pid != parent[1] and child_loop != parent[0]
+    assert child_client != parent[2], "the child used the client (and sockets) of its parent"
     assert background._current.loop is not None and id(background._current.loop) == parent[0]
     with open_model(uri, settings):  # the parent's loop and client still work after the fork
         pass
