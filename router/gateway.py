@@ -183,11 +183,11 @@ class Gateway:
 
     def _forget_url(self) -> None:
         path = self.settings.home / "gateway.json"
-        try:
+        # Best effort at shutdown: the file may be gone or already rewritten by a newer gateway of this
+        # home, and a stale one is harmless (the CLI checks that the URL answers).
+        with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
-        except (OSError, ValueError):
-            pass
 
     # ---- operational routes ------------------------------------------------------------------
 

@@ -51,8 +51,11 @@ class ProcessOutput:
                 if line.startswith(READY_MARKER) and not self.ready.done():
                     with contextlib.suppress(ValueError):
                         self.ready.set_result(json.loads(line[len(READY_MARKER):]))
-                elif line == IDLE_MARKER and not self.idle.done():
-                    self.idle.set_result(None)
+                elif line == IDLE_MARKER:
+                    # Pool protocol, not replica output: kept out of the logs users read.
+                    if not self.idle.done():
+                        self.idle.set_result(None)
+                    continue
                 self._lines.append(line[:_MAX_LINE_CHARS])
         finally:
             self.closed.set()

@@ -31,7 +31,8 @@ async def test_take_refill_and_close(replica_environment: dict[str, str]) -> Non
         worker = pool.take()
         assert worker is not None
         assert worker.process.returncode is None
-        assert "ZEROSERVE_POOL_IDLE" in worker.output.text()
+        assert worker.output.idle.done()
+        assert "ZEROSERVE_POOL_IDLE" not in worker.output.text()  # protocol, not log output
         assert pool.idle == 0
         assert pool.take() is None  # empty: the caller starts a process of its own
         # The taken worker dies unassigned (its backend would have handed it a replica instead).
