@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -210,3 +211,22 @@ def v2_labels(answer: Any) -> list[int]:
 
 def v1_labels(answer: Any) -> list[int]:
     return [int(value) for value in answer["predictions"]]
+
+
+def free_port() -> int:
+    """A loopback port free right now (the server started on it binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_filler(port: int) -> Callable[[str], str]:
+    """Fill ``{port}`` (and fresh ``{grpc_port}``/``{metrics_port}``) in a server's command and env."""
+    ports = {"{port}": str(port), "{grpc_port}": str(free_port()), "{metrics_port}": str(free_port())}
+
+    def fill(text: str) -> str:
+        for placeholder, value in ports.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    return fill

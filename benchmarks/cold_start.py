@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
+from benchmarks import _peers
 from runtime.examples import feature_names, logreg_rows, make_logreg_mlflow_sklearn, make_logreg_onnx
 
 N_FEATURES = 20
@@ -149,17 +149,11 @@ async def zeroserve_runs(
     return row
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def mlflow_serve_runs(model_dir: Path, runs: int, environment: dict[str, str]) -> Row:
     row = Row("sklearn", "mlflow models serve")
     _, body = request_for("sklearn")
     for _ in range(runs):
-        port = free_port()
+        port = _peers.free_port()
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir),
                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
         started = time.perf_counter()

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -117,13 +116,6 @@ def peer_targets(model_dir: Path, rows: list[list[float]], workdir: Path) -> dic
     return targets
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Running:
     process: subprocess.Popen[bytes]
@@ -135,12 +127,7 @@ class Running:
 
 def start(target: Target, port: int) -> Running:
     """Start the server and wait until it is ready."""
-    ports = {"{port}": str(port), "{grpc_port}": str(free_port()), "{metrics_port}": str(free_port())}
-
-    def fill(text: str) -> str:
-        for placeholder, value in ports.items():
-            text = text.replace(placeholder, value)
-        return text
+    fill = _peers.port_filler(port)
 
     command = [fill(part) for part in target.command]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
@@ -208,7 +195,7 @@ def load(
 def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdir: Path) -> None:
     if not target.command:  # a peer that could not be installed; its note says why
         return
-    port = free_port()
+    port = _peers.free_port()
     running = start(target, port)
     target.results["ready_s"] = running.ready_s
     one, thousand = target.bodies or (one, thousand)
@@ -233,7 +220,7 @@ def measure(target: Target, one: bytes, thousand: bytes, duration: float, workdi
 
 def cached_cold_start(target: Target) -> float:
     """Start-to-ready again, now that the conversion cache holds the verified graph."""
-    running = start(target, free_port())
+    running = start(target, _peers.free_port())
     stop(running)
     return running.ready_s
 

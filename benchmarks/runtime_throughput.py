@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -111,13 +110,6 @@ def run_floor(model: str, port: int) -> None:
 # -- orchestration -----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> float:
     started = time.perf_counter()
     with httpx.Client(timeout=1.0) as client:
@@ -155,13 +147,8 @@ def load(
 def measure(target: Target, duration: float, workdir: Path) -> None:
     if not target.command:  # a peer that could not be installed; its note says why
         return
-    port = free_port()
-    ports = {"{port}": str(port), "{grpc_port}": str(free_port()), "{metrics_port}": str(free_port())}
-
-    def fill(text: str) -> str:
-        for placeholder, value in ports.items():
-            text = text.replace(placeholder, value)
-        return text
+    port = _peers.free_port()
+    fill = _peers.port_filler(port)
 
     command = [fill(part) for part in target.command]
     env = {**_env(), **{key: fill(value) for key, value in target.env.items()}}
