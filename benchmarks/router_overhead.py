@@ -240,6 +240,9 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
     gateway = Gateway(GatewaySettings(home=home), backend=backend, security=security)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    options = uvicorn_options(
+        max_header_bytes=security.max_header_bytes, header_timeout_s=security.header_timeout_s
+    )
     config = uvicorn.Config(
         gateway.asgi,
         loop="none",
@@ -247,9 +250,7 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
         log_config=None,
         access_log=False,
         backlog=4096,
-        **uvicorn_options(
-            max_header_bytes=security.max_header_bytes, header_timeout_s=security.header_timeout_s
-        ),
+        **{**options, "http": gateway.http_protocol(options["http"])},
     )
     server = uvicorn.Server(harden(config))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -270,7 +271,9 @@ async def _serve_router(args: argparse.Namespace) -> None:
     from starlette.applications import Starlette
 
     from autoscaler.types import EntityKey, ReplicaInfo
+    from router.auth.tls import HeaderLimitedHttpToolsProtocol
     from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
+    from router.queries import GatewayQueries, query_protocol
     from router.routing import EndpointRouting
     from runtime.errors import ZeroserveError
 
@@ -305,7 +308,10 @@ async def _serve_router(args: argparse.Namespace) -> None:
     config = uvicorn.Config(
         app,
         loop="none",
-        http="httptools",
+        # Queries below ASGI, as in the gateway, but with no front door (no token, limits or log).
+        http=query_protocol(
+            HeaderLimitedHttpToolsProtocol, GatewayQueries(dataplane, None, access_log=False)
+        ),
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -179,14 +179,45 @@ class DataPlane:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, upstream_path: Callable[[EntityKey], str]
     ) -> None:
-        """Serve one query request for the endpoint named in the path; ``upstream_path`` gives the
+        """Serve one query request (ASGI) for the endpoint named in the path; ``upstream_path`` gives the
         replica's path for the chosen entity."""
         started = time.perf_counter()
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+        except ZeroserveError as exc:
+            self.stats.record(None, exc.status_code, time.perf_counter() - started)
+            raise
+        except ClientGone:
+            self.stats.record(None, 499, time.perf_counter() - started)
+            return
+        try:
+            response, entity = await self.query(scope, body, upstream_path, receive, started=started)
+        except ClientGone:
+            return
+        await _send_response(send, response, entity.served_entity)
+
+    async def query(
+        self,
+        scope: Scope,
+        body: bytes,
+        upstream_path: Callable[[EntityKey], str],
+        disconnected: Callable[[], Awaitable[Any]] | None,
+        *,
+        started: float | None = None,
+    ) -> tuple[UpstreamResponse, EntityKey]:
+        """The replica's answer to one query whose body has been read, and the entity that gave it.
+
+        Shared by the ASGI handler above and the gateway's protocol-level query path
+        (``router.queries``), so both route, retry, record stats and capture alike. Raises
+        ``ZeroserveError`` (with a ``served-model-name`` header once an entity was chosen) or
+        ``ClientGone``.
+        """
+        if started is None:
+            started = time.perf_counter()
         entity: EntityKey | None = None
         status = 500
-        raw_body = response_body = b""
+        raw_body, response_body = body, b""
         try:
-            body = raw_body = await _read_body(receive, self.max_body_bytes)
             name = scope["path_params"]["name"]
             entry = self.table.lookup(name)
             client_request_id, body = peek_client_request_id(body)
@@ -200,7 +231,7 @@ class DataPlane:
                 if entry.shadows and method == "POST" and not rerouted:
                     self._mirror(entry, method, target, headers, body)
                 try:
-                    response = await self.forward(entry, chosen, method, target, headers, body, receive)
+                    response = await self.forward(entry, chosen, method, target, headers, body, disconnected)
                 except EntityRemoved:
                     if rerouted:
                         raise
@@ -212,7 +243,7 @@ class DataPlane:
                 break
             status = response.status
             response_body = response.body
-            await _send_response(send, response, chosen.served_entity)
+            return response, chosen
         except ZeroserveError as exc:
             status = exc.status_code
             response_body = orjson.dumps(exc.to_dict())
@@ -221,6 +252,7 @@ class DataPlane:
             raise
         except ClientGone:
             status = 499  # nginx's "client closed request": nobody is left to answer
+            raise
         finally:
             elapsed = time.perf_counter() - started
             self.stats.record(entity, status, elapsed)
@@ -314,11 +346,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send_response(send: Send, response: UpstreamResponse, served_model_name: str) -> None:
+def response_headers(response: UpstreamResponse, served_model_name: str) -> list[tuple[bytes, bytes]]:
+    """The headers the client gets with a replica's answer: the replica's own, less hop-by-hop ones and
+    those the router's server writes itself, plus the length and ``served-model-name``."""
     headers = [(name, value) for name, value in response.headers if name not in _DROP_RESPONSE_HEADERS]
     headers.append((b"content-length", b"%d" % len(response.body)))
     headers.append((b"served-model-name", served_model_name.encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    return headers
+
+
+async def _send_response(send: Send, response: UpstreamResponse, served_model_name: str) -> None:
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": response_headers(response, served_model_name)})
     await send({"type": "http.response.body", "body": response.body})
 
 
@@ -374,25 +413,21 @@ def _invocations_path(_: EntityKey) -> str:
     return "/invocations"
 
 
-class QueryFastPath:
-    """ASGI middleware: serves the query routes straight from the data plane, anything else via ``app``.
+class QueryRoutes:
+    """Matches the query routes (``POST`` invocations and OIP infer) with string operations.
 
-    A ``POST`` to ``/serving-endpoints/{name}/invocations``, ``/v2/models/{name}/infer`` or
-    ``/v2/models/{name}/versions/{version}/infer`` is matched by prefix, suffix and a split (the same
-    paths ``dataplane_routes`` declares, ``{name}`` being one non-empty path segment) and handled here;
-    a ``ZeroserveError`` becomes its answer through ``error_response``, as the app's handler would make
-    it. Every other request, and these paths with another method, go to ``app`` unchanged (which keeps
-    the routes for 405s, OpenAPI and anything mounted under a root path).
+    ``/serving-endpoints/{name}/invocations``, ``/v2/models/{name}/infer`` and
+    ``/v2/models/{name}/versions/{version}/infer`` are matched by prefix, suffix and a split (the same
+    paths ``dataplane_routes`` declares, ``{name}`` being one non-empty path segment).
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], dataplane: DataPlane) -> None:
-        self.app = app
+    def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
         model = dataplane.upstream_model_name
         self._infer_path: Callable[[EntityKey], str] = lambda entity: f"/v2/models/{model(entity)}/infer"
 
     def match(self, method: str, path: str) -> tuple[dict[str, str], Callable[[EntityKey], str]] | None:
-        """(path params, upstream path) when ``method path`` is a query route served here."""
+        """(path params, upstream path) when ``method path`` is a query route."""
         if method != "POST":
             return None
         if path.startswith(_INVOCATIONS_PREFIX) and path.endswith(_INVOCATIONS_SUFFIX):
@@ -407,6 +442,21 @@ class QueryFastPath:
             if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
                 return {"name": parts[0], "version": parts[2]}, self._infer_path
         return None
+
+
+class QueryFastPath(QueryRoutes):
+    """ASGI middleware: serves the query routes straight from the data plane, anything else via ``app``.
+
+    The query routes (see ``QueryRoutes``) are handled here, so a query pays neither the scan over
+    every route of the gateway nor Starlette's exception middleware; a ``ZeroserveError`` becomes its
+    answer through ``error_response``, as the app's handler would make it. Every other request, and
+    these paths with another method, go to ``app`` unchanged (which keeps the routes for 405s, OpenAPI
+    and anything mounted under a root path).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], dataplane: DataPlane) -> None:
+        super().__init__(dataplane)
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched = (

@@ -42,6 +42,7 @@ from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging
+from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
 from router.state import EndpointStore
 from runtime.errors import ZeroserveError
@@ -126,7 +127,20 @@ class Gateway:
         # a request id on every answer (401s included) and one JSON access-log line per request. Queries
         # skip the app's route scan: the data plane's fast path answers them right behind the front door.
         self.asgi = RequestIdMiddleware(self.front_door.wrap(QueryFastPath(self.app, self.dataplane)))
+        # Over HTTP, queries skip ASGI altogether (router.queries): the same checks in one coroutine on
+        # the protocol object. Behind trusted proxies the client address comes from X-Forwarded-For,
+        # which only the ASGI stack applies, so there every request takes the ASGI path.
+        self.queries = (
+            None
+            if self.front_door.settings.trusted_proxies
+            else GatewayQueries(self.dataplane, self.front_door)
+        )
         self.mcp.bind(self.asgi)
+
+    def http_protocol(self, base: type[Any]) -> type[Any]:
+        """The uvicorn ``http`` protocol class to serve this gateway with: ``base`` (the front door's
+        header-limited httptools protocol, from ``uvicorn_options``) with the query path on it."""
+        return base if self.queries is None else query_protocol(base, self.queries)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -303,7 +317,7 @@ def serve(
         log_config=None,  # keep the JSON handler configured above
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         access_log=False,
-        **options,
+        **{**options, "http": gateway.http_protocol(options["http"])},
     )
     server = uvicorn.Server(harden(config))
     server.run(sockets=[sock])

@@ -64,7 +64,7 @@ class LimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await send_error(send, self._too_large(), {"Connection": "close"})
             return
@@ -131,7 +131,7 @@ class LimitsMiddleware:
         return _BodyTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.")
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:

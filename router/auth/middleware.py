@@ -70,7 +70,7 @@ class AuthMiddleware:
             scope[PRINCIPAL_SCOPE_KEY] = None
             await self.app(scope, receive, send)
             return
-        principal = _authenticate(self.tokens, scope)
+        principal = authenticate(self.tokens, scope)
         if isinstance(principal, Principal):
             scope[PRINCIPAL_SCOPE_KEY] = principal
             await self.app(scope, receive, send)
@@ -79,10 +79,10 @@ class AuthMiddleware:
             # 1008: policy violation, the websocket equivalent of 401.
             await send({"type": "websocket.close", "code": 1008})
             return
-        await send_error(send, principal, {"WWW-Authenticate": _challenge(principal)})
+        await send_error(send, principal, {"WWW-Authenticate": challenge(principal)})
 
 
-def _authenticate(tokens: TokenStore, scope: Scope) -> Principal | Unauthenticated:
+def authenticate(tokens: TokenStore, scope: Scope) -> Principal | Unauthenticated:
     token = bearer_token(scope)
     if token is None:
         return Unauthenticated("Missing bearer token: send 'Authorization: Bearer <token>'.")
@@ -92,7 +92,7 @@ def _authenticate(tokens: TokenStore, scope: Scope) -> Principal | Unauthenticat
     return principal
 
 
-def _challenge(error: Unauthenticated) -> str:
+def challenge(error: Unauthenticated) -> str:
     if error.message.startswith("Missing"):
         return 'Bearer realm="zeroserve"'
     return 'Bearer realm="zeroserve", error="invalid_token"'

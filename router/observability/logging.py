@@ -232,11 +232,11 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, status, time.perf_counter() - started, request_id)
+                log_access(scope, status, time.perf_counter() - started, request_id)
             request_id_var.reset(token)
 
 
-def _log_access(scope: Scope, status: int, elapsed_s: float, request_id: str) -> None:
+def log_access(scope: Scope, status: int, elapsed_s: float, request_id: str) -> None:
     principal = scope.get("zeroserve.principal")
     method, path = scope["method"], scope["path"]
     fields = {

@@ -95,11 +95,16 @@ def _bound_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> AsyncIterator[int]:
-    """Run an ASGI app with uvicorn on a loopback port for the duration of the block."""
+async def serving(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    *,
+    http: str | type[asyncio.Protocol] = "httptools",
+) -> AsyncIterator[int]:
+    """Run an ASGI app with uvicorn on a loopback port for the duration of the block (``http``: the
+    protocol class, e.g. the gateway's query protocol)."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http="httptools")
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=http)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -17,10 +17,12 @@ import pytest
 from starlette.applications import Starlette
 
 from autoscaler.types import EntityKey, ReplicaInfo
+from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
+from router.queries import GatewayQueries, query_protocol
 from router.routing import EndpointRouting
 from runtime.errors import ZeroserveError
-from tests.router._servers import echo_replica, free_port
+from tests.router._servers import echo_replica, free_port, serving
 
 A = EntityKey("ep", "a")
 B = EntityKey("ep", "b")
@@ -44,15 +46,27 @@ async def dataplane() -> AsyncIterator[DataPlane]:
         yield plane
 
 
-@pytest.fixture(params=["routes", "fast_path"])
+@pytest.fixture(params=["routes", "fast_path", "protocol"])
 async def client(dataplane: DataPlane, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    # Every test runs against the Starlette routes and against the gateway's fast path in front of them:
-    # both must answer alike.
+    # Every test runs against the Starlette routes, against the ASGI fast path in front of them, and
+    # over real HTTP against the query protocol (queries served below ASGI, router.queries): all three
+    # must answer alike.
     routes = dataplane_routes(dataplane)
     app: Any = Starlette(routes=routes, exception_handlers={ZeroserveError: error_response})
-    if request.param == "fast_path":
+    if request.param == "routes":
+        transport = httpx.ASGITransport(app=app)
+    else:
         app = QueryFastPath(app, dataplane)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        transport = httpx.ASGITransport(app=app)
+    if request.param != "protocol":
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield http
+        return
+    protocol = query_protocol(HeaderLimitedHttpToolsProtocol, GatewayQueries(dataplane, None))
+    async with (
+        serving(app, http=protocol) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
         yield http
 
 
