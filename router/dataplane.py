@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVED_MODEL_NAME = "served-model-name"
-# Credentials and cookies are the gateway's business, never the replica's.
-_DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"authorization", b"cookie"}
+# Credentials and cookies are the gateway's business, never the replica's. ``Expect: 100-continue`` was
+# the gateway's to answer: the replica gets the whole body at once, and an interim 100 from it would
+# read as its answer.
+_DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"authorization", b"cookie", b"expect"}
 # The router's server writes its own date/server headers; the length is set for the body we send.
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
 # The probe an ejected replica must pass before it gets traffic again.

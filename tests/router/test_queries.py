@@ -1,0 +1,283 @@
+"""The gateway's query path below ASGI (``router.queries``), over real sockets.
+
+One real gateway (fake autoscaler backend, a real stand-in replica server) is served by two uvicorn
+servers in the test's loop: one with the gateway's query protocol (as ``zeroserve serve`` runs it) and one
+with the plain header-limited protocol, where every request crosses the ASGI middleware stack. The same
+requests must get the same answers from both; the protocol mechanics that uvicorn's ASGI cycle gave
+(keep-alive, pipelining, ``Expect: 100-continue``, slow bodies, request timeouts, clients that leave)
+are checked on the query path directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from pydantic import SecretStr
+from starlette.types import Receive, Scope, Send
+
+from autoscaler.testing import FakeClock
+from router.auth.settings import SecuritySettings
+from router.auth.tls import uvicorn_options
+from router.gateway import Gateway
+from router.queries import QueryExchange
+from router.settings import GatewaySettings
+from tests.router._servers import serving
+from tests.router.auth.conftest import ADMIN_TOKEN, StandInBackend
+
+API = "/api/2.0/serving-endpoints"
+ENTITY = {"entity_name": "file:///models/propensity", "entity_version": "1"}
+MAX_BODY = 4096
+
+
+async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The stand-in replica: echoes the body in ``{"echo": ...}``; a body containing ``slow`` waits 2 s."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if b"slow" in body:
+        await asyncio.sleep(2.0)
+    answer = orjson.dumps({"echo": body.decode()})
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@dataclass
+class Served:
+    gateway: Gateway
+    fast: int  # port of the server with the query protocol
+    plain: int  # port of the server where queries cross the ASGI stack
+    tokens: dict[str, str]
+    fast_server: uvicorn.Server
+
+
+@contextlib.asynccontextmanager
+async def _uvicorn(app: Any, http: Any, lifespan: str) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, http=http)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield sock.getsockname()[1], server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        sock.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with serving(replica_app) as replica_port:
+        clock = FakeClock()
+        security = SecuritySettings(admin_token=SecretStr(ADMIN_TOKEN), max_body_bytes=MAX_BODY,
+                                    body_timeout_s=0.5, request_timeout_s=0.5)
+        gateway = Gateway(GatewaySettings(home=tmp_path, rollout_timeout_s=3.0),
+                          backend=StandInBackend(clock, replica_port), clock=clock, security=security)
+        base = uvicorn_options()["http"]
+        assert gateway.queries is not None
+        async with (
+            _uvicorn(gateway.asgi, gateway.http_protocol(base), "on") as (fast, fast_server),
+            _uvicorn(gateway.asgi, base, "off") as (plain, _),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{fast}",
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin,
+        ):
+            for name, closed in (("ep", False), ("closed", True)):
+                created = await admin.post(API, json={"name": name, "config": {"served_entities": [ENTITY]}})
+                assert created.status_code == 200, created.text
+                await _settle(admin, clock, name)
+                if closed:
+                    limit = {"rate_limits": [{"calls": 0, "key": "endpoint", "renewal_period": "minute"}]}
+                    assert (await admin.put(f"{API}/{name}/rate-limits", json=limit)).status_code == 200
+            stranger = await admin.post("/api/2.0/zeroserve/tokens", json={"principal": "stranger"})
+            assert stranger.status_code == 200, stranger.text
+            tokens = {"admin": ADMIN_TOKEN, "stranger": stranger.json()["token"]}
+            yield Served(gateway, fast, plain, tokens, fast_server)
+
+
+async def _settle(admin: httpx.AsyncClient, clock: FakeClock, name: str) -> None:
+    for _ in range(250):
+        state = (await admin.get(f"{API}/{name}")).json()["state"]
+        if state["ready"] == "READY" and state["config_update"] != "IN_PROGRESS":
+            return
+        await clock.advance(0.5)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} did not become ready")
+
+
+CASES: list[tuple[str, str, str | None, bytes, dict[str, str]]] = [
+    # (case, path, token, body, extra headers)
+    ("ok", "/serving-endpoints/ep/invocations", "admin", b'{"inputs": [[1, 2]]}', {}),
+    ("client request id", "/serving-endpoints/ep/invocations", "admin", b'{"inputs": [[1]]}',
+     {"x-request-id": "trace-0042"}),
+    ("query string", "/serving-endpoints/ep/invocations?debug=1", "admin", b'{"inputs": [[1]]}', {}),
+    ("oip infer", "/v2/models/ep/infer", "admin", b'{"inputs": []}', {}),
+    ("oip versioned infer", "/v2/models/ep/versions/7/infer", "admin", b'{"inputs": []}', {}),
+    ("no token", "/serving-endpoints/ep/invocations", None, b"{}", {}),
+    ("bad token", "/serving-endpoints/ep/invocations", "zs_0123456789abcdef_" + "A" * 43, b"{}", {}),
+    ("no grant", "/serving-endpoints/ep/invocations", "stranger", b"{}", {}),
+    ("unknown endpoint", "/serving-endpoints/nope/invocations", "admin", b"{}", {}),
+    ("oip unknown endpoint", "/v2/models/nope/infer", "admin", b"{}", {}),
+    ("rate limited", "/serving-endpoints/closed/invocations", "admin", b"{}", {}),
+    ("oip rate limited", "/v2/models/closed/infer", "admin", b"{}", {}),
+    ("too large", "/serving-endpoints/ep/invocations", "admin", b"x" * (MAX_BODY + 1), {}),
+    ("request timeout", "/serving-endpoints/ep/invocations", "admin", b'"slow"', {}),
+]
+# Headers whose presence (and, except for the generated id, value) the two paths must agree on.
+COMPARED = ("content-type", "served-model-name", "www-authenticate", "retry-after", "connection")
+
+
+async def _call(
+    port: int, path: str, token: str | None, body: bytes, extra: dict[str, str]
+) -> httpx.Response:
+    headers = {"content-type": "application/json", **extra}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        return await http.post(path, content=body, headers=headers)
+
+
+@pytest.mark.parametrize(("case", "path", "token", "body", "extra"), CASES, ids=[case[0] for case in CASES])
+async def test_query_protocol_answers_as_the_asgi_stack_does(
+    served: Served, case: str, path: str, token: str | None, body: bytes, extra: dict[str, str]
+) -> None:
+    token = served.tokens.get(token or "", token)
+    fast = await _call(served.fast, path, token, body, extra)
+    plain = await _call(served.plain, path, token, body, extra)
+    assert fast.status_code == plain.status_code, (fast.text, plain.text)
+    assert fast.json() == plain.json()
+    for name in COMPARED:
+        assert fast.headers.get(name) == plain.headers.get(name), name
+    assert fast.headers["content-length"] == str(len(fast.content))
+    request_id = fast.headers["x-request-id"]
+    assert request_id == extra.get("x-request-id", request_id) and len(request_id) >= 8
+    expected = {"ok": 200, "no token": 401, "bad token": 401, "no grant": 404, "unknown endpoint": 404,
+                "rate limited": 429, "too large": 413, "request timeout": 504}
+    if case in expected:
+        assert fast.status_code == expected[case], fast.text
+    if case == "ok":
+        assert fast.json() == {"echo": body.decode()}
+
+
+def _connection_cycles(server: uvicorn.Server) -> list[object]:
+    return [getattr(protocol, "cycle", None) for protocol in server.server_state.connections]
+
+
+async def test_queries_on_the_query_protocol_skip_asgi(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.fast}",
+                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        answer = await http.post("/serving-endpoints/ep/invocations", content=b"{}")
+        assert answer.status_code == 200
+        assert any(isinstance(cycle, QueryExchange) for cycle in _connection_cycles(served.fast_server))
+        # The same keep-alive connection then serves a control-plane request through ASGI.
+        listed = await http.get(API)
+        assert listed.status_code == 200
+        assert not any(isinstance(cycle, QueryExchange) for cycle in _connection_cycles(served.fast_server))
+
+
+def _request(path: str, body: bytes, *extra: bytes) -> bytes:
+    head = [b"POST " + path.encode() + b" HTTP/1.1", b"host: gateway",
+            b"authorization: Bearer " + ADMIN_TOKEN.encode(), b"content-type: application/json",
+            b"content-length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+async def _responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    answers = []
+    for _ in range(count):
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        answers.append((int(status_line.split()[1]), headers, body))
+    return answers
+
+
+async def test_pipelined_queries_are_answered_in_order(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.fast)
+    try:
+        # A slow query first: the fast one behind it on the same connection must wait its turn.
+        writer.write(_request("/serving-endpoints/ep/invocations", b'"first"')
+                     + _request("/v2/models/ep/infer", b'"second"')
+                     + b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        async with asyncio.timeout(10):
+            answers = await _responses(reader, 3)
+    finally:
+        writer.close()
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert orjson.loads(answers[0][2]) == {"echo": '"first"'}
+    assert orjson.loads(answers[1][2]) == {"echo": '"second"'}
+    assert orjson.loads(answers[2][2]) == {"status": "ok"}
+
+
+async def test_expect_100_continue_gets_the_interim_answer_then_the_result(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.fast)
+    try:
+        body = b'"waited"'
+        writer.write(_request("/serving-endpoints/ep/invocations", b"", b"expect: 100-continue")
+                     .replace(b"content-length: 0", b"content-length: %d" % len(body)))
+        async with asyncio.timeout(5):
+            assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+            assert await reader.readline() == b"\r\n"
+            writer.write(body)
+            [(status, _, answer)] = await _responses(reader, 1)
+    finally:
+        writer.close()
+    assert status == 200 and orjson.loads(answer) == {"echo": '"waited"'}
+
+
+async def test_a_body_shorter_than_announced_times_out_with_408_and_closes(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.fast)
+    try:
+        writer.write(_request("/serving-endpoints/ep/invocations", b"{}").replace(
+            b"content-length: 2", b"content-length: 200"))
+        async with asyncio.timeout(5):
+            [(status, headers, body)] = await _responses(reader, 1)
+            assert await reader.read() == b""  # the connection is closed after the answer
+    finally:
+        writer.close()
+    assert status == 408 and headers["connection"] == "close"
+    assert orjson.loads(body)["error_code"] == "REQUEST_TIMEOUT"
+
+
+async def test_a_client_that_leaves_mid_query_is_logged_and_the_gateway_goes_on(served: Served) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", served.fast)
+    writer.write(_request("/serving-endpoints/ep/invocations", b'"slow"'))
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await asyncio.sleep(0.1)
+    answer = await _call(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b'"after"', {})
+    assert answer.status_code == 200 and answer.json() == {"echo": '"after"'}
+
+
+async def test_trusted_proxies_send_queries_through_the_asgi_stack(tmp_path: Path) -> None:
+    # X-Forwarded-For is applied by the ASGI stack only: with trusted proxies there is no query path.
+    security = SecuritySettings(admin_token=SecretStr(ADMIN_TOKEN), trusted_proxies=["10.0.0.0/8"])
+    gateway = Gateway(GatewaySettings(home=tmp_path), security=security,
+                      backend=StandInBackend(FakeClock(), 9))
+    base = uvicorn_options()["http"]
+    assert gateway.queries is None and gateway.http_protocol(base) is base
+    gateway.db.close()
