@@ -15,17 +15,19 @@ cost every cold start a failed conversion.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from runtime.optimize.types import AdapterSpec, Verification
 
@@ -77,6 +79,10 @@ class Entry:
     verification: Verification | None = None
     onnx_sha256: str | None = None
     directory: Path | None = None
+    # The graph's bytes as checksummed by ``lookup`` (or as published): the replica builds its session
+    # from these, so what it serves is exactly what was verified, even if the file is replaced or
+    # evicted a moment later.
+    graph: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def onnx_path(self) -> Path | None:
@@ -144,17 +150,62 @@ class ConversionCache:
         if entry.key != key:
             return None, f"manifest is for key {entry.key}"
         if entry.status == "verified":
-            graph = directory / GRAPH
             try:
-                actual = sha256_file(graph)
+                graph = (directory / GRAPH).read_bytes()
             except FileNotFoundError:
                 return None, "converted graph is missing"
+            actual = hashlib.sha256(graph).hexdigest()
             if actual != entry.onnx_sha256:
                 return (
                     None,
                     f"converted graph checksum mismatch (expected {entry.onnx_sha256}, found {actual})",
                 )
+            entry = replace(entry, graph=graph)
+        # A use, for the store's least-recently-used eviction (which counts converted graphs too).
+        with contextlib.suppress(OSError):
+            os.utime(directory / MANIFEST)
         return entry, None
+
+    # ---- eviction (runtime.store.eviction) ----------------------------------------------------------
+
+    def entry_keys(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p not in (self.locks, self.tmp))
+
+    def last_used(self, key: str) -> float:
+        try:
+            return (self.root / key / MANIFEST).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def entry_bytes(self, key: str) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for path in (self.root / key).iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
+    def total_bytes(self) -> int:
+        return sum(self.entry_bytes(key) for key in self.entry_keys())
+
+    def remove(self, key: str) -> bool:
+        """Remove an entry unless a replica is converting it right now (its lock is held); a replica
+        serving the graph is unaffected (its session was built from the bytes). True when removed."""
+        lock = self.lock(key, 0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return False
+        try:
+            final = self.root / key
+            if not final.exists():
+                return False
+            doomed = self.tmp / f"evicted.{key}.{uuid.uuid4().hex}.{time.time_ns()}"
+            os.replace(final, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            return True
+        finally:
+            lock.release()
 
     def publish(self, entry: Entry, onnx_bytes: bytes | None) -> Entry:
         """Write ``entry`` (and its graph) under a temporary name, then rename it into place.
@@ -182,7 +233,7 @@ class ConversionCache:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return replace(entry, directory=final)
+        return replace(entry, directory=final, graph=onnx_bytes)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -90,7 +90,7 @@ class OptimizedMlflowModel(LoadedModel):
             raise ModelLoadError("an optimization result without a graph cannot be served")
         try:
             self._session = ort.InferenceSession(
-                str(result.onnx_model_path),
+                result.onnx_model if result.onnx_model is not None else str(result.onnx_model_path),
                 sess_options=session_options(settings),
                 providers=["CPUExecutionProvider"],
             )

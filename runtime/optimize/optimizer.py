@@ -104,6 +104,7 @@ def optimize_model(
         mode=mode,
         flavor=flavor,
         onnx_model_path=entry.onnx_path,
+        onnx_model=entry.graph,
         adapter=entry.adapter,
         converter=entry.converter,
         converter_versions=entry.converter_versions,

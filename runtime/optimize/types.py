@@ -111,6 +111,8 @@ class OptimizationResult:
     mode: OptimizationMode
     flavor: str | None = None
     onnx_model_path: Path | None = None
+    # The verified graph's bytes (what the replica's session is built from; see ConversionCache.lookup).
+    onnx_model: bytes | None = field(default=None, repr=False, compare=False)
     adapter: AdapterSpec | None = None
     converter: str | None = None  # e.g. "skl2onnx", "onnxmltools", "torch.onnx"
     converter_versions: dict[str, str] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.store.cache import Cache
-from runtime.store.eviction import evict
+from runtime.store.eviction import evict, stored_bytes
 from runtime.store.pins import is_pinned
 from runtime.store.settings import StoreSettings
 
@@ -54,8 +54,8 @@ def list_cached(settings: StoreSettings | None = None) -> list[CachedVersion]:
 
 
 def cache_bytes(settings: StoreSettings | None = None) -> int:
-    """Bytes on disk (shared blobs counted once)."""
-    return Cache((settings or StoreSettings()).cache_dir).blob_bytes()
+    """Bytes on disk (shared blobs counted once, converted graphs included)."""
+    return stored_bytes(Cache((settings or StoreSettings()).cache_dir))
 
 
 def prune(
@@ -65,8 +65,8 @@ def prune(
     budget), or every unpinned version with ``everything``; also clears crashed downloads' leftovers."""
     settings = settings or StoreSettings()
     cache = Cache(settings.cache_dir)
-    before = cache.blob_bytes()
+    before = stored_bytes(cache)
     stale = cache.remove_stale_temp()
     budget = settings.cache_max_bytes if max_bytes is None else max_bytes
     evicted = evict(cache, budget, force_all_unpinned=everything)
-    return PruneResult(evicted, before, cache.blob_bytes(), stale)
+    return PruneResult(evicted, before, stored_bytes(cache), stale)

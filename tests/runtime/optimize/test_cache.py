@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from runtime.optimize.cache import ConversionCache, Entry, cache_key, model_digest
 from runtime.optimize.types import AdapterSpec, FeedSpec, OutputSpec, Verification
+from runtime.store import StoreSettings, open_model
+from runtime.store.cache import Cache
+from runtime.store.eviction import evict, stored_bytes
 
 ADAPTER = AdapterSpec(
     feeds=(FeedSpec("input", "matrix", ("a",), "<f4"),), output=OutputSpec("label", "<i8", 1)
@@ -113,3 +117,39 @@ def test_keys_follow_content_versions_and_tolerance(tmp_path: Path) -> None:
     assert key != cache_key(digest, "sklearn", {"skl2onnx": "1.1"}, 1e-5)
     assert key != cache_key(digest, "sklearn", versions, 1e-4)
     assert key != cache_key(digest, "xgboost", versions, 1e-5)
+
+
+def test_lookup_hands_out_the_checksummed_bytes_and_records_the_use(tmp_path: Path) -> None:
+    cache = ConversionCache(tmp_path)
+    publish(cache, "k1", b"verified graph")
+    manifest = tmp_path / "k1" / "manifest.json"
+    os.utime(manifest, (1_000_000, 1_000_000))
+    found, _ = cache.lookup("k1")
+    assert found is not None and found.graph == b"verified graph"
+    assert cache.last_used("k1") > 1_000_000  # a lookup is a use, for LRU eviction
+    # The bytes stay what was verified even when the file is replaced after the lookup.
+    (tmp_path / "k1" / "model.onnx").write_bytes(b"swapped")
+    assert found.graph == b"verified graph"
+
+
+def test_converted_graphs_count_against_the_cache_budget_and_are_evicted_lru(tmp_path: Path) -> None:
+    settings = StoreSettings(cache_dir=tmp_path / "cache", cache_max_bytes=0)
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(50_000))
+    with open_model(str(model), settings) as handle:
+        version = handle.version_key
+    cache = Cache(settings.cache_dir)
+    converted = ConversionCache(settings.cache_dir / "optimized")
+    for index, key in enumerate(("old", "new")):
+        publish(converted, key, os.urandom(40_000))
+        os.utime(settings.cache_dir / "optimized" / key / "manifest.json", (2_000_000 + index,) * 2)
+    os.utime(settings.cache_dir / "versions" / version / "manifest.json", (1_000_000,) * 2)
+    assert 130_000 < stored_bytes(cache) < 135_000  # blobs + both graphs (+ their manifests)
+    # Oldest first across both kinds: the model version, then the older graph; the newer one fits.
+    assert evict(cache, max_bytes=60_000) == [version, "optimized/old"]
+    assert converted.entry_keys() == ["new"] and cache.version_keys() == []
+    # A graph whose conversion is under way (its lock held) is left alone.
+    with converted.lock("new", 1):
+        assert evict(cache, max_bytes=1) == []
+    assert evict(cache, max_bytes=1) == ["optimized/new"]
+    assert stored_bytes(cache) == 0
