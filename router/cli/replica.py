@@ -7,11 +7,14 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from router.cli import cli
+
+if TYPE_CHECKING:
+    from runtime.loaders.base import LoadedModel
 
 
 def _home() -> Path:
@@ -34,6 +37,11 @@ def _curl(port: int, host: str, body: dict[str, Any]) -> str:
 @click.option("--name", help="Served model name (default: from the URI).")
 @click.option("--no-batching", is_flag=True, help="Run every request on its own.")
 @click.option("--concurrency", type=int, help="Requests processed at once [env ZEROSERVE_CONCURRENCY, 4].")
+@click.option(
+    "--optimization",
+    type=click.Choice(["auto", "off", "required"]),
+    help="Serve MLflow models as verified ONNX conversions [env ZEROSERVE_OPTIMIZATION, auto].",
+)
 def replica(
     model_uri: str | None,
     example: bool,
@@ -42,11 +50,12 @@ def replica(
     name: str | None,
     no_batching: bool,
     concurrency: int | None,
+    optimization: str | None,
 ) -> None:
     """Serve one model (MLflow scoring at /invocations, Open Inference Protocol at /v2) until Ctrl-C."""
     if bool(model_uri) == example:
         raise click.UsageError("give exactly one of --model-uri and --example")
-    from runtime.__main__ import name_from_uri
+    from runtime.__main__ import name_from_uri, optimization_status
     from runtime.config import ReplicaSettings
     from runtime.errors import ZeroserveError
     from runtime.examples import propensity_request
@@ -58,6 +67,8 @@ def replica(
         overrides["batching"] = False
     if concurrency is not None:
         overrides["concurrency"] = concurrency
+    if optimization is not None:
+        overrides["optimization"] = optimization
     try:
         settings = ReplicaSettings(**overrides)
     except Exception as exc:  # pydantic's ValidationError, shown as a usage problem
@@ -71,6 +82,11 @@ def replica(
         name = name or "propensity"
     if model_uri is None:  # unreachable (checked above); narrows the type
         raise click.UsageError("give exactly one of --model-uri and --example")
+
+    def on_loaded(model: LoadedModel) -> None:
+        # Which path serves the model (a verified ONNX conversion or the native flavor) and why.
+        status = optimization_status(model, settings.optimization)
+        click.echo(f"Serving path: {status['path']} ({status['reason']})", err=True)
 
     def on_ready(bound_port: int) -> None:
         served = name or name_from_uri(model_uri)
@@ -92,6 +108,7 @@ def replica(
             served_name=name or name_from_uri(model_uri),
             settings=settings,
             on_ready=on_ready,
+            on_loaded=on_loaded,
         )
     except ZeroserveError as exc:
         raise click.ClickException(f"cannot load model {model_uri!r}: {exc.message}") from None

@@ -57,6 +57,10 @@ def test_example_builds_the_propensity_model_once_and_prints_a_working_curl(tmp_
         [*CLI, "--example"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
+        # The example is a custom MLflow pyfunc (it answers records with a probability): nothing to
+        # convert, and the CLI says so before serving.
+        path = _lines_until(process, r"^Serving path: ", timeout=120)
+        assert path.startswith("Serving path: native (no convertible flavor"), path
         curl = _lines_until(process, r"^curl ", timeout=120)
         url = re.search(r"(http://\S+/invocations)", curl)
         body = re.search(r"-d '(.*)'", curl)
