@@ -22,6 +22,7 @@ from router.observability.logging import (
     RequestIdMiddleware,
     configure_logging,
     flush_logging,
+    log_access,
     request_id_var,
 )
 
@@ -111,3 +112,20 @@ def test_formatter_writes_exceptions_and_non_json_extras() -> None:
     assert "ValueError: bad value" in entry["exception"]
     assert entry["path"] == "/tmp"
     assert entry["ts"].endswith("Z")
+
+
+def test_the_access_line_written_directly_is_the_formatters_line(log_stream: io.StringIO) -> None:
+    # With our handler as the only listener, log_access builds the line itself (it runs per request);
+    # it must be exactly what the formatter makes of the same access record, keys in the same order.
+    scope = {"method": "POST", "path": "/serving-endpoints/fraud/invocations", "client": ("10.1.2.3", 4567)}
+    log_access(scope, 200, 0.0012345, "req-7")
+    direct = lines(log_stream)[-1]
+    record = logging.getLogger("zeroserve.access").makeRecord(
+        "zeroserve.access", logging.INFO, __file__, 0, "%s %s %d",
+        ("POST", "/serving-endpoints/fraud/invocations", 200), None,
+        extra={"method": "POST", "path": "/serving-endpoints/fraud/invocations", "status": 200,
+               "duration_ms": 1.234, "principal": None, "client": "10.1.2.3", "request_id": "req-7"},
+    )
+    formatted = orjson.loads(JsonFormatter().format(record))
+    assert list(direct) == list(formatted)
+    assert {**direct, "ts": None} == {**formatted, "ts": None}
