@@ -218,7 +218,7 @@ async def _responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int
 async def test_pipelined_queries_are_answered_in_order(served: Served) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", served.fast)
     try:
-        # A slow query first: the fast one behind it on the same connection must wait its turn.
+        # Three requests in one write: each must be answered, in order, on the same connection.
         writer.write(_request("/serving-endpoints/ep/invocations", b'"first"')
                      + _request("/v2/models/ep/infer", b'"second"')
                      + b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
