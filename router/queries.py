@@ -48,6 +48,7 @@ from router.observability.logging import (
     request_id_from,
     request_id_var,
 )
+from router.proxy import UpstreamResponse
 from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
 
 if TYPE_CHECKING:
@@ -220,6 +221,10 @@ class _Deadlines:
             self._arm(loop, earliest)
 
 
+def _answer_of(response: UpstreamResponse, entity: EntityKey) -> Answer:
+    return response.status, response_headers(response, entity.served_entity), response.body
+
+
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
@@ -271,7 +276,7 @@ class GatewayQueries:
                 response, entity = await self.dataplane.query(
                     scope, body, upstream_path, exchange.wait_disconnect
                 )
-                return response.status, response_headers(response, entity.served_entity), response.body
+                return _answer_of(response, entity)
             settings = front_door.settings
             declared = content_length(scope)
             if declared is not None and declared > settings.max_body_bytes:
@@ -303,7 +308,7 @@ class GatewayQueries:
                 return _error(UpstreamTimeout(message), scope["path"])
             finally:
                 deadlines.forget(task)
-            return response.status, response_headers(response, entity.served_entity), response.body
+            return _answer_of(response, entity)
         except ClientGone:
             return None
         except ZeroserveError as error:
@@ -365,10 +370,7 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
         raw_path: bytes,
         query_string: bytes,
     ) -> None:
-        # The head is complete: the same bookkeeping as the parent's on_headers_complete.
-        self._in_head = False
-        self._head_bytes = 0
-        self._cancel_head_timer()
+        self._end_of_head()
         scope = cast(dict[str, Any], self.scope)
         scope["method"] = "POST"
         http_version = self.parser.get_http_version()

@@ -149,15 +149,19 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
-        self._cancel_head_timer()
+        self._end_of_head()
         previous = self.cycle
         super().on_headers_complete()
         # A new cycle (none for an upgrade) has not run yet: its task starts on the next loop turn.
         if self.cycle is not previous and self.cycle is not None:
             coalescing = _CoalescingTransport(self.transport, self.scope["method"])
             self.cycle.transport = cast(asyncio.Transport, coalescing)
+
+    def _end_of_head(self) -> None:
+        """The head is complete: stop counting its bytes and its time."""
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
