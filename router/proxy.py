@@ -14,8 +14,8 @@ response (refused, reset, closed before answering), so the request can go to ano
 meanwhile is retried once on a fresh connection here, so it never counts against the replica.
 
 Upstream timeouts cost no timer per request (a loop timer is several microseconds under uvloop, an
-``asyncio.timeout`` twice that): each exchange records its deadline on its connection, and one timer per
-pool, set for the earliest deadline of the exchanges in flight, fails those that are overdue.
+``asyncio.timeout`` twice that): the pool's ``Deadlines`` (router.deadlines) holds the deadline of each
+exchange in flight under one timer, and fails those that are overdue.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
+from router.deadlines import Deadlines
 from runtime.errors import UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
@@ -71,7 +72,6 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_waiter",
         "closed",
-        "deadline",
         "idle_since",
         "received_any",
         "timeout_s",
@@ -89,8 +89,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.received_any = False
         self.idle_since = 0.0
-        # The exchange in flight must be answered by ``deadline`` (loop time); the pool enforces it.
-        self.deadline = float("inf")
+        # The exchange in flight's timeout, for the message when the pool's deadline fails it.
         self.timeout_s = 0.0
 
     # asyncio.Protocol ------------------------------------------------------------------------------
@@ -196,10 +195,8 @@ class UpstreamPool:
         self._connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
-        # Connections with an exchange in flight, and the timer that enforces their deadlines.
-        self._busy: set[_Connection] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_at = float("inf")
+        # The deadlines of the connections with an exchange in flight.
+        self._deadlines: Deadlines[_Connection] = Deadlines(_Connection.time_out)
 
     async def request(
         self,
@@ -247,42 +244,16 @@ class UpstreamPool:
     async def _send(
         self, connection: _Connection, data: bytes, deadline: float, timeout_s: float
     ) -> UpstreamResponse:
-        connection.deadline = deadline
         connection.timeout_s = timeout_s
-        busy = self._busy
-        busy.add(connection)
-        if deadline < self._sweep_at:
-            self._arm(deadline)
+        deadlines = self._deadlines
+        deadlines.watch(connection, deadline)
         try:
             return await connection.send(data)
         except BaseException:
             connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
             raise
         finally:
-            busy.discard(connection)
-
-    def _arm(self, when: float) -> None:
-        """(Re)set the pool's one timer to ``when`` (loop time)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        self._sweep_at = when
-        self._sweeper = asyncio.get_running_loop().call_at(when, self._sweep)
-
-    def _sweep(self) -> None:
-        """Fail the exchanges past their deadline; set the timer for the earliest one left."""
-        self._sweeper = None
-        self._sweep_at = float("inf")
-        # A loop timer may fire a little before its time (libuv counts milliseconds).
-        now = asyncio.get_running_loop().time() + 0.001
-        earliest = float("inf")
-        for connection in list(self._busy):
-            if connection.deadline <= now:
-                self._busy.discard(connection)
-                connection.time_out()
-            elif connection.deadline < earliest:
-                earliest = connection.deadline
-        if earliest != float("inf"):
-            self._arm(earliest)
+            deadlines.forget(connection)
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -326,10 +297,8 @@ class UpstreamPool:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._sweeper is not None and not self._busy:  # exchanges in flight keep their deadlines
-            self._sweeper.cancel()
-            self._sweeper = None
-            self._sweep_at = float("inf")
+        if not self._deadlines:  # exchanges in flight keep their deadlines
+            self._deadlines.close()
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()

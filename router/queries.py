@@ -40,6 +40,7 @@ from router.auth.middleware import authenticate, challenge
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from router.dataplane import DataPlane, QueryRoutes, response_headers
+from router.deadlines import Deadlines
 from router.observability.logging import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -170,57 +171,6 @@ class QueryExchange:
             await self.flow.drain()
 
 
-class _Deadlines:
-    """The front door's request timeout for every query in flight, enforced by one loop timer.
-
-    ``asyncio.timeout`` arms and cancels a loop timer per request, a measurable share of the router's
-    CPU per query; here a query costs a dict insert and delete, and the one timer fires at the earliest
-    deadline (with steady traffic, about once per timeout period). An expired query's task is
-    cancelled, and its handler turns that cancellation into the 504.
-    """
-
-    def __init__(self) -> None:
-        self._due: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
-
-    def watch(self, task: asyncio.Task[Any], timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        when = loop.time() + timeout_s
-        self._due[task] = when
-        if when < self._timer_at:
-            self._arm(loop, when)
-
-    def forget(self, task: asyncio.Task[Any]) -> None:
-        self._due.pop(task, None)
-        self._expired.discard(task)
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        return task in self._expired
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = loop.call_at(when, self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
-        now = loop.time() + 0.001  # a loop timer may fire a little early (libuv counts milliseconds)
-        earliest = float("inf")
-        for task, when in list(self._due.items()):
-            if when <= now:
-                del self._due[task]
-                self._expired.add(task)
-                task.cancel()
-            elif when < earliest:
-                earliest = when
-        if earliest != float("inf"):
-            self._arm(loop, earliest)
-
-
 def _answer_of(response: UpstreamResponse, entity: EntityKey) -> Answer:
     return response.status, response_headers(response, entity.served_entity), response.body
 
@@ -244,7 +194,10 @@ class GatewayQueries:
         self.access_log = access_log
         self.routes = QueryRoutes(dataplane)
         self.match = self.routes.match
-        self._deadlines = _Deadlines()
+        # The front door's request timeout: one timer for all queries in flight (router.deadlines);
+        # an overdue query's task is cancelled, and the handler turns that cancellation into the 504.
+        self._overdue: set[asyncio.Task[Any]] = set()
+        self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(self._expire)
 
     async def serve(self, exchange: QueryExchange) -> None:
         scope = exchange.scope
@@ -295,19 +248,19 @@ class GatewayQueries:
             body = await exchange.read_body(limit, settings.body_timeout_s)
             task = asyncio.current_task()
             assert task is not None
-            deadlines = self._deadlines
-            deadlines.watch(task, settings.request_timeout_s)
+            self._deadlines.watch(task, asyncio.get_running_loop().time() + settings.request_timeout_s)
             try:
                 response, entity = await self.dataplane.query(
                     scope, body, upstream_path, exchange.wait_disconnect
                 )
             except asyncio.CancelledError:
-                if not deadlines.expired(task) or task.uncancel() > 0:
+                if task not in self._overdue or task.uncancel() > 0:
                     raise  # cancelled by someone else (shutdown), not by its deadline
                 message = f"The request took longer than {settings.request_timeout_s:g} s."
                 return _error(UpstreamTimeout(message), scope["path"])
             finally:
-                deadlines.forget(task)
+                self._deadlines.forget(task)
+                self._overdue.discard(task)
             return _answer_of(response, entity)
         except ClientGone:
             return None
@@ -317,6 +270,10 @@ class GatewayQueries:
             return _error(error, scope["path"])
         except Exception:
             return self._internal(scope)
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self._overdue.add(task)
+        task.cancel()
 
     def _internal(self, scope: dict[str, Any]) -> Answer:
         log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
