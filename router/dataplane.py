@@ -341,7 +341,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+                raise body_too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -371,12 +371,24 @@ def error_response(request: Request, exc: Exception) -> Response:
     """
     if not isinstance(exc, ZeroserveError):
         raise exc
-    payload: dict[str, str] = exc.to_dict()
-    if request.url.path.startswith("/v2/"):
-        payload["error"] = exc.message
     return Response(
-        orjson.dumps(payload), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+        error_body(exc, request.url.path),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
     )
+
+
+def error_body(error: ZeroserveError, path: str) -> bytes:
+    """``{"error_code", "message"}``, plus ``error`` on Open Inference Protocol paths."""
+    payload: dict[str, str] = error.to_dict()
+    if path.startswith("/v2/"):
+        payload["error"] = error.message
+    return orjson.dumps(payload)
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
 
 class _Handler:

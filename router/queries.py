@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
-import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
@@ -39,7 +38,7 @@ from router.auth.limits import RequestTimeout, content_length
 from router.auth.middleware import authenticate, challenge
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
-from router.dataplane import DataPlane, QueryRoutes, response_headers
+from router.dataplane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
 from router.deadlines import Deadlines
 from router.observability.logging import (
     REQUEST_ID_HEADER,
@@ -122,7 +121,7 @@ class QueryExchange:
             self.waiting_for_100_continue = False
         while self.more_body and not self.disconnected:
             if len(self.body) > limit:
-                raise _too_large(limit)
+                raise body_too_large(limit)
             # The protocol pauses reading past its high-water mark until the body is consumed.
             self.flow.resume_reading()
             self.message_event.clear()
@@ -137,7 +136,7 @@ class QueryExchange:
         if self.disconnected:
             raise ClientGone()
         if len(self.body) > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         return bytes(self.body)
 
     async def wait_disconnect(self) -> dict[str, str]:
@@ -173,10 +172,6 @@ class QueryExchange:
 
 def _answer_of(response: UpstreamResponse, entity: EntityKey) -> Answer:
     return response.status, response_headers(response, entity.served_entity), response.body
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
 
 class GatewayQueries:
@@ -234,7 +229,7 @@ class GatewayQueries:
             declared = content_length(scope)
             if declared is not None and declared > settings.max_body_bytes:
                 exchange.keep_alive = False  # the body is not read
-                raise _too_large(settings.max_body_bytes)
+                raise body_too_large(settings.max_body_bytes)
             scope[FRONT_DOOR_SCOPE_KEY] = front_door
             principal = None
             if front_door.auth_enabled:
@@ -286,10 +281,7 @@ class GatewayQueries:
 def _error(error: ZeroserveError, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> Answer:
     """The same answer the ASGI layers give for ``error``: ``{"error_code", "message"}``, plus ``error``
     on Open Inference Protocol paths (where tritonclient and KServe clients look for the message)."""
-    payload = error.to_dict()
-    if path.startswith("/v2/"):
-        payload["error"] = error.message
-    body = orjson.dumps(payload)
+    body = error_body(error, path)
     headers = [_JSON, (b"content-length", b"%d" % len(body))]
     headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
                 for name, value in error.headers.items()]
