@@ -19,6 +19,8 @@ class LocalBackendSettings(BaseSettings):
     # ONNX models and MLflow models served from their ONNX conversion; add "sklearn"/"mlflow" for models
     # served through mlflow.pyfunc (~250 MB a worker), "torch" for PyTorch.
     warm_pool_preload: str = "onnx"
+    # Replicas also listen on an owner-only Unix socket, which the router uses instead of loopback TCP.
+    replica_unix_sockets: bool = True
     replica_log_lines: int = Field(default=2000, ge=10)
     kept_replica_logs: int = Field(default=64, ge=0)
 

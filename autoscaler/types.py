@@ -51,6 +51,10 @@ class ReplicaInfo:
     # What the replica announced about its model's serving path; None when its backend cannot tell.
     # Not part of its identity: the router compares replicas by where they are.
     optimization: ReplicaOptimization | None = field(default=None, compare=False)
+    # A Unix socket the replica also listens on, when it runs on the router's machine (local backend):
+    # the router sends requests there rather than over loopback TCP (about half the system time per
+    # request, on both ends). ``url`` stays its address for probes and for everything else.
+    unix_socket: str | None = field(default=None, compare=False)
 
 
 class ReplicaListener(Protocol):

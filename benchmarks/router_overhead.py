@@ -1,6 +1,7 @@
 """What the router adds: the same replica measured directly and through the data plane, in one run.
 
     python -m benchmarks.router_overhead [--quick] [--no-clients] [--no-burst] [--stacks gateway,dataplane]
+                                         [--upstream unix|tcp]
 
 Three processes per measurement — the replica (``python -m runtime`` serving an ONNX logistic
 regression), the router, and the load generator — so the load generator's own work is not charged to
@@ -15,7 +16,10 @@ the router. The router is measured in two shapes:
   door, no request id or access log), to show what the layers in front of it cost.
 
 The load generator uses the router's own upstream client (the fastest at hand, see the client table)
-for both the direct and the routed runs, so the comparison is like for like.
+for both the direct and the routed runs, so the comparison is like for like. Clients reach the router
+and (direct runs) the replica over loopback TCP; the router reaches the replica over the Unix socket
+the replica also listens on, as it reaches every replica of the local backend (``--upstream tcp`` to
+measure the router over loopback TCP instead, as it would reach a replica on another machine).
 
 Tables:
 1. latency at concurrency 1 and 16, direct vs routed: added p50 / p99, routed req/s as a share of direct,
@@ -87,8 +91,10 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def replica(model_dir: Path, capacity: int) -> Iterator[int]:
+def replica(model_dir: Path, capacity: int, unix_socket: Path | None = None) -> Iterator[int]:
     argv = [sys.executable, "-m", "runtime", "--model-uri", model_dir.as_uri(), "--port", "0", "--name", "m"]
+    if unix_socket is not None:
+        argv += ["--unix-socket", str(unix_socket)]
     process, rest = _spawn([*argv, "--concurrency", str(capacity)], "ZEROSERVE_REPLICA_READY")
     try:
         yield int(orjson.loads(rest)["port"])
@@ -157,9 +163,10 @@ class _OneReplicaBackend:
     """An autoscaler ``Backend`` whose only replica is the benchmark's replica process, already running:
     the gateway routes to the same replica the direct runs measure."""
 
-    def __init__(self, url: str, capacity: int) -> None:
+    def __init__(self, url: str, capacity: int, unix_socket: str | None) -> None:
         self._url = url
         self._capacity = capacity
+        self._unix_socket = unix_socket
         self._running: Any = None  # the ReplicaInfo handed out, if any
 
     async def open(self) -> None:
@@ -171,7 +178,9 @@ class _OneReplicaBackend:
 
         if self._running is not None:
             raise ReplicaStartError("the benchmark runs exactly one replica")
-        self._running = ReplicaInfo(replica_id, entity, self._url, self._capacity)
+        self._running = ReplicaInfo(
+            replica_id, entity, self._url, self._capacity, unix_socket=self._unix_socket
+        )
         return self._running
 
     async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
@@ -236,7 +245,9 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
     # The JSON log (an access-log line per request) goes to a file, as a service's log would.
     configure_logging("info", stream=log_file)
     security = SecuritySettings(admin_token=SecretStr(BENCH_TOKEN))
-    backend = _OneReplicaBackend(f"http://127.0.0.1:{args.replica_port}", args.capacity)
+    backend = _OneReplicaBackend(
+        f"http://127.0.0.1:{args.replica_port}", args.capacity, args.replica_socket or None
+    )
     gateway = Gateway(GatewaySettings(home=home), backend=backend, security=security)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -287,7 +298,10 @@ async def _serve_router(args: argparse.Namespace) -> None:
     autoscaler = None
     if args.replica_port:
         dataplane.activator.replica_ready(
-            ReplicaInfo("r1", entity, f"http://127.0.0.1:{args.replica_port}", args.capacity)
+            ReplicaInfo(
+                "r1", entity, f"http://127.0.0.1:{args.replica_port}", args.capacity,
+                unix_socket=args.replica_socket or None,
+            )
         )
     else:
         from autoscaler.backends.local import LocalBackend
@@ -488,7 +502,15 @@ def main() -> None:
         "--role", choices=["main", "router", "loadgen"], default="main", help=argparse.SUPPRESS
     )
     parser.add_argument("--stack", choices=STACKS, default="dataplane", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--upstream",
+        choices=["unix", "tcp"],
+        default="unix",
+        help="how the router reaches the replica: its Unix socket, as the local backend's replicas are"
+        " reached (default), or loopback TCP",
+    )
     parser.add_argument("--replica-port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--replica-socket", default="", help=argparse.SUPPRESS)
     parser.add_argument("--model-uri", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="/invocations", help=argparse.SUPPRESS)
@@ -526,11 +548,13 @@ def main() -> None:
         model_dir = make_logreg_onnx(Path(tmp) / "logreg", n_features=N_FEATURES)
         rows = []
         with contextlib.ExitStack() as running:
-            replica_port = running.enter_context(replica(model_dir, args.capacity))
+            unix_socket = Path(tmp) / "replica.sock" if args.upstream == "unix" else None
+            replica_port = running.enter_context(replica(model_dir, args.capacity, unix_socket))
             routers = {
                 stack: running.enter_context(
                     router(
                         "--stack", stack, "--replica-port", str(replica_port),
+                        "--replica-socket", str(unix_socket or ""),
                         "--capacity", str(args.capacity), "--model-uri", model_dir.as_uri(),
                     )
                 )
@@ -567,6 +591,10 @@ def main() -> None:
     print("\nrouter overhead (same replica, direct vs through the router; load generator in its own process)")
     print("  gateway: the full stack as `zeroserve serve` runs it (auth, guard, request id, access log);")
     print("  dataplane: the bare data-plane routes; cpu/req: router process CPU time per routed request")
+    hop = "loopback TCP"
+    if args.upstream == "unix":
+        hop = "the replica's Unix socket (as local replicas are reached)"
+    print(f"  clients reach the router and (direct) the replica over loopback TCP; router to replica: {hop}")
     print(
         f"{'stack':<9} {'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
         f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6} "

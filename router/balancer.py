@@ -41,6 +41,7 @@ class ReplicaSlot:
         "queue",
         "removed",
         "replica_id",
+        "unix_socket",
     )
 
     def __init__(self, info: ReplicaInfo, queue: EntityQueue) -> None:
@@ -53,6 +54,7 @@ class ReplicaSlot:
         self.replica_id = info.replica_id
         self.host: str = parts.hostname
         self.port: int = parts.port
+        self.unix_socket = info.unix_socket  # requests go there when set (a local replica)
         self.capacity = info.capacity
         self.queue = queue
         self.in_flight = 0

@@ -152,7 +152,8 @@ class DataPlane:
             sent_at = time.perf_counter()
             try:
                 response = await self.pool.request(
-                    slot.host, slot.port, method, target, headers, body, timeout_s=settings.upstream_timeout_s
+                    slot.host, slot.port, method, target, headers, body,
+                    timeout_s=settings.upstream_timeout_s, unix_socket=slot.unix_socket,
                 )
             except UpstreamConnectError as exc:
                 self.activator.release(slot, failed=True)
@@ -297,6 +298,7 @@ class DataPlane:
                 headers,
                 body,
                 timeout_s=entry.settings.upstream_timeout_s,
+                unix_socket=slot.unix_socket,
             )
             status = response.status
         except (ConnectionError, ZeroserveError) as exc:
@@ -323,7 +325,8 @@ class DataPlane:
             return False
         try:
             response = await self.pool.request(
-                slot.host, slot.port, "GET", _HEALTH_PATH, [], b"", timeout_s=2.0
+                slot.host, slot.port, "GET", _HEALTH_PATH, [], b"", timeout_s=2.0,
+                unix_socket=slot.unix_socket,
             )
         except (ConnectionError, ZeroserveError):
             return False

@@ -65,8 +65,8 @@ class QueryExchange:
     """One query request and its answer, in the place of uvicorn's ``RequestResponseCycle``."""
 
     __slots__ = (
-        "body", "default_headers", "disconnected", "flow", "handler", "keep_alive", "message_event",
-        "more_body", "on_response", "response_complete", "route", "scope", "transport",
+        "body", "default_headers", "disconnected", "flow", "handler", "keep_alive", "loop",
+        "message_event", "more_body", "on_response", "response_complete", "route", "scope", "transport",
         "waiting_for_100_continue",
     )
 
@@ -76,6 +76,7 @@ class QueryExchange:
         route: tuple[dict[str, str], Callable[[EntityKey], str]],
         handler: Callable[[QueryExchange], Awaitable[None]],
         *,
+        loop: asyncio.AbstractEventLoop,
         transport: asyncio.Transport,
         flow: FlowControl,
         default_headers: list[tuple[bytes, bytes]],
@@ -86,6 +87,7 @@ class QueryExchange:
         self.scope = scope
         self.route = route
         self.handler = handler
+        self.loop = loop
         self.transport = transport
         self.flow = flow
         self.default_headers = default_headers
@@ -241,9 +243,10 @@ class GatewayQueries:
             front_door.admit_query(principal, params["name"])
             limit = min(settings.max_body_bytes, self.dataplane.max_body_bytes)
             body = await exchange.read_body(limit, settings.body_timeout_s)
-            task = asyncio.current_task()
+            loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
+            task = asyncio.current_task(loop)
             assert task is not None
-            self._deadlines.watch(task, asyncio.get_running_loop().time() + settings.request_timeout_s)
+            self._deadlines.watch(task, loop.time() + settings.request_timeout_s)
             try:
                 response, entity = await self.dataplane.query(
                     scope, body, upstream_path, exchange.wait_disconnect
@@ -333,6 +336,7 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
             scope,
             route,
             self.queries.serve,
+            loop=self.loop,
             transport=self.transport,
             flow=self.flow,
             default_headers=self.server_state.default_headers,

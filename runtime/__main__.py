@@ -2,7 +2,8 @@
 
 Prints exactly one line, ``ZEROSERVE_REPLICA_READY {"port": ..., "pid": ..., "cache": {...},
 "optimization": {"path": "onnx"|"native", "mode": ..., "reason": ...}}``, once the model is loaded,
-warmed and the port accepts requests (``optimization`` says which path serves the model and why).
+warmed and the port accepts requests (``optimization`` says which path serves the model and why;
+``unix_socket``, with ``--unix-socket PATH``, the socket it also listens on).
 Exits 1 with a message naming the URI when the model cannot be fetched or loaded, and 0 after a
 graceful drain on SIGTERM.
 """
@@ -27,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-uri", required=True, help="s3://, file://, models:/, runs:/ or a local path")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed when ready)")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--unix-socket",
+        metavar="PATH",
+        help="also listen on a Unix socket at PATH (owner-only; announced in the ready line)",
+    )
     parser.add_argument("--name", help="the served model name (default: the model directory's name)")
     parser.add_argument("--model-version", help="the version reported by the Open Inference Protocol")
     parser.add_argument("--max-batch-size", type=int)
@@ -80,7 +86,9 @@ def optimization_status(model: LoadedModel, mode: str) -> dict[str, str]:
     }
 
 
-def announce_ready(port: int, optimization: dict[str, str] | None = None) -> None:
+def announce_ready(
+    port: int, optimization: dict[str, str] | None = None, unix_socket: str | None = None
+) -> None:
     from runtime.store import cache_stats
 
     # The model was fetched (or found in the cache) by this process: the gateway adds these counters
@@ -90,6 +98,8 @@ def announce_ready(port: int, optimization: dict[str, str] | None = None) -> Non
     announcement: dict[str, Any] = {"port": port, "pid": os.getpid(), "cache": counters}
     if optimization is not None:
         announcement["optimization"] = optimization
+    if unix_socket is not None:
+        announcement["unix_socket"] = unix_socket
     line = json.dumps(announcement)
     sys.stdout.write(f"{READY_PREFIX} {line}\n")
     sys.stdout.flush()
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    from runtime.config import ReplicaSettings
+    from runtime.config import MAX_UNIX_SOCKET_PATH, ReplicaSettings
     from runtime.errors import ZeroserveError
 
     try:
@@ -114,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.server import serve
     from runtime.store import open_model
+
+    if args.unix_socket is not None and len(os.fsencode(args.unix_socket)) > MAX_UNIX_SOCKET_PATH:
+        print(f"zeroserve replica: --unix-socket path is longer than {MAX_UNIX_SOCKET_PATH} bytes:"
+              f" {args.unix_socket!r}", file=sys.stderr)
+        return 2
 
     uri = args.model_uri
     optimization: dict[str, str] = {}
@@ -133,15 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             served_name=args.name or name_from_uri(uri),
             settings=settings,
-            on_ready=lambda port: announce_ready(port, optimization),
+            on_ready=lambda port: announce_ready(port, optimization, args.unix_socket),
             model_version=args.model_version,
             on_loaded=loaded,
+            unix_socket=args.unix_socket,
         )
     except ZeroserveError as exc:
         print(f"zeroserve replica: cannot load model {uri!r}: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"zeroserve replica: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        where = f"{args.host}:{args.port}" + (f" and {args.unix_socket}" if args.unix_socket else "")
+        print(f"zeroserve replica: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     finally:
         handle.close()

@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest path a replica's Unix socket may have: sun_path is 108 bytes on Linux (104 on macOS),
+# terminating NUL included.
+MAX_UNIX_SOCKET_PATH = 103
+
 ExecutionMode = Literal["auto", "inline", "thread"]
 
 

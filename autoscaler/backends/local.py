@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
 from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
+from runtime.config import MAX_UNIX_SOCKET_PATH
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
@@ -73,10 +77,12 @@ class _LocalReplica:
     from_pool: bool
     url: str | None = None
     optimization: ReplicaOptimization | None = None
+    unix_socket: str | None = None  # as announced by the replica: it listens there too
 
     def info(self) -> ReplicaInfo:
         assert self.url is not None
-        return ReplicaInfo(self.replica_id, self.entity, self.url, self.capacity, self.optimization)
+        return ReplicaInfo(self.replica_id, self.entity, self.url, self.capacity, self.optimization,
+                           self.unix_socket)
 
 
 class LocalBackend:
@@ -91,10 +97,16 @@ class LocalBackend:
         preload: tuple[str, ...] | None = None,
         environment: Mapping[str, str] | None = None,
         probe_timeout_s: float = 2.0,
+        unix_sockets: bool | None = None,
     ) -> None:
         """Unset arguments come from ``settings`` (by default read from ``ZEROSERVE_*`` variables)."""
         settings = settings or LocalBackendSettings()
         self._host = host if host is not None else settings.replica_host
+        self._unix_sockets = settings.replica_unix_sockets if unix_sockets is None else unix_sockets
+        # Where replicas put their Unix sockets: a short private directory (socket paths are limited to
+        # ~100 bytes), made on open and removed on close.
+        self._socket_dir: str | None = None
+        self._socket_ids = itertools.count(1)
         self._environment = dict(os.environ if environment is None else environment)
         pool_size = warm_pool_size if warm_pool_size is not None else settings.warm_pool_size
         pool_preload = preload if preload is not None else settings.preload
@@ -119,6 +131,8 @@ class LocalBackend:
         return self._pool
 
     async def open(self) -> None:
+        if self._unix_sockets and self._socket_dir is None:
+            self._socket_dir = tempfile.mkdtemp(prefix="zeroserve-")  # mode 0700
         if self._client is None:
             self._client = self._new_client()
             # The first request through a client imports its async backend (~50 ms): pay it here, on a
@@ -131,6 +145,10 @@ class LocalBackend:
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         argv = runtime_argv(spec, self._host)
+        if self._socket_dir is not None:
+            path = os.path.join(self._socket_dir, f"r{next(self._socket_ids)}.sock")
+            if len(os.fsencode(path)) <= MAX_UNIX_SOCKET_PATH:  # else (a long TMPDIR) TCP only
+                argv += ["--unix-socket", path]
         environment = dict(spec.environment_vars)
         worker = None
         if self._pool is not None and not needs_fresh_process(environment):
@@ -205,6 +223,9 @@ class LocalBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     # --- extras for tests and the CLI ---
 
@@ -231,6 +252,8 @@ class LocalBackend:
             url = f"http://{self._url_host()}:{int(announced['port'])}"
             self._count_cache(announced.get("cache"))
             replica.optimization = announced_optimization(announced.get("optimization"))
+            unix_socket = announced.get("unix_socket")
+            replica.unix_socket = unix_socket if isinstance(unix_socket, str) else None
             await self._probe_until_ready(replica, url)
             return url
         code = await replica.process.wait()

@@ -35,6 +35,8 @@ TOKEN_PREFIX = "zs"
 # Longer presented tokens are rejected before hashing: no legitimate token is near this size.
 MAX_TOKEN_LENGTH = 512
 _NEGATIVE_CACHE_LIMIT = 10_000
+# Who ZEROSERVE_ADMIN_TOKEN authenticates as; one immutable instance, not one per request.
+_STATIC_ADMIN = Principal("admin", is_admin=True)
 
 _MIGRATIONS = [
     """
@@ -218,7 +220,7 @@ class TokenStore:
             return None
         presented = hash_token(token)
         if self._static_admin_hash is not None and hmac.compare_digest(presented, self._static_admin_hash):
-            return Principal("admin", is_admin=True)
+            return _STATIC_ADMIN
         token_id = parse_token_id(token)
         if token_id is None:
             return None

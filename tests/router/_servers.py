@@ -30,13 +30,16 @@ class EchoReplica:
     delay_s: float = 0.0
     healthy: bool = True
     port: int = 0
+    unix_socket: str | None = None  # also served there when set
     requests: int = 0
     max_in_flight: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     _in_flight: int = 0
 
     def info(self, entity: EntityKey) -> ReplicaInfo:
-        return ReplicaInfo(self.name, entity, f"http://127.0.0.1:{self.port}", self.capacity)
+        return ReplicaInfo(
+            self.name, entity, f"http://127.0.0.1:{self.port}", self.capacity, unix_socket=self.unix_socket
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,9 +66,10 @@ class EchoReplica:
                 await asyncio.sleep(delay)
         finally:
             self._in_flight -= 1
+        client = scope.get("client")  # None over a Unix socket
         extra = [
             (b"x-replica", self.name.encode()),
-            (b"x-client-port", str(scope["client"][1]).encode()),
+            (b"x-client-port", str(client[1]).encode() if client else b"unix"),
             (b"x-path", path.encode()),
         ]
         if "status" in query:
@@ -99,14 +103,20 @@ async def serving(
     app: Callable[[Scope, Receive, Send], Awaitable[None]],
     *,
     http: str | type[asyncio.Protocol] = "httptools",
+    unix_socket: str | None = None,
 ) -> AsyncIterator[int]:
     """Run an ASGI app with uvicorn on a loopback port for the duration of the block (``http``: the
-    protocol class, e.g. the gateway's query protocol)."""
+    protocol class, e.g. the gateway's query protocol; ``unix_socket``: also listen there)."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
+    sockets = [sock]
+    if unix_socket is not None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(unix_socket)
+        sockets.append(listener)
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=http)
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=sockets))
     try:
         for _ in range(200):
             if server.started:
@@ -118,13 +128,14 @@ async def serving(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
-        sock.close()
+        for listener in sockets:
+            listener.close()
 
 
 @contextlib.asynccontextmanager
 async def echo_replica(name: str, **kwargs: object) -> AsyncIterator[EchoReplica]:
     replica = EchoReplica(name, **kwargs)  # type: ignore[arg-type]
-    async with serving(replica) as port:
+    async with serving(replica, unix_socket=replica.unix_socket) as port:
         replica.port = port
         yield replica
 

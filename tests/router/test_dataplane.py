@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,6 +100,20 @@ def test_fast_path_matches_exactly_the_query_routes(
         assert matched is not None
         params, upstream = matched
         assert (params, upstream(A)) == expected
+
+
+async def test_a_local_replica_is_reached_over_its_unix_socket(
+    dataplane: DataPlane, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with echo_replica("r1", unix_socket=str(tmp_path / "r1.sock")) as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        response = await client.post("/serving-endpoints/ep/invocations", content=b'{"inputs": [1]}')
+        assert response.status_code == 200 and response.content == b'{"inputs": [1]}'
+        assert response.headers["x-client-port"] == "unix"  # the replica saw no TCP peer
+        # So does the health check that readmits an ejected replica.
+        assert await dataplane._health_check(replica.info(A))
+        assert replica.requests == 1
 
 
 async def test_fast_path_leaves_other_requests_to_the_app(client: httpx.AsyncClient) -> None:

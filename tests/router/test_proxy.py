@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,30 @@ async def test_keep_alive_connection_is_reused(pool: UpstreamPool) -> None:
             ports.add(dict(response.headers)[b"x-client-port"])
         assert len(ports) == 1  # one connection for all five
         assert pool.idle_connections() == 1
+
+
+async def test_a_replica_with_a_unix_socket_is_reached_there(pool: UpstreamPool, tmp_path: Path) -> None:
+    path = str(tmp_path / "r1.sock")
+    async with echo_replica("r1", unix_socket=path) as replica:
+        for index in range(3):
+            body = b'{"inputs": [%d]}' % index
+            response = await pool.request(
+                "127.0.0.1", replica.port, "POST", "/invocations", [], body, timeout_s=5, unix_socket=path
+            )
+            assert response.status == 200 and response.body == body
+            assert dict(response.headers)[b"x-client-port"] == b"unix"  # not over TCP
+        assert pool.idle_connections() == 1  # kept alive and reused, as over TCP
+        over_tcp = await pool.request(
+            "127.0.0.1", replica.port, "POST", "/invocations", [], b"x", timeout_s=5
+        )
+        assert dict(over_tcp.headers)[b"x-client-port"] != b"unix"
+        assert pool.idle_connections() == 2  # pooled apart: one per address
+
+
+async def test_a_missing_unix_socket_is_a_connect_error_naming_it(pool: UpstreamPool, tmp_path: Path) -> None:
+    path = str(tmp_path / "gone.sock")
+    with pytest.raises(UpstreamConnectError, match=r"gone\.sock"):
+        await pool.request("127.0.0.1", free_port(), "GET", "/", [], b"", timeout_s=5, unix_socket=path)
 
 
 async def test_concurrent_requests_open_parallel_connections(pool: UpstreamPool) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -74,6 +76,46 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     assert response.startswith(b"HTTP/1.1 200")
     assert b'"predictions"' in response
     assert replica.process.wait(timeout=15) == 0
+
+
+def test_unix_socket_serves_the_same_routes_owner_only_and_is_removed_on_exit(
+    onnx_model: Path, start_replica: Callable[..., ReplicaProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "replica.sock"
+    replica = start_replica("--model-uri", str(onnx_model), "--name", "scorer", "--unix-socket", str(path))
+    assert replica.announced["unix_socket"] == str(path)
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600  # a replica has no auth of its own
+    transport = httpx.HTTPTransport(uds=str(path))
+    with httpx.Client(transport=transport, base_url="http://replica", timeout=10) as client:
+        answer = client.post("/invocations", json={"inputs": ROW})
+        assert answer.status_code == 200 and set(answer.json()["predictions"]) == {"label", "probabilities"}
+        assert client.get("/v2/models/scorer/ready").status_code == 200
+    with httpx.Client(base_url=replica.url, timeout=10) as client:  # and TCP as before
+        assert client.post("/invocations", json={"inputs": ROW}).status_code == 200
+    replica.process.send_signal(signal.SIGTERM)
+    assert replica.process.wait(timeout=15) == 0
+    assert not path.exists()
+
+
+def test_a_stale_unix_socket_file_is_replaced(
+    onnx_model: Path, start_replica: Callable[..., ReplicaProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "replica.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # what a replica killed with SIGKILL leaves behind
+    stale.close()
+    replica = start_replica("--model-uri", str(onnx_model), "--unix-socket", str(path))
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
+        assert client.get("http://replica/v2/health/ready").json() == {"ready": True}
+    assert replica.announced["unix_socket"] == str(path)
+
+
+def test_a_unix_socket_path_too_long_is_a_usage_error(onnx_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / ("s" * 120)
+    result = _run("--model-uri", str(onnx_model), "--unix-socket", str(path))
+    assert result.returncode == 2
+    assert "--unix-socket path is longer than 103 bytes" in result.stderr and str(path) in result.stderr
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -61,6 +61,14 @@ async def local(replica_environment: dict[str, str]) -> AsyncIterator[Local]:
     assert backend.list_replicas() == []
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
 def spec_for(uri: str, **scaling: object) -> EntitySpec:
     return EntitySpec(uri, "logreg", autoscaling=dataclasses.replace(FAST, **scaling))  # type: ignore[arg-type]
 
@@ -78,6 +86,11 @@ async def test_zero_to_one_on_the_first_poke_then_back_to_zero(local: Local, onn
         response = await client.post(f"{replica.url}/v2/models/logreg/infer", json=INPUT)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [1]
+    # It also listens on a Unix socket in the backend's private directory: the router's way in.
+    assert replica.unix_socket is not None and _exists(replica.unix_socket)
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=replica.unix_socket)) as client:
+        over_socket = await client.post("http://replica/v2/models/logreg/infer", json=INPUT)
+    assert over_socket.json()["outputs"][0]["data"] == [1]
     # The warm-pool worker's ready line said how it serves the model; the entity keeps it.
     graph = ReplicaOptimization("onnx", "the model is an ONNX graph; nothing to convert", "auto")
     assert replica.optimization == graph
@@ -181,6 +194,9 @@ async def test_import_time_environment_forces_a_fresh_process(
         spec = dataclasses.replace(spec_for(onnx_model_uri), environment_vars={"OMP_NUM_THREADS": "1"})
         info = await backend.start_replica(KEY, spec, "fresh-1")
         assert not backend.started_from_pool("fresh-1")
+        assert info.unix_socket is not None and _exists(info.unix_socket)
+        socket_dir = os.path.dirname(info.unix_socket)
+        assert _mode(socket_dir) == 0o700
         assert info.optimization is not None and info.optimization.path == "onnx"
         assert backend.pool.idle == 1  # the pooled worker was not used
         assert await backend.health("fresh-1") is ReplicaHealth.HEALTHY
@@ -188,6 +204,21 @@ async def test_import_time_environment_forces_a_fresh_process(
         await backend.stop_replica("fresh-1", timeout_s=5.0)
         assert await backend.health("fresh-1") is ReplicaHealth.EXITED
         assert "stopped (exit code 0)" in backend.logs("fresh-1")
+        assert not _exists(info.unix_socket)  # the replica removed it on its way out
+    finally:
+        await backend.close()
+    assert not _exists(socket_dir)
+
+
+async def test_unix_sockets_can_be_turned_off(
+    onnx_model_uri: str, replica_environment: dict[str, str]
+) -> None:
+    backend = LocalBackend(warm_pool_size=0, environment=replica_environment, unix_sockets=False)
+    await backend.open()
+    try:
+        info = await backend.start_replica(KEY, spec_for(onnx_model_uri), "tcp-only")
+        assert info.unix_socket is None  # the router then uses the replica's loopback port
+        assert await backend.health("tcp-only") is ReplicaHealth.HEALTHY
     finally:
         await backend.close()
 
