@@ -22,6 +22,7 @@ import uvicorn
 
 from runtime.app import build_app
 from runtime.config import MAX_UNIX_SOCKET_PATH, ReplicaSettings
+from runtime.http import CoalescingHttpToolsProtocol
 from runtime.loaders import LoadedModel, load_model
 from runtime.replica import Replica
 from runtime.warmup import warm_up
@@ -185,7 +186,7 @@ def _run(
 ) -> None:
     config = uvicorn.Config(
         build_app(replica),
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # a response in one write, not head and body apart
         loop="none",
         lifespan="off",
         access_log=False,

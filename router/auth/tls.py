@@ -11,9 +11,8 @@
   of an unfinished head (431 past ``max_header_bytes``) and closes a connection whose head is not
   complete within ``header_timeout_s``.
 
-The same protocol also sends a fixed-length response's head and body in one ``transport.write``
-(``_CoalescingTransport``): uvicorn writes them separately, and the second write (one more syscall
-per request) was a sixth of the router's CPU per routed request.
+The protocol also sends a fixed-length response's head and body in one ``transport.write``, as
+replicas do (``runtime.http.CoalescingHttpToolsProtocol``).
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from runtime.http import CoalescingHttpToolsProtocol
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_S = 30.0
@@ -76,55 +77,9 @@ def trusted_proxy_app(app: ASGIApp, trusted_proxies: Sequence[str]) -> ASGIApp:
     return cast(ASGIApp, middleware)
 
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _CoalescingTransport:
-    """The transport one request/response cycle writes to: holds back the head of a response that has a
-    ``content-length`` and sends it with the first body write, so a plain response is one syscall.
-
-    uvicorn's cycle writes exactly three kinds of data: an interim ``100 Continue``, then the response
-    head (once), then body chunks. Chunked (streaming) responses and responses to HEAD (which get no
-    body write at all) pass straight through, so their head is never delayed. A held head is also
-    flushed by ``close()``, which the cycle calls when the app fails after starting its response."""
-
-    __slots__ = ("_awaiting_head", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, method: str) -> None:
-        self._transport = transport
-        self._pending: bytes | None = None
-        self._awaiting_head = method != "HEAD"
-
-    def write(self, data: bytes) -> None:
-        if self._pending is not None:
-            head, self._pending = self._pending, None
-            self._transport.write(head + data)
-        elif self._awaiting_head and data != _CONTINUE:
-            self._awaiting_head = False
-            # uvicorn lower-cases header names; without content-length the body is chunked.
-            if b"\r\ncontent-length:" in data:
-                self._pending = data
-            else:
-                self._transport.write(data)
-        else:
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._pending is not None:
-            head, self._pending = self._pending, None
-            self._transport.write(head)
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything else a future uvicorn cycle may use goes to the real transport.
-        return getattr(self._transport, name)
-
-
-class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the size and the arrival time of each request head."""
+class HeaderLimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
+    """uvicorn's httptools protocol (responses in one write, as replicas send them) with a bound on the
+    size and the arrival time of each request head."""
 
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
     header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
@@ -150,12 +105,7 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
-        previous = self.cycle
         super().on_headers_complete()
-        # A new cycle (none for an upgrade) has not run yet: its task starts on the next loop turn.
-        if self.cycle is not previous and self.cycle is not None:
-            coalescing = _CoalescingTransport(self.transport, self.scope["method"])
-            self.cycle.transport = cast(asyncio.Transport, coalescing)
 
     def _end_of_head(self) -> None:
         """The head is complete: stop counting its bytes and its time."""

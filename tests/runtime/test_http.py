@@ -1,0 +1,179 @@
+"""The replica's HTTP protocol: a fixed-length response leaves in one write, and nothing else is held.
+
+The unit tests drive ``_CoalescingTransport`` with a recording transport. The protocol tests run
+uvicorn's real httptools protocol on a real event loop; its transport is a recording stand-in (the
+thing under test is which bytes go to ``transport.write`` and how many calls, which a socket hides)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.server import ServerState
+
+from runtime.http import CoalescingHttpToolsProtocol, _CoalescingTransport
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+class RecordingTransport:
+    """Records each write as one entry; what uvicorn's protocol and cycle call on a transport."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: object) -> None:
+        pass
+
+
+def coalescing(method: str = "POST") -> tuple[_CoalescingTransport, RecordingTransport]:
+    recording = RecordingTransport()
+    return _CoalescingTransport(cast(asyncio.Transport, recording), method), recording
+
+
+def test_fixed_length_head_is_sent_with_the_body() -> None:
+    transport, recording = coalescing()
+    transport.write(HEAD)
+    assert recording.writes == []
+    transport.write(b"{}")
+    assert recording.writes == [HEAD + b"{}"]
+
+
+def test_later_body_writes_pass_straight_through() -> None:
+    transport, recording = coalescing()
+    transport.write(HEAD)
+    transport.write(b"{")
+    transport.write(b"}")
+    assert recording.writes == [HEAD + b"{", b"}"]
+
+
+def test_chunked_head_is_not_held() -> None:
+    transport, recording = coalescing()
+    transport.write(CHUNKED_HEAD)
+    assert recording.writes == [CHUNKED_HEAD]
+
+
+def test_head_request_gets_its_head_at_once() -> None:
+    # A HEAD response has a content-length but never a body write: holding its head would hang it.
+    transport, recording = coalescing("HEAD")
+    transport.write(HEAD)
+    assert recording.writes == [HEAD]
+
+
+def test_interim_continue_passes_and_the_real_head_is_still_held() -> None:
+    transport, recording = coalescing()
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    transport.write(HEAD)
+    assert recording.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    transport.write(b"{}")
+    assert recording.writes[-1] == HEAD + b"{}"
+
+
+def test_close_flushes_a_held_head() -> None:
+    transport, recording = coalescing()
+    transport.write(HEAD)
+    transport.close()
+    assert recording.writes == [HEAD]
+    assert recording.closed
+    assert transport.is_closing()
+
+
+def test_other_attributes_reach_the_real_transport() -> None:
+    transport, _ = coalescing()
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 50000)
+
+
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def fixed(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"one", "more_body": True})
+    await send({"type": "http.response.body", "body": b"two"})
+
+
+async def failing_after_start(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+    raise RuntimeError("the model failed mid-answer")
+
+
+async def exchange(app: App, requests: bytes) -> RecordingTransport:
+    """Feeds raw request bytes to one protocol instance and lets its request cycles run to the end."""
+    config = uvicorn.Config(cast(Any, app), http=CoalescingHttpToolsProtocol, lifespan="off",
+                            access_log=False, log_level="critical")
+    config.load()
+    protocol = CoalescingHttpToolsProtocol(config, ServerState(), {})
+    recording = RecordingTransport()
+    protocol.connection_made(cast(asyncio.Transport, recording))
+    protocol.data_received(requests)
+    # The cycles are tasks of this loop; a few turns finish them (no I/O is involved).
+    for _ in range(20):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return recording
+
+
+def post(path: str = "/invocations", body: bytes = b"{}", extra: bytes = b"") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (path.encode(), len(body), extra, body))
+
+
+async def test_each_response_of_a_keep_alive_connection_is_one_write() -> None:
+    recording = await exchange(fixed, post() + post())
+    assert len(recording.writes) == 2
+    for write in recording.writes:
+        head, _, body = write.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 2" in head
+        assert body == b"{}"
+
+
+async def test_streaming_response_head_leaves_before_its_body() -> None:
+    recording = await exchange(streaming, post())
+    assert recording.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert recording.writes[0].endswith(b"\r\n\r\n")
+    assert b"".join(recording.writes[1:]) == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+
+
+async def test_expect_continue_is_answered_before_the_body_is_read() -> None:
+    recording = await exchange(fixed, post(extra=b"expect: 100-continue\r\n"))
+    assert recording.writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert recording.writes[1].endswith(b"\r\n\r\n{}")
+
+
+async def test_a_held_head_is_not_lost_when_the_app_fails_after_starting() -> None:
+    recording = await exchange(failing_after_start, post())
+    # The client gets the head that was started and a closed connection, never silence.
+    assert recording.writes and recording.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert recording.closed
