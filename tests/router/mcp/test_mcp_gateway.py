@@ -39,10 +39,12 @@ BUILTINS = {"list_endpoints", "get_endpoint_status"}
 # An MLflow model from code that refuses negative inputs: a model error at inference time.
 PICKY_MODEL = """
 import mlflow
+import pandas as pd
 
 
 class Picky(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
+    # The hint only keeps MLflow from warning (inside its own filter) that predict has none.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         if (model_input["x"] < 0).any():
             raise ValueError("x must not be negative")
         return model_input["x"] * 2.0
