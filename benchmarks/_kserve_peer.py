@@ -18,11 +18,11 @@ import logging
 from typing import Any
 
 import joblib
-import kserve  # type: ignore[import-not-found]
+import kserve
 import numpy as np
 
 
-class SklearnModel(kserve.Model):  # type: ignore[misc]
+class SklearnModel(kserve.Model):
     def __init__(self, name: str, model_file: str) -> None:
         super().__init__(name)
         self.model_file = model_file

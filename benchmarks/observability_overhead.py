@@ -23,8 +23,11 @@ import argparse
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
+
+from starlette.types import ASGIApp as ASGI
+from starlette.types import Message, Receive, Scope, Send
 
 from autoscaler.types import EntityKey
 from router.observability.inference_tables import InferenceTables
@@ -32,9 +35,6 @@ from router.observability.logging import RequestIdMiddleware, configure_logging,
 from router.observability.metrics import MetricsHub
 from router.stats import DataPlaneStats
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGI = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 KEY = EntityKey("bench", "bench-1")
 BUDGET_US = 500.0
 
@@ -43,7 +43,7 @@ def make_handler(stats: DataPlaneStats | None, tables: InferenceTables | None) -
     body = b'{"predictions": [0.5]}'
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
 
-    async def handler(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -66,10 +66,10 @@ async def drive(app: ASGI, requests: int, every: int = 0, scrape: Callable[[], b
              "query_string": b"", "client": ("127.0.0.1", 5000)}
     message = {"type": "http.request", "body": b'{"inputs": [[1.0]]}', "more_body": False}
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return message
 
-    async def send(_: dict[str, Any]) -> None:
+    async def send(_: Message) -> None:
         return None
 
     started = time.perf_counter()

@@ -16,7 +16,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -67,7 +67,9 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def _uvicorn(app: Any, http: Any, lifespan: str) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+async def _uvicorn(
+    app: Any, http: Any, lifespan: Literal["on", "off"]
+) -> AsyncIterator[tuple[int, uvicorn.Server]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, http=http)

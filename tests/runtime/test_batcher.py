@@ -95,7 +95,9 @@ async def test_a_rejected_request_does_not_poison_its_batch_mates() -> None:
         return_exceptions=True,
     )  # fmt: skip
     assert isinstance(results[1], InvalidInput)
-    assert [result.outputs["y"].tolist() for result in (results[0], results[2])] == [[2.0], [6.0]]
+    first, third = results[0], results[2]
+    assert isinstance(first, Prediction) and isinstance(third, Prediction)
+    assert [first.outputs["y"].tolist(), third.outputs["y"].tolist()] == [[2.0], [6.0]]
     assert model.calls == [3, 1, 1, 1]  # the merged call, then one by one
     await batcher.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from autoscaler.spec import EntitySpec
 from autoscaler.testing import FakeBackend, FakeClock
@@ -60,7 +61,8 @@ class LoopbackFakeBackend(FakeBackend):
 
 def make_gateway(home: Path, backend: FakeBackend, clock: FakeClock) -> Gateway:
     settings = GatewaySettings(home=home, rollout_timeout_s=3.0)
-    return Gateway(settings, backend=backend, clock=clock, security=SecuritySettings(admin_token=ADMIN_TOKEN))
+    security = SecuritySettings(admin_token=SecretStr(ADMIN_TOKEN))
+    return Gateway(settings, backend=backend, clock=clock, security=security)
 
 
 @pytest.fixture

@@ -137,6 +137,7 @@ def drive_browser(url: str, token: str) -> dict[str, object]:
             page = wait.until(charts_drawn)
         except TimeoutException:
             raise AssertionError(f"charts never all had data; last seen: {last_seen}") from None
+        assert page is not None  # until() returns only a true value
         stored = driver.execute_script("return sessionStorage.getItem('zeroserve.token')")
         paths = driver.execute_script("return document.querySelectorAll('figure.chart path.line').length")
         ARTIFACTS.mkdir(exist_ok=True)

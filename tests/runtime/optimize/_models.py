@@ -18,7 +18,7 @@ N_FEATURES = 6
 COLUMNS = [f"x{index}" for index in range(N_FEATURES)]
 
 
-class AddOne(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class AddOne(TransformerMixin, BaseEstimator):
     """A custom pipeline step: skl2onnx has no converter for it."""
 
     def fit(self, features: Any, labels: Any = None) -> AddOne:

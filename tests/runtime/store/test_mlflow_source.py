@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -62,7 +63,7 @@ def registry(
                                     run_id=run.info.run_id)  # fmt: skip
     marker.write_text(run.info.run_id)
     yield run.info.run_id, "churn"
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(cast(str, None))  # None restores the default; MLflow's hint leaves it out
 
 
 def test_registered_version_is_fetched_from_s3_then_needs_nothing(
