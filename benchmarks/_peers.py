@@ -1,6 +1,7 @@
 # mypy: disable-error-code="import-untyped"
 # (joblib ships no type hints)
-"""Peer model servers for the benchmarks: MLServer and KServe's Python server, each in its own virtualenv.
+"""Peer model servers for the benchmarks: MLServer, KServe's Python server and BentoML, each in its own
+virtualenv.
 
 Their pins conflict with zeroserve's environment (and with each other), so each peer lives in a virtualenv
 under ``~/.cache/zeroserve-bench`` (``ZEROSERVE_BENCH_CACHE`` moves it) that the benchmark makes with
@@ -27,8 +28,10 @@ CACHE_DIR = Path(os.environ.get("ZEROSERVE_BENCH_CACHE", "~/.cache/zeroserve-ben
 # inference worker processes call at start: they die and the server exits before it is ready.
 MLSERVER_REQUIREMENTS = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0")
 KSERVE_REQUIREMENTS = ("kserve==0.21.0",)
+BENTOML_REQUIREMENTS = ("bentoml==1.4.40",)
 MODEL_NAME = "sklearn-model"
 KSERVE_SCRIPT = Path(__file__).with_name("_kserve_peer.py")
+BENTOML_SERVICE = "_bentoml_peer:SklearnForest"  # benchmarks/_bentoml_peer.py
 _STAMP = "zeroserve-requirements.txt"
 
 
@@ -93,6 +96,33 @@ def kserve(
         big_body=v1_body(many),
         labels_of=v1_labels,
         cwd=workdir,
+    )
+
+
+def bentoml(
+    workdir: Path, estimator_file: Path, one: list[list[float]], many: list[list[float]]
+) -> PeerServer:
+    """BentoML (``_bentoml_peer.py``, started by ``bentoml serve``) serving ``estimator_file``.
+
+    One worker; BentoML's usage tracking off (nothing here reaches the internet) and its home in the
+    benchmark's scratch folder, so the run leaves nothing in ``~/bentoml``."""
+    python = ensure_venv("bentoml", [*BENTOML_REQUIREMENTS, *model_libraries()])
+    command = [
+        str(python.parent / "bentoml"), "serve", BENTOML_SERVICE, "--host", "127.0.0.1", "--port", "{port}",
+    ]  # fmt: skip
+    return PeerServer(
+        command=command,
+        health="/readyz",
+        path="/predict",
+        body=v1_body(one),
+        big_body=v1_body(many),
+        labels_of=lambda answer: [int(label) for label in answer],
+        env={
+            "ZEROSERVE_BENCH_MODEL_FILE": str(estimator_file),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "BENTOML_HOME": str(workdir / "bentoml-home"),
+        },
+        cwd=KSERVE_SCRIPT.parent,  # where bentoml finds the service module
     )
 
 

@@ -8,8 +8,9 @@ sklearn model — through:
 * zeroserve native: the same replica with ``--optimization off`` (scikit-learn through the pyfunc);
 * ``mlflow models serve --env-manager local``;
 * the native peers, on the same forest exported with joblib: MLServer + mlserver-sklearn (V2, one FP64
-  tensor) and KServe's Python model server (V1 ``instances``), each from a virtualenv of its own made on
-  first use (``benchmarks._peers``); ``--no-peers`` leaves these two out.
+  tensor), KServe's Python model server (V1 ``instances``) and BentoML (a ``@bentoml.service`` calling
+  ``predict``), each from a virtualenv of its own made on first use (``benchmarks._peers``);
+  ``--no-peers`` leaves these three out.
 
 For each it measures p50 latency at concurrency 1, requests/s at 16 and rows/s for a 1,000-row request,
 and start-to-ready; zeroserve optimized starts twice, first with an empty conversion cache (it converts
@@ -44,7 +45,7 @@ N_TREES = 200
 TRAINING_ROWS = 4000
 MLFLOW_FLAGS = ["--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
 OPTIMIZED, NATIVE, MLFLOW = "zeroserve optimized", "zeroserve native", "mlflow models serve"
-MLSERVER, KSERVE = "MLServer + mlserver-sklearn", "KServe Python server"
+MLSERVER, KSERVE, BENTOML = "MLServer + mlserver-sklearn", "KServe Python server", "BentoML"
 
 
 @dataclass
@@ -98,11 +99,11 @@ def split_bodies(rows: list[list[float]]) -> tuple[bytes, bytes]:
 
 
 def peer_targets(model_dir: Path, rows: list[list[float]], workdir: Path) -> dict[str, Target]:
-    """MLServer and KServe serving the forest natively (scikit-learn, exported with joblib); a peer whose
-    virtualenv cannot be made stays in the table with the reason."""
+    """MLServer, KServe and BentoML serving the forest natively (scikit-learn, exported with joblib); a peer
+    whose virtualenv cannot be made stays in the table with the reason."""
     estimator_file = _peers.export_estimator(model_dir, workdir / "forest-joblib" / "model.joblib")
     targets = {}
-    for name, make in ((MLSERVER, _peers.mlserver), (KSERVE, _peers.kserve)):
+    for name, make in ((MLSERVER, _peers.mlserver), (KSERVE, _peers.kserve), (BENTOML, _peers.bentoml)):
         try:
             peer = make(workdir, estimator_file, rows[:1], rows)
         except _peers.PeerUnavailable as exc:
@@ -267,7 +268,7 @@ def report(targets: dict[str, Target], cached_ready_s: float | None, duration: f
         f"- optimized / zeroserve native: {shown(ratio(OPTIMIZED, NATIVE), 20)}",
         f"- zeroserve native / mlflow models serve: {shown(ratio(NATIVE, MLFLOW), 1)}",
     ]
-    peers = [name for name in (MLFLOW, MLSERVER, KSERVE) if name in targets]
+    peers = [name for name in (MLFLOW, MLSERVER, KSERVE, BENTOML) if name in targets]
     measured = [name for name in peers if "c16" in targets[name].results]
     if measured:
         best = max(measured, key=lambda name: targets[name].results["c16"]["rps"])
@@ -294,7 +295,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short load phases (about two minutes in all)")
     parser.add_argument("--duration", type=float, help="seconds per load phase (default 5, --quick 1.5)")
-    parser.add_argument("--no-peers", action="store_true", help="leave out MLServer and KServe")
+    parser.add_argument("--no-peers", action="store_true", help="leave out MLServer, KServe and BentoML")
     args = parser.parse_args()
     duration = args.duration or (1.5 if args.quick else 5.0)
     with tempfile.TemporaryDirectory(prefix="zeroserve-bench-optimized-") as tmp:

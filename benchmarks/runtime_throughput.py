@@ -8,9 +8,10 @@ as ONNX — through:
 * the peers, on the sklearn model: ``mlflow models serve --env-manager local``; MLServer with
   mlserver-sklearn (V2 ``/v2/models/sklearn-model/infer``, one FP64 tensor); KServe's Python model
   server with a ``kserve.Model`` written for it (``benchmarks/_kserve_peer.py``, V1
-  ``/v1/models/sklearn-model:predict``).
-  MLServer and KServe run from virtualenvs of their own, made on first use (``benchmarks._peers``);
-  ``--no-peers`` leaves all three out.
+  ``/v1/models/sklearn-model:predict``); BentoML with a ``@bentoml.service`` written for it
+  (``benchmarks/_bentoml_peer.py``, ``POST /predict``).
+  MLServer, KServe and BentoML run from virtualenvs of their own, made on first use
+  (``benchmarks._peers``); ``--no-peers`` leaves all four out.
 
 Every request carries the same rows in its server's protocol. For each server it measures start-to-ready
 (process start to the first successful health check), p50/p99 latency at concurrency 1 and 16,
@@ -242,7 +243,7 @@ def build_targets(workdir: Path, peers: bool = True) -> list[Target]:
     mlflow_serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(sklearn_dir),
                     "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]  # fmt: skip
     targets.append(split(MLFLOW, mlflow_serve, "/ping"))
-    for name, make in ((MLSERVER, _peers.mlserver), (KSERVE, _peers.kserve)):
+    for name, make in ((MLSERVER, _peers.mlserver), (KSERVE, _peers.kserve), (BENTOML, _peers.bentoml)):
         try:
             peer = make(workdir, estimator_file, one, thousand)
         except _peers.PeerUnavailable as exc:
@@ -268,7 +269,8 @@ SKLEARN_ONNX = "zeroserve sklearn (auto: served as ONNX)"
 MLFLOW = "mlflow models serve (sklearn)"
 MLSERVER = "MLServer + mlserver-sklearn (V2)"
 KSERVE = "KServe Python server (V1)"
-PEERS = (MLFLOW, MLSERVER, KSERVE)
+BENTOML = "BentoML (service, /predict)"
+PEERS = (MLFLOW, MLSERVER, KSERVE, BENTOML)
 
 
 def report(targets: list[Target]) -> str:
@@ -351,7 +353,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="seconds per load phase (default 5, --quick 1.5)")
     parser.add_argument("--only", nargs="*", help="run only targets whose name contains one of these")
     parser.add_argument(
-        "--no-peers", action="store_true", help="leave out mlflow models serve, MLServer and KServe"
+        "--no-peers", action="store_true", help="leave out mlflow models serve, MLServer, KServe and BentoML"
     )
     parser.add_argument("--floor", metavar="MODEL_ONNX", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
