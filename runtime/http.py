@@ -15,6 +15,8 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Past this size a body is not copied behind its head: the two go out as one vectored write instead.
+_COPY_LIMIT = 16 * 1024
 
 
 class _CoalescingTransport:
@@ -36,7 +38,10 @@ class _CoalescingTransport:
     def write(self, data: bytes) -> None:
         if self._pending is not None:
             head, self._pending = self._pending, None
-            self._transport.write(head + data)
+            if len(data) <= _COPY_LIMIT:
+                self._transport.write(head + data)
+            else:
+                self._transport.writelines((head, data))
         elif self._awaiting_head and data != _CONTINUE:
             self._awaiting_head = False
             # uvicorn lower-cases header names; without content-length the body is chunked.

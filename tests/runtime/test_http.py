@@ -7,7 +7,7 @@ thing under test is which bytes go to ``transport.write`` and how many calls, wh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import uvicorn
@@ -25,10 +25,15 @@ class RecordingTransport:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.vectored = 0  # writes given as parts (writelines), not joined by the caller
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        self.writes.append(b"".join(parts))
+        self.vectored += 1
 
     def close(self) -> None:
         self.closed = True
@@ -60,6 +65,16 @@ def test_fixed_length_head_is_sent_with_the_body() -> None:
     assert recording.writes == []
     transport.write(b"{}")
     assert recording.writes == [HEAD + b"{}"]
+    assert recording.vectored == 0  # a small body is joined to its head: one plain write
+
+
+def test_a_large_body_goes_with_its_head_without_being_copied_behind_it() -> None:
+    transport, recording = coalescing()
+    body = b"x" * (1024 * 1024)
+    transport.write(HEAD)
+    transport.write(body)
+    assert recording.writes == [HEAD + body]  # one call, head first
+    assert recording.vectored == 1
 
 
 def test_later_body_writes_pass_straight_through() -> None:
@@ -177,3 +192,38 @@ async def test_a_held_head_is_not_lost_when_the_app_fails_after_starting() -> No
     # The client gets the head that was started and a closed connection, never silence.
     assert recording.writes and recording.writes[0].startswith(b"HTTP/1.1 200 OK")
     assert recording.closed
+
+
+async def test_a_large_response_arrives_whole_over_a_real_socket() -> None:
+    """uvloop's transport (the one replicas run on) takes the vectored write of head and a large body."""
+    import uvloop
+
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    async def large(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    def serve_once() -> bytes:
+        async def main() -> bytes:
+            config = uvicorn.Config(cast(Any, large), http=CoalescingHttpToolsProtocol, lifespan="off",
+                                    access_log=False, log_level="critical")
+            config.load()
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: CoalescingHttpToolsProtocol(config, ServerState(), {}), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(body=b"{}"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            received = await reader.readexactly(len(body))
+            writer.close()
+            server.close()
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            return received
+
+        return uvloop.run(main())
+
+    assert await asyncio.to_thread(serve_once) == body
