@@ -29,9 +29,17 @@ class ReplicaProcess:
 
 
 async def start_replica(
-    model_dir: Path, entity: EntityKey, replica_id: str, *, capacity: int = 4, timeout_s: float = 60.0
+    model_dir: Path,
+    entity: EntityKey,
+    replica_id: str,
+    *,
+    capacity: int = 4,
+    timeout_s: float = 60.0,
+    unix_socket: Path | None = None,
 ) -> ReplicaProcess:
-    """Start a replica and wait for its ready line; raises with its output if it exits instead."""
+    """Start a replica and wait for its ready line; raises with its output if it exits instead. With
+    ``unix_socket`` it also listens there, and the router reaches it there (as local replicas are)."""
+    extra = ["--unix-socket", str(unix_socket)] if unix_socket is not None else []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,6 +52,7 @@ async def start_replica(
         entity.served_entity,
         "--concurrency",
         str(capacity),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "ZEROSERVE_LOG_LEVEL": "WARNING"},
@@ -62,7 +71,8 @@ async def start_replica(
     except BaseException:
         await stop(process)
         raise
-    info = ReplicaInfo(replica_id, entity, f"http://127.0.0.1:{port}", capacity)
+    socket_path = str(unix_socket) if unix_socket is not None else None
+    info = ReplicaInfo(replica_id, entity, f"http://127.0.0.1:{port}", capacity, unix_socket=socket_path)
     return ReplicaProcess(info, process)
 
 

@@ -169,12 +169,19 @@ async def test_failing_model_answers_503_with_the_reason_fast(
         assert "failed to deploy" in response.json()["message"]
 
 
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
 async def test_replica_killed_mid_load_loses_no_request(
-    dataplane: DataPlane, client: Client, model_dir: Path
+    dataplane: DataPlane, client: Client, model_dir: Path, tmp_path: Path, upstream: str
 ) -> None:
+    # Over TCP (a remote replica) and over the replica's Unix socket (how local replicas are reached; the
+    # killed replica's socket file stays behind, so reconnecting fails with "refused", not "not found").
+    def socket_of(name: str) -> Path | None:
+        return tmp_path / f"{name}.sock" if upstream == "unix" else None
+
     async with replicas_for_test() as started:
         first, second = await asyncio.gather(
-            start_replica(model_dir, A, "a-1"), start_replica(model_dir, A, "a-2")
+            start_replica(model_dir, A, "a-1", unix_socket=socket_of("a-1")),
+            start_replica(model_dir, A, "a-2", unix_socket=socket_of("a-2")),
         )
         started += [first, second]
         dataplane.set_endpoint("ep", [(A, 100)])
