@@ -296,6 +296,7 @@ async def _serve_router(args: argparse.Namespace) -> None:
         dataplane,
     )
     autoscaler = None
+    backend = None
     if args.replica_port:
         dataplane.activator.replica_ready(
             ReplicaInfo(
@@ -331,7 +332,19 @@ async def _serve_router(args: argparse.Namespace) -> None:
         log_level="warning",
         backlog=4096,
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the SIGTERM it caught once serve() returns, which ends the process there:
+        # what has to be cleaned up (the backend's replicas and socket folder) is done in shutdown.
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            if autoscaler is not None:
+                await autoscaler.stop()
+            if backend is not None:
+                await backend.close()
+            await dataplane.aclose()
+
+    server = Server(config)
     await dataplane.start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(1000):  # uvicorn offers no started event; poll its flag
@@ -340,9 +353,6 @@ async def _serve_router(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.01)
     print(f"{READY} {sock.getsockname()[1]}", flush=True)
     await serving
-    if autoscaler is not None:
-        await autoscaler.stop()
-    await dataplane.aclose()
 
 
 async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:

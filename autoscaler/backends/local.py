@@ -15,7 +15,9 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -85,6 +87,67 @@ class _LocalReplica:
                            self.unix_socket)
 
 
+SOCKET_DIR_PREFIX = "zeroserve-"
+_SOCKET_DIR_NAME = re.compile(r"zeroserve-(\d+)-[^/]+")
+
+
+def remove_stale_socket_dirs(parent: str) -> list[str]:
+    """Remove the replica socket directories in ``parent`` left by backends whose process is gone (a gateway
+    killed before it could close); returns the paths removed.
+
+    Only this user's real directories named ``zeroserve-<pid>-...`` whose pid no longer runs are touched:
+    another user's, a symlink, or one of a live process (even a reused pid) are left alone."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = _SOCKET_DIR_NAME.fullmatch(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d replica socket folder(s) left by stopped gateways", len(removed))
+    return removed
+
+
+def _still_private(folder: str) -> bool:
+    """Whether the socket folder is still this user's private directory. Something outside may have
+    removed it (a tmp cleaner; another gateway's stale-folder sweep across pid namespaces, where our pid
+    means nothing): replicas are then started on TCP only rather than in a folder anyone could re-create."""
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        info = None
+    if (
+        info is not None
+        and stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and stat.S_IMODE(info.st_mode) & 0o077 == 0
+    ):
+        return True
+    logger.warning("replica socket folder %s is gone or not private any more: replicas use TCP only", folder)
+    return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    return True
+
+
 class LocalBackend:
     """Replicas as local processes, with a warm pool of ``warm_pool_size`` pre-imported workers."""
 
@@ -104,7 +167,8 @@ class LocalBackend:
         self._host = host if host is not None else settings.replica_host
         self._unix_sockets = settings.replica_unix_sockets if unix_sockets is None else unix_sockets
         # Where replicas put their Unix sockets: a short private directory (socket paths are limited to
-        # ~100 bytes), made on open and removed on close.
+        # ~100 bytes), made on open and removed on close; its name carries this process's pid, so that
+        # the directory of a gateway that died without closing can be recognised and removed later.
         self._socket_dir: str | None = None
         self._socket_ids = itertools.count(1)
         self._environment = dict(os.environ if environment is None else environment)
@@ -132,7 +196,8 @@ class LocalBackend:
 
     async def open(self) -> None:
         if self._unix_sockets and self._socket_dir is None:
-            self._socket_dir = tempfile.mkdtemp(prefix="zeroserve-")  # mode 0700
+            remove_stale_socket_dirs(tempfile.gettempdir())
+            self._socket_dir = tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-")  # mode 0700
         if self._client is None:
             self._client = self._new_client()
             # The first request through a client imports its async backend (~50 ms): pay it here, on a
@@ -145,7 +210,7 @@ class LocalBackend:
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         argv = runtime_argv(spec, self._host)
-        if self._socket_dir is not None:
+        if self._socket_dir is not None and _still_private(self._socket_dir):
             path = os.path.join(self._socket_dir, f"r{next(self._socket_ids)}.sock")
             if len(os.fsencode(path)) <= MAX_UNIX_SOCKET_PATH:  # else (a long TMPDIR) TCP only
                 argv += ["--unix-socket", path]

@@ -10,15 +10,24 @@ import asyncio
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from autoscaler.backend import ReplicaHealth, ReplicaStartError
-from autoscaler.backends.local import LocalBackend, announced_optimization, runtime_argv
+from autoscaler.backends.local import (
+    LocalBackend,
+    announced_optimization,
+    remove_stale_socket_dirs,
+    runtime_argv,
+)
 from autoscaler.lifecycle import DeploymentState
 from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec
@@ -219,6 +228,71 @@ async def test_unix_sockets_can_be_turned_off(
         info = await backend.start_replica(KEY, spec_for(onnx_model_uri), "tcp-only")
         assert info.unix_socket is None  # the router then uses the replica's loopback port
         assert await backend.health("tcp-only") is ReplicaHealth.HEALTHY
+    finally:
+        await backend.close()
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (reaped, so nothing answers to it)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_socket_folders_of_dead_gateways_are_removed_and_others_kept(tmp_path: Path) -> None:
+    dead = tmp_path / f"zeroserve-{_dead_pid()}-abc123"
+    dead.mkdir(mode=0o700)
+    (dead / "r1.sock").write_bytes(b"")  # a socket file left behind, as after a SIGKILL
+    live = tmp_path / f"zeroserve-{os.getpid()}-def456"  # a running gateway's folder
+    live.mkdir()
+    unrelated = tmp_path / "zeroserve-notapid"
+    unrelated.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_bytes(b"data")
+    link = tmp_path / f"zeroserve-{_dead_pid()}-link"  # a symlink by that name is not followed
+    link.symlink_to(elsewhere)
+
+    assert remove_stale_socket_dirs(str(tmp_path)) == [str(dead)]
+    assert not dead.exists()
+    assert live.is_dir() and unrelated.is_dir() and link.is_symlink()
+    assert (elsewhere / "keep").read_bytes() == b"data"
+
+
+async def test_open_clears_socket_folders_of_dead_gateways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / f"zeroserve-{_dead_pid()}-xyz"
+    stale.mkdir()
+    backend = LocalBackend(warm_pool_size=0)
+    await backend.open()
+    try:
+        names = _names(tmp_path)  # the stale folder is gone; this backend's own is named by its pid
+        assert len(names) == 1 and names[0].startswith(f"zeroserve-{os.getpid()}-")
+        assert _mode(str(tmp_path / names[0])) == 0o700
+    finally:
+        await backend.close()
+    assert _names(tmp_path) == []
+
+
+async def test_a_socket_folder_removed_from_outside_means_tcp_not_a_recreated_folder(
+    onnx_model_uri: str, replica_environment: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = LocalBackend(warm_pool_size=0, environment=replica_environment)
+    await backend.open()
+    try:
+        (folder,) = _names(tmp_path)
+        os.rmdir(tmp_path / folder)  # e.g. a tmp cleaner
+        info = await backend.start_replica(KEY, spec_for(onnx_model_uri), "after-sweep")
+        assert info.unix_socket is None
+        assert await backend.health("after-sweep") is ReplicaHealth.HEALTHY
+        assert _names(tmp_path) == []  # not re-created: the name could be anyone's by now
     finally:
         await backend.close()
 
