@@ -90,8 +90,9 @@ def up(example: bool, **options: Any) -> None:
 async def _print_ready(gateway: Any) -> None:
     console.print(f"[bold green]zeroserve is up[/] at {gateway.url}  (state in {gateway.settings.home})")
     if gateway.admin_token:
-        console.print(f"admin token (shown once, keep it): [bold]{gateway.admin_token}[/]")
-        console.print(f"  export ZEROSERVE_TOKEN={gateway.admin_token}", highlight=False)
+        # soft_wrap: never break a token across lines (rich wraps at 80 columns when not on a terminal).
+        console.print(f"admin token (shown once, keep it): [bold]{gateway.admin_token}[/]", soft_wrap=True)
+        console.print(f"  export ZEROSERVE_TOKEN={gateway.admin_token}", highlight=False, soft_wrap=True)
 
 
 async def _deploy_example(gateway: Any) -> None:

@@ -133,6 +133,11 @@ def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> loggi
         logging.getLogger(name).propagate = True
     # Our access log replaces uvicorn's (it carries the request id and the principal).
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at INFO: the backends' replica health probes would be a line every two
+    # seconds per replica. A failed probe is an exception, not one of those lines, and the autoscaler
+    # logs what it means for the replica.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return _handler
 
 

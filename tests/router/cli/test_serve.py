@@ -46,6 +46,11 @@ def test_up_example_prints_a_working_query(tmp_path: Path) -> None:
         output = "\n".join(lines)
         assert re.search(r"zeroserve is up at http://127\.0\.0\.1:\d+", output)
         assert "admin token (shown once" in output
+        # Piped (not a terminal), the token lines must still be whole: one line each, pasteable.
+        exports = [line.strip() for line in lines if "export ZEROSERVE_TOKEN" in line]
+        assert exports and all(re.fullmatch(r"export ZEROSERVE_TOKEN=zs_\S{40,}", line) for line in exports)
+        shown = [line for line in lines if line.startswith("admin token (shown once")]
+        assert shown and all(re.search(r"keep it\): zs_\S{40,}$", line) for line in shown)
         curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
         parts = shlex.split(curl)
         url = parts[2]

@@ -129,3 +129,15 @@ def test_the_access_line_written_directly_is_the_formatters_line(log_stream: io.
     formatted = orjson.loads(JsonFormatter().format(record))
     assert list(direct) == list(formatted)
     assert {**direct, "ts": None} == {**formatted, "ts": None}
+
+
+async def test_httpx_request_lines_stay_out_of_the_log(log_stream: io.StringIO) -> None:
+    # The replica health probes go through httpx every two seconds; its per-request INFO lines would
+    # drown the gateway's own log. Warnings still pass.
+    async with client() as http:
+        assert (await http.get("/hello")).status_code == 200
+    logging.getLogger("httpx").warning("a real problem")
+    logged = [(line["logger"], line["message"]) for line in lines(log_stream)]
+    assert not any(name == "httpx" and "HTTP Request" in str(message) for name, message in logged)
+    assert ("httpx", "a real problem") in logged
+    assert ("zeroserve.test_app", "handling") in logged
