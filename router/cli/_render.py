@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped into a file or a CI log, rich would lay tables out for 80 columns and squeeze a status table of ten
+# columns into ellipses; there is no terminal to fit then, so lay them out wide (COLUMNS still decides).
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+console = Console(width=_PIPE_WIDTH)
 err_console = Console(stderr=True)
 
 _DEPLOYMENT_STYLE = {
