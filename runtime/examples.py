@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -33,11 +34,19 @@ _SEED = 20240611
 def _quiet_libraries() -> Iterator[None]:
     # mlflow's save path trips deprecation warnings of newer pandas/torch versions; they are the
     # libraries' business, and they must not fail callers that turn warnings into errors (the tests).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
+    # Its log lines (pickling advice, "validating input example") are about choices these examples make
+    # on purpose, and would land unformatted in the middle of `zeroserve up`'s first start.
+    mlflow_logger = logging.getLogger("mlflow")
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        mlflow_logger.setLevel(level)
 
 
 def _target(directory: str | os.PathLike[str]) -> Path:
