@@ -15,7 +15,9 @@ meanwhile is retried once on a fresh connection here, so it never counts against
 
 A replica on this machine that listens on a Unix socket (``ReplicaInfo.unix_socket``) is reached
 there: a request and its answer over a Unix socket cost about half the system time of loopback TCP,
-at both ends, and the router shares its cores with such replicas.
+at both ends, and the router shares its cores with such replicas. If the socket file is gone while the
+replica may still run (a tmp cleaner removed it), the replica is reached over TCP from then on, so a
+healthy replica never becomes unreachable because of a file.
 
 Upstream timeouts cost no timer per request (a loop timer is several microseconds under uvloop, an
 ``asyncio.timeout`` twice that): the pool's ``Deadlines`` (router.deadlines) holds the deadline of each
@@ -25,6 +27,7 @@ exchange in flight under one timer, and fails those that are overdue.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import NamedTuple, cast
 
@@ -53,8 +56,15 @@ HOP_BY_HOP = frozenset(
 )
 
 
+logger = logging.getLogger(__name__)
+
+
 class UpstreamConnectError(ConnectionError):
     """No response byte came back: the request may be retried on another replica."""
+
+
+class _SocketGone(UpstreamConnectError):
+    """A replica's Unix socket file does not exist (as opposed to existing with nobody listening)."""
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -199,6 +209,8 @@ class UpstreamPool:
         self._connect_timeout_s = connect_timeout_s
         # Idle connections by replica address: (host, port), or the replica's Unix socket path.
         self._idle: dict[tuple[str, int] | str, list[_Connection]] = {}
+        # Unix sockets found missing: their replicas are reached over TCP from then on.
+        self._gone_sockets: set[str] = set()
         self._closed = False
         # The deadlines of the connections with an exchange in flight.
         self._deadlines: Deadlines[_Connection] = Deadlines(_Connection.time_out)
@@ -228,7 +240,9 @@ class UpstreamPool:
         head.append(b"\r\n")
         head.append(body)
         data = b"".join(head)
-        key: tuple[str, int] | str = unix_socket if unix_socket is not None else (host, port)
+        key: tuple[str, int] | str = (host, port)
+        if unix_socket is not None and unix_socket not in self._gone_sockets:
+            key = unix_socket
         deadline = asyncio.get_running_loop().time() + timeout_s
         connection = self._take_idle(key)
         if connection is not None:
@@ -242,7 +256,13 @@ class UpstreamPool:
                 return response
         try:
             async with asyncio.timeout_at(deadline):
-                connection = await self._connect(key)
+                try:
+                    connection = await self._connect(key)
+                except _SocketGone as exc:
+                    self._gone_sockets.add(cast(str, key))
+                    logger.warning("%s; reaching that replica over TCP at %s:%d from now on", exc, host, port)
+                    key = (host, port)
+                    connection = await self._connect(key)
         except TimeoutError:
             raise UpstreamTimeout(f"The model did not answer within {timeout_s:g} s.") from None
         response = await self._send(connection, data, deadline, timeout_s)
@@ -273,7 +293,8 @@ class UpstreamPool:
                     _, connection = await loop.create_connection(_Connection, key[0], key[1])
         except (OSError, TimeoutError) as exc:
             where = key if isinstance(key, str) else f"{key[0]}:{key[1]}"
-            raise UpstreamConnectError(f"cannot connect to replica at {where}: {exc}") from exc
+            error = _SocketGone if isinstance(exc, FileNotFoundError) else UpstreamConnectError
+            raise error(f"cannot connect to replica at {where}: {exc}") from exc
         return connection
 
     def _take_idle(self, key: tuple[str, int] | str) -> _Connection | None:

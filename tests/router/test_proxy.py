@@ -57,9 +57,48 @@ async def test_a_replica_with_a_unix_socket_is_reached_there(pool: UpstreamPool,
         assert pool.idle_connections() == 2  # pooled apart: one per address
 
 
-async def test_a_missing_unix_socket_is_a_connect_error_naming_it(pool: UpstreamPool, tmp_path: Path) -> None:
+async def test_a_replica_whose_socket_file_vanished_is_reached_over_tcp(
+    pool: UpstreamPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "r1.sock"
+    async with echo_replica("r1", unix_socket=str(path)) as replica:
+        first = await pool.request("127.0.0.1", replica.port, "POST", "/invocations", [], b"a",
+                                   timeout_s=5, unix_socket=str(path))
+        assert dict(first.headers)[b"x-client-port"] == b"unix"
+        fresh = UpstreamPool()  # no pooled connection to hide the missing file
+        try:
+            path.unlink()  # e.g. a tmp cleaner; the replica itself is fine
+            for body in (b"b", b"c"):
+                response = await fresh.request("127.0.0.1", replica.port, "POST", "/invocations", [], body,
+                                              timeout_s=5, unix_socket=str(path))
+                assert response.status == 200 and response.body == body
+                assert dict(response.headers)[b"x-client-port"] != b"unix"
+            gone = [record for record in caplog.records if "r1.sock" in record.getMessage()]
+            assert len(gone) == 1 and "over TCP" in gone[0].getMessage()  # said once, then TCP directly
+        finally:
+            await fresh.aclose()
+
+
+async def test_a_missing_socket_and_no_tcp_listener_is_a_connect_error(
+    pool: UpstreamPool, tmp_path: Path
+) -> None:
     path = str(tmp_path / "gone.sock")
-    with pytest.raises(UpstreamConnectError, match=r"gone\.sock"):
+    port = free_port()
+    with pytest.raises(UpstreamConnectError, match=rf"127\.0\.0\.1:{port}"):
+        await pool.request("127.0.0.1", port, "GET", "/", [], b"", timeout_s=5, unix_socket=path)
+
+
+async def test_a_socket_with_nobody_listening_is_a_connect_error_naming_it(
+    pool: UpstreamPool, tmp_path: Path
+) -> None:
+    # The file exists but its replica died (SIGKILL leaves it behind): no TCP detour, a plain failure.
+    import socket
+
+    path = str(tmp_path / "dead.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.close()
+    with pytest.raises(UpstreamConnectError, match=r"dead\.sock"):
         await pool.request("127.0.0.1", free_port(), "GET", "/", [], b"", timeout_s=5, unix_socket=path)
 
 
