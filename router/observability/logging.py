@@ -78,14 +78,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# Pending text past this size is written out at once, whatever the interval says.
+_MAX_PENDING_CHARS = 64 * 1024
+
+
 class _BatchingStreamHandler(logging.StreamHandler):
-    """Writes each line at once but flushes at most every ``flush_interval_s`` (and at exit, and on
-    ``flush_logging``): a flush is a system call, and an access log line per request must not cost one."""
+    """Collects lines and writes them to the stream in one write at most every ``flush_interval_s`` (at
+    once for a WARNING or worse, past ``_MAX_PENDING_CHARS``, at exit, and on ``flush_logging``): a
+    write to stderr is a system call per call (Python's stderr is unbuffered, write-through), and an
+    access-log line per request must not cost one. A process killed outright loses at most the lines of
+    the last interval."""
 
     def __init__(self, stream: Any, flush_interval_s: float = 0.5) -> None:
         super().__init__(stream)
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
+        self._pending: list[str] = []
+        self._pending_chars = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -106,11 +115,34 @@ class _BatchingStreamHandler(logging.StreamHandler):
             self.release()
 
     def _write(self, line: str, levelno: int) -> None:
-        self.stream.write(line + "\n")
+        self._pending.append(line)
+        self._pending_chars += len(line) + 1
         now = time.monotonic()
-        if now - self._last_flush >= self.flush_interval_s or levelno >= logging.WARNING:
+        if (
+            now - self._last_flush >= self.flush_interval_s
+            or levelno >= logging.WARNING
+            or self._pending_chars >= _MAX_PENDING_CHARS
+        ):
             self._last_flush = now
+            self._write_out()
+
+    def _write_out(self) -> None:
+        """Write the pending lines in one call, then flush the stream (the caller holds the lock)."""
+        if self._pending:
+            text = "\n".join(self._pending) + "\n"
+            self._pending.clear()
+            self._pending_chars = 0
+            self.stream.write(text)
+        if hasattr(self.stream, "flush"):
             self.stream.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self._write_out()
+        finally:
+            self.release()
 
 
 _handler: _BatchingStreamHandler | None = None

@@ -141,3 +141,41 @@ async def test_httpx_request_lines_stay_out_of_the_log(log_stream: io.StringIO) 
     assert not any(name == "httpx" and "HTTP Request" in str(message) for name, message in logged)
     assert ("httpx", "a real problem") in logged
     assert ("zeroserve.test_app", "handling") in logged
+
+
+class CountingStream(io.StringIO):
+    """Counts write calls: on stderr (unbuffered, write-through) each one is a system call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_calls = 0
+
+    def write(self, text: str) -> int:
+        self.write_calls += 1
+        return super().write(text)
+
+
+def test_access_lines_reach_the_stream_in_one_write_per_interval() -> None:
+    stream = CountingStream()
+    root = logging.getLogger()
+    saved_level = root.level
+    handler = configure_logging("INFO", stream=stream)
+    try:
+        scope = {"method": "POST", "path": "/serving-endpoints/x/invocations", "client": ("127.0.0.1", 1)}
+        for index in range(100):
+            log_access(scope, 200, 0.001, f"request-{index}")
+        assert stream.write_calls == 0  # nothing written yet: the interval has not passed
+        flush_logging()
+        assert stream.write_calls == 1
+        written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert [line["request_id"] for line in written] == [f"request-{index}" for index in range(100)]
+
+        # A warning goes out at once, after the lines logged before it.
+        log_access(scope, 200, 0.001, "before-the-warning")
+        app_logger.warning("something is wrong")
+        tail = [orjson.loads(line) for line in stream.getvalue().splitlines()][-2:]
+        assert [line.get("request_id") for line in tail[:1]] == ["before-the-warning"]
+        assert tail[1]["message"] == "something is wrong" and stream.write_calls == 2
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
