@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +74,19 @@ class GatewayProcess:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+    def access_log(
+        self, until: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The gateway's access-log entries, once ``until`` holds for them. The gateway writes its log in
+        one write per flush interval (about a second at most), so a line can trail its request."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entries = [json.loads(line) for line in self.log_path.read_text(errors="replace").splitlines()
+                       if line.startswith("{") and '"zeroserve.access"' in line]
+            if until(entries) or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.1)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         return self._end(signal.SIGTERM, timeout_s)

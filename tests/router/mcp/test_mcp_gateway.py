@@ -8,7 +8,6 @@ start, so it comes before anything else that queries the endpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,7 @@ def make_picky_model(directory: Path) -> Path:
 class Deployment:
     url: str
     tokens: dict[str, str]  # principal -> bearer token
-    log_path: Path  # the gateway's JSON log lines
+    gateway: GatewayProcess  # its access log: gateway.access_log(until=...)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, model_store: dict[str, 
         closed = {"rate_limits": [{"calls": 0, "key": "user", "renewal_period": "minute",
                                    "principal": "limited"}]}
         assert admin.put("/api/2.0/serving-endpoints/propensity/ai-gateway", json=closed).status_code == 200
-        yield Deployment(gateway.url, tokens, gateway.log_path)
+        yield Deployment(gateway.url, tokens, gateway)
 
 
 @contextlib.asynccontextmanager
@@ -190,9 +189,11 @@ async def test_call_waits_for_the_cold_start_and_scores_like_invocations(deploym
     labels = frozenset({"endpoint": "propensity", "served_entity": "propensity-1"}.items())
     assert found[("zeroserve_requests_total", labels | {("status_class", "2xx")})] == 3
     assert found[("zeroserve_cold_starts_total", labels)] == 1
-    access = [json.loads(line) for line in deployment.log_path.read_text().splitlines()
-              if line.startswith("{") and '"zeroserve.access"' in line]
-    queries = [line for line in access if line["path"] == "/serving-endpoints/propensity/invocations"]
+    def queries_of(access: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [line for line in access if line["path"] == "/serving-endpoints/propensity/invocations"]
+
+    access = deployment.gateway.access_log(until=lambda access: len(queries_of(access)) >= 3)
+    queries = queries_of(access)
     assert [(line["principal"], line["status"]) for line in queries] == [("analyst", 200)] * 3
     # Each one carries the request id of the MCP request it answered.
     mcp_ids = {line["request_id"] for line in access if line["path"] == "/mcp"}

@@ -160,14 +160,11 @@ def test_inference_table_matches_the_requests(gateway: GatewayProcess, traffic: 
 
 
 def test_json_logs_carry_request_ids(gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
-    access = []
-    for line in gateway.log_path.read_text().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("logger") == "zeroserve.access":
-                access.append(entry)
-    assert any(entry["request_id"] == "trace-1" and entry["status"] == 200
-               and entry["path"] == "/serving-endpoints/fraud/invocations" for entry in access)
+    def traced(access: list[dict[str, Any]]) -> bool:
+        return any(entry["request_id"] == "trace-1" and entry["status"] == 200
+                   and entry["path"] == "/serving-endpoints/fraud/invocations" for entry in access)
+
+    assert traced(gateway.access_log(until=traced))
 
 
 def test_cli_status_shows_cost(gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
