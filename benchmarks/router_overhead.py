@@ -521,6 +521,9 @@ def main() -> None:
     )
     parser.add_argument("--replica-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--replica-socket", default="", help=argparse.SUPPRESS)
+    # The gateway's state folder, made by the main process inside its own temporary folder: the router
+    # process ends on the SIGTERM uvicorn re-raises, before any cleanup of its own could run.
+    parser.add_argument("--home", default="", help=argparse.SUPPRESS)
     parser.add_argument("--model-uri", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="/invocations", help=argparse.SUPPRESS)
@@ -537,11 +540,10 @@ def main() -> None:
     import uvloop
 
     if args.role == "router" and args.stack == "gateway":
-        with (
-            tempfile.TemporaryDirectory(prefix="zeroserve-bench-gateway-") as home,
-            open(Path(home) / "gateway.log", "w") as log_file,
-        ):
-            uvloop.run(_serve_gateway(args, Path(home), log_file))
+        home = Path(args.home or tempfile.mkdtemp(prefix="zeroserve-bench-gateway-"))
+        home.mkdir(parents=True, exist_ok=True)
+        with open(home / "gateway.log", "w") as log_file:
+            uvloop.run(_serve_gateway(args, home, log_file))
         return
     if args.role == "router":
         uvloop.run(_serve_router(args))
@@ -566,6 +568,7 @@ def main() -> None:
                         "--stack", stack, "--replica-port", str(replica_port),
                         "--replica-socket", str(unix_socket or ""),
                         "--capacity", str(args.capacity), "--model-uri", model_dir.as_uri(),
+                        "--home", str(Path(tmp) / f"{stack}-home"),
                     )
                 )
                 for stack in stacks
