@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
 from typing import Any
@@ -41,7 +43,7 @@ from router.mcp import McpMount
 from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
-from router.observability.logging import RequestIdMiddleware, configure_logging
+from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
 from router.state import EndpointStore
@@ -320,4 +322,15 @@ def serve(
         **{**options, "http": gateway.http_protocol(options["http"])},
     )
     server = uvicorn.Server(harden(config))
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the SIGTERM it caught once it has shut down, with this handler back in place:
+        # the log lines still pending (they are written once per flush interval) go out before the
+        # process ends, where the default action would drop them (no atexit on death by a signal).
+        signal.signal(signal.SIGTERM, _flush_logs_then_terminate)
     server.run(sockets=[sock])
+
+
+def _flush_logs_then_terminate(signum: int, frame: object) -> None:
+    flush_logging()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)  # the exit status still says: terminated by this signal
