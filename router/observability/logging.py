@@ -276,39 +276,31 @@ class RequestIdMiddleware:
 def log_access(scope: Scope, status: int, elapsed_s: float, request_id: str) -> None:
     principal = scope.get("zeroserve.principal")
     method, path = scope["method"], scope["path"]
-    # Whole microseconds, in milliseconds: what round(ms, 3) gives, without its decimal rounding.
-    duration_ms = round(elapsed_s * 1e6) / 1000.0
-    principal_name = getattr(principal, "name", None)
-    client = (scope.get("client") or (None,))[0]
+    fields = {
+        "method": method,
+        "path": path,
+        "status": status,
+        # Whole microseconds, in milliseconds: what round(ms, 3) gives, without its decimal rounding.
+        "duration_ms": round(elapsed_s * 1e6) / 1000.0,
+        "principal": getattr(principal, "name", None),
+        "client": (scope.get("client") or (None,))[0],
+        "request_id": request_id,
+    }
     handler = _direct_access_handler()
     if handler is not None:
         formatter = cast(JsonFormatter, handler.formatter)
-        # The line JsonFormatter.line makes of the record below (same keys, same order), built in one
-        # dict: this runs once per request.
+        # The line JsonFormatter.line makes of these fields (same keys, same order), built in one go:
+        # this runs once per request.
         entry = {
             "ts": formatter._timestamp(time.time()),
             "level": "info",
             "logger": access_logger.name,
             "message": f"{method} {path} {status}",
             "request_id": request_id,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "principal": principal_name,
-            "client": client,
+            **fields,
         }
         handler.write_line(orjson.dumps(entry, default=str).decode())
         return
-    fields = {
-        "method": method,
-        "path": path,
-        "status": status,
-        "duration_ms": duration_ms,
-        "principal": principal_name,
-        "client": client,
-        "request_id": request_id,
-    }
     # makeRecord + handle rather than .info(): skips the stack walk that finds the caller.
     access_logger.handle(access_logger.makeRecord(
         access_logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, path, status), None, extra=fields
