@@ -122,7 +122,7 @@ def bentoml(
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOML_HOME": str(workdir / "bentoml-home"),
         },
-        cwd=KSERVE_SCRIPT.parent,  # where bentoml finds the service module
+        cwd=Path(__file__).parent,  # where bentoml finds the service module (_bentoml_peer.py)
     )
 
 

@@ -32,6 +32,7 @@ from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
 from runtime.config import MAX_UNIX_SOCKET_PATH
+from runtime.store.cache import pid_alive
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
@@ -104,7 +105,7 @@ def remove_stale_socket_dirs(parent: str) -> list[str]:
         return removed
     for name in names:
         match = _SOCKET_DIR_NAME.fullmatch(name)
-        if match is None or _process_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         path = os.path.join(parent, name)
         try:
@@ -137,15 +138,6 @@ def _still_private(folder: str) -> bool:
     logger.warning("replica socket folder %s is gone or not private any more: replicas use TCP only", folder)
     return False
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user's process
-    return True
 
 
 class LocalBackend:

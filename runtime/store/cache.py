@@ -269,7 +269,7 @@ class Cache:
         removed = 0
         for entry in self.tmp.iterdir():
             pid_text = entry.name.split("-", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and pid_alive(int(pid_text)):
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -282,7 +282,8 @@ class Cache:
         return time.time()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (as ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
