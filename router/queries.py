@@ -10,9 +10,8 @@ handled in one coroutine that does the same checks in the same order, by the sam
         -> data plane, under the request timeout (504) -> answer + x-request-id -> access-log line
 
 ``QueryProtocol`` is uvicorn's httptools protocol (with the front door's header limits) that, for a
-``POST`` to a query route, puts a ``QueryExchange`` where uvicorn would put its ASGI
-``RequestResponseCycle``. The exchange offers the attributes the protocol reads and writes on a cycle
-(body, more_body, message_event, disconnected, keep_alive, response_complete, run_asgi), so
+``POST`` to a query route, puts a ``QueryExchange`` (``runtime.http.DirectExchange``, which replicas
+answer their inference routes with too) where uvicorn would put its ASGI ``RequestResponseCycle``, so
 keep-alive, pipelining, flow control, graceful shutdown and disconnect detection stay uvicorn's.
 Everything else — the control plane, MCP, the dashboard, and queries behind configured trusted proxies
 or a root path — goes through the ASGI app unchanged, and ``QueryFastPath`` still serves queries that
@@ -25,12 +24,10 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from autoscaler.types import EntityKey
 from router.activator import ClientGone
@@ -50,126 +47,38 @@ from router.observability.logging import (
 )
 from router.proxy import UpstreamResponse
 from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
+from runtime.http import ClientDisconnected, DirectExchange
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
 
 log = logging.getLogger("zeroserve.queries")
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON = (b"content-type", b"application/json")
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-class QueryExchange:
+class QueryExchange(DirectExchange):
     """One query request and its answer, in the place of uvicorn's ``RequestResponseCycle``."""
 
-    __slots__ = (
-        "body", "default_headers", "disconnected", "flow", "handler", "keep_alive", "loop",
-        "message_event", "more_body", "on_response", "response_complete", "route", "scope", "transport",
-        "waiting_for_100_continue",
-    )
+    __slots__ = ("route",)
 
-    def __init__(
-        self,
-        scope: dict[str, Any],
-        route: tuple[dict[str, str], Callable[[EntityKey], str]],
-        handler: Callable[[QueryExchange], Awaitable[None]],
-        *,
-        loop: asyncio.AbstractEventLoop,
-        transport: asyncio.Transport,
-        flow: FlowControl,
-        default_headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        expect_100_continue: bool,
-        on_response: Callable[[], None],
-    ) -> None:
-        self.scope = scope
-        self.route = route
-        self.handler = handler
-        self.loop = loop
-        self.transport = transport
-        self.flow = flow
-        self.default_headers = default_headers
-        self.keep_alive = keep_alive
-        self.waiting_for_100_continue = expect_100_continue
-        self.on_response = on_response
-        self.message_event = asyncio.Event()
-        # What the protocol's parser callbacks fill in (``on_body``, ``on_message_complete``,
-        # ``connection_lost``), as on uvicorn's cycle.
-        self.body = bytearray()
-        self.more_body = True
-        self.disconnected = False
-        self.response_complete = False
+    route: tuple[dict[str, str], Callable[[EntityKey], str]]
 
-    async def run_asgi(self, app: object) -> None:
-        """What the protocol runs as the request's task (the name is the protocol's; ``app`` is unused)."""
-        try:
-            await self.handler(self)
-        except BaseException as exc:  # a request task ends quietly, as uvicorn's do
-            # The handler answers every error itself; only cancellation (shutdown) or a bug lands here.
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("query task failed")
-            if not self.response_complete:
-                # The client must not wait on a half-answered connection.
-                self.response_complete = True
-                self.transport.close()
-
-    async def read_body(self, limit: int, timeout_s: float | None) -> bytes:
+    async def read_query_body(self, limit: int, timeout_s: float | None) -> bytes:
         """The whole request body: 413 past ``limit`` bytes, 408 when a chunk takes over ``timeout_s``;
-        ``ClientGone`` when the client left. Usually the body came in with the head and nothing waits."""
-        if self.waiting_for_100_continue and not self.transport.is_closing():
-            self.transport.write(_CONTINUE)
-            self.waiting_for_100_continue = False
-        while self.more_body and not self.disconnected:
-            if len(self.body) > limit:
-                raise body_too_large(limit)
-            # The protocol pauses reading past its high-water mark until the body is consumed.
-            self.flow.resume_reading()
-            self.message_event.clear()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self.message_event.wait()
-            except TimeoutError:
-                raise RequestTimeout(
-                    f"Request body did not arrive within {timeout_s:g} s"
-                    " (is Content-Length larger than the body sent?)."
-                ) from None
-        if self.disconnected:
-            raise ClientGone()
-        if len(self.body) > limit:
-            raise body_too_large(limit)
-        return bytes(self.body)
-
-    async def wait_disconnect(self) -> dict[str, str]:
-        """Returns once the client has gone (the activator watches this while a request is queued)."""
-        while not self.disconnected:
-            self.message_event.clear()
-            await self.message_event.wait()
-        return {"type": "http.disconnect"}
-
-    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """Write the answer (head and body in one write) and hand the connection back to the protocol."""
-        if self.response_complete:
-            return
-        self.response_complete = True
-        if not self.disconnected:
-            line = STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
-            parts = [line]
-            for name, value in self.default_headers:
-                parts += (name, b": ", value, b"\r\n")
-            for name, value in headers:
-                parts += (name, b": ", value, b"\r\n")
-            if not self.keep_alive:
-                parts.append(b"connection: close\r\n")
-            parts += (b"\r\n", body)
-            self.transport.write(b"".join(parts))
-        self.message_event.set()
-        if not self.keep_alive:
-            self.transport.close()
-        self.on_response()
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
+        ``ClientGone`` when the client left."""
+        try:
+            return await self.read_body(limit, timeout_s)
+        except PayloadTooLarge:
+            raise body_too_large(limit) from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"Request body did not arrive within {timeout_s:g} s"
+                " (is Content-Length larger than the body sent?)."
+            ) from None
+        except ClientDisconnected:
+            raise ClientGone() from None
 
 
 def _answer_of(response: UpstreamResponse, entity: EntityKey) -> Answer:
@@ -222,7 +131,7 @@ class GatewayQueries:
         front_door = self.front_door
         try:
             if front_door is None:
-                body = await exchange.read_body(self.dataplane.max_body_bytes, None)
+                body = await exchange.read_query_body(self.dataplane.max_body_bytes, None)
                 response, entity = await self.dataplane.query(
                     scope, body, upstream_path, exchange.wait_disconnect
                 )
@@ -242,7 +151,7 @@ class GatewayQueries:
             scope[PRINCIPAL_SCOPE_KEY] = principal
             front_door.admit_query(principal, params["name"])
             limit = min(settings.max_body_bytes, self.dataplane.max_body_bytes)
-            body = await exchange.read_body(limit, settings.body_timeout_s)
+            body = await exchange.read_query_body(limit, settings.body_timeout_s)
             loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
             task = asyncio.current_task(loop)
             assert task is not None
@@ -331,27 +240,9 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
         scope["path"] = path
         scope["raw_path"] = raw_path
         scope["query_string"] = query_string
-        existing = self.cycle
-        exchange = QueryExchange(
-            scope,
-            route,
-            self.queries.serve,
-            loop=self.loop,
-            transport=self.transport,
-            flow=self.flow,
-            default_headers=self.server_state.default_headers,
-            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
-            expect_100_continue=self.expect_100_continue,
-            on_response=self.on_response_complete,
-        )
-        # uvicorn types its cycle attribute as its own class; the exchange offers what the protocol uses.
-        self.cycle = cast(Any, exchange)
-        if existing is None or existing.response_complete:
-            self._start_asgi_task(self.cycle, self.app)
-        else:
-            # A pipelined request waits for the one before it, as in the parent.
-            self.flow.pause_reading()
-            self.pipeline.appendleft((self.cycle, self.app))
+        exchange = cast(QueryExchange, self.direct_exchange(self.queries.serve, QueryExchange))
+        exchange.route = route
+        self.start_direct(exchange)
 
 
 def query_protocol(

@@ -1,8 +1,11 @@
 """The replica's HTTP app: MLflow scoring and the Open Inference Protocol.
 
-The two inference routes are the hot path of every request, so ``ReplicaApp`` serves them as plain
-ASGI (one pass over the headers, no request/response objects, no middleware); every other route
-(health, metadata, 404s) goes through an ordinary Starlette app. Errors become responses in exactly
+The two inference routes are the hot path of every request. A replica's server answers them below ASGI
+(``ReplicaProtocol``: the HTTP protocol object hands the request to ``ReplicaApp.serve_direct``, which
+answers with one write; see ``runtime.http``); ``ReplicaApp`` also serves them as plain ASGI (one pass
+over the headers, no request/response objects, no middleware) for in-process use, through the same
+``invocations``/``infer`` methods, so both give the same answers. Every other route (health, metadata,
+404s) goes through an ordinary Starlette app. Errors become responses in exactly
 one place, ``error_response``: ``{"error_code", "message"}`` with the error's status (Open Inference
 Protocol routes also carry ``"error"``, which ``tritonclient`` reads).
 """
@@ -11,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, cast
 
+import httptools
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 import runtime
 from runtime.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, ZeroserveError
+from runtime.http import ClientDisconnected, CoalescingHttpToolsProtocol, DirectExchange
 from runtime.payload import Payload
 from runtime.protocol import mlflow as mlflow_protocol
 from runtime.protocol import v2
@@ -36,6 +43,12 @@ _JSON_HEADER = (b"content-type", b"application/json")
 _BINARY_HEADER = (b"content-type", b"application/octet-stream")
 _HTTP_ERROR_CODES = {404: "ENDPOINT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 _MODELS_PREFIX = "/v2/models/"
+_MODELS_PREFIX_BYTES = _MODELS_PREFIX.encode()
+_DISCONNECTED = "the client disconnected before sending the whole body"
+
+# (status, headers with content-length, body): what an inference route answers.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+BodyReader = Callable[[], Awaitable[bytes]]
 
 
 class _Headers:
@@ -59,24 +72,36 @@ class _Headers:
                 self.inference_header = value.decode("latin-1")
 
 
-async def read_body(receive: Receive, headers: _Headers, limit: int) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` bytes (before reading it when declared)."""
+def _check_declared_length(headers: _Headers, limit: int) -> None:
+    """413 before reading a body declared larger than ``limit`` bytes; 400 for a malformed length."""
     declared = headers.content_length
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput(f"invalid Content-Length {declared.decode('latin-1')!r}")
         if int(declared) > limit:
             raise PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {limit}")
+
+
+def _decode_body(body: bytes, headers: _Headers, limit: int) -> bytes:
+    encoding = headers.content_encoding
+    if encoding and encoding != b"identity":
+        return _decompress(body, encoding.decode("latin-1").lower(), limit)
+    return body
+
+
+async def read_body(receive: Receive, headers: _Headers, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (before reading it when declared)."""
+    _check_declared_length(headers, limit)
     message = await receive()
     if message["type"] != "http.request":
-        raise InvalidInput("the client disconnected before sending the whole body")
+        raise InvalidInput(_DISCONNECTED)
     body: bytes = message.get("body", b"")
     if message.get("more_body", False):
         chunks, size = [body], len(body)
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                raise InvalidInput("the client disconnected before sending the whole body")
+                raise InvalidInput(_DISCONNECTED)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -87,10 +112,17 @@ async def read_body(receive: Receive, headers: _Headers, limit: int) -> bytes:
         body = b"".join(chunks)
     elif len(body) > limit:
         raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
-    encoding = headers.content_encoding
-    if encoding and encoding != b"identity":
-        body = _decompress(body, encoding.decode("latin-1").lower(), limit)
-    return body
+    return _decode_body(body, headers, limit)
+
+
+async def read_direct_body(exchange: DirectExchange, headers: _Headers, limit: int) -> bytes:
+    """``read_body`` for a request served below ASGI (see ``ReplicaProtocol``), with the same answers."""
+    _check_declared_length(headers, limit)
+    try:
+        body = await exchange.read_body(limit, None)
+    except ClientDisconnected:
+        raise InvalidInput(_DISCONNECTED) from None
+    return _decode_body(body, headers, limit)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -106,8 +138,12 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [*extra, (b"content-length", str(len(body)).encode())]
+def _answer(body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
+    return 200, [*extra, (b"content-length", b"%d" % len(body))], body
+
+
+async def _respond(send: Send, answer: Answer) -> None:
+    status, headers, body = answer
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -147,25 +183,34 @@ class ReplicaApp:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _Headers(scope["headers"])
+        reader = partial(read_body, receive, headers, self.limit)
+        await _respond(send, await self.invocations(headers, reader))
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _Headers(scope["headers"])
+        reader = partial(read_body, receive, headers, self.limit)
+        await _respond(send, await self.infer(scope["path"], headers, reader))
+
+    async def invocations(self, headers: _Headers, read: BodyReader) -> Answer:
+        """``POST /invocations`` (MLflow scoring); ``read`` returns the request body."""
         content_type = headers.content_type
         if content_type != _JSON:
             mlflow_protocol.media_type(content_type)  # 415 before anything is read
 
         async def receive_payload() -> Payload:
-            return mlflow_protocol.decode(await read_body(receive, headers, self.limit), content_type)
+            return mlflow_protocol.decode(await read(), content_type)
 
         prediction = await self.replica.infer(receive_payload)
-        await _respond(send, 200, mlflow_protocol.encode(prediction), [_JSON_HEADER])
+        return _answer(mlflow_protocol.encode(prediction), _JSON_HEADER)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def infer(self, path: str, headers: _Headers, read: BodyReader) -> Answer:
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` (Open Inference Protocol)."""
         replica = self.replica
-        _check_model(replica, *_model_from_path(scope["path"]))
-        headers = _Headers(scope["headers"])
+        _check_model(replica, *_model_from_path(path))
         decoded: list[v2.InferRequest] = []
 
         async def receive_payload() -> Payload:
-            body = await read_body(receive, headers, self.limit)
-            decoded.append(v2.decode(body, headers.inference_header))
+            decoded.append(v2.decode(await read(), headers.inference_header))
             return decoded[0].payload
 
         prediction = await replica.infer(receive_payload)
@@ -173,10 +218,64 @@ class ReplicaApp:
             prediction, decoded[0], model_name=replica.name, model_version=replica.version
         )
         if header_length is not None:
-            length_header = (b"inference-header-content-length", str(header_length).encode())
-            await _respond(send, 200, body, [_BINARY_HEADER, length_header])
-        else:
-            await _respond(send, 200, body, [_JSON_HEADER])
+            return _answer(body, _BINARY_HEADER, (b"inference-header-content-length", b"%d" % header_length))
+        return _answer(body, _JSON_HEADER)
+
+    async def serve_direct(self, exchange: DirectExchange) -> None:
+        """Answer an inference request below ASGI (``ReplicaProtocol``): the same checks, answers and
+        errors as ``__call__``, without uvicorn's ASGI cycle."""
+        path: str = exchange.scope["path"]
+        headers = _Headers(exchange.scope["headers"])
+        reader = partial(read_direct_body, exchange, headers, self.limit)
+        try:
+            if path == "/invocations":
+                answer = await self.invocations(headers, reader)
+            else:
+                answer = await self.infer(path, headers, reader)
+        except Exception as exc:
+            response = error_response("POST", path, exc)
+            answer = response.status_code, response.raw_headers, bytes(response.body)
+        await exchange.respond(*answer)
+
+
+class ReplicaProtocol(CoalescingHttpToolsProtocol):
+    """uvicorn's httptools protocol (responses in one write) that serves ``POST`` to the inference routes
+    below ASGI, through ``ReplicaApp.serve_direct``; every other request goes to the ASGI app."""
+
+    replica_app: ReplicaApp
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        if (
+            parser.get_method() == b"POST"
+            and not self.root_path
+            and not parser.should_upgrade()
+            and self.limit_concurrency is None
+        ):
+            parsed = httptools.parse_url(self.url)
+            raw_path = parsed.path
+            # Percent-encoded paths (never sent by our router or the usual clients) take the ASGI way,
+            # which decodes them.
+            if b"%" not in raw_path and (
+                raw_path == b"/invocations"
+                or (raw_path.startswith(_MODELS_PREFIX_BYTES) and raw_path.endswith(b"/infer"))
+            ):
+                scope = cast(dict[str, Any], self.scope)
+                scope["method"] = "POST"
+                http_version = parser.get_http_version()
+                if http_version != "1.1":
+                    scope["http_version"] = http_version
+                scope["path"] = raw_path.decode("ascii")
+                scope["raw_path"] = raw_path
+                scope["query_string"] = parsed.query or b""
+                self.start_direct(self.direct_exchange(self.replica_app.serve_direct))
+                return
+        super().on_headers_complete()
+
+
+def replica_protocol(app: ReplicaApp) -> type[ReplicaProtocol]:
+    """The protocol class a replica's uvicorn server runs, serving ``app``."""
+    return type("ReplicaProtocol", (ReplicaProtocol,), {"replica_app": app})
 
 
 def _model_from_path(path: str) -> tuple[str, str | None]:

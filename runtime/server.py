@@ -20,9 +20,8 @@ from types import FrameType
 
 import uvicorn
 
-from runtime.app import build_app
+from runtime.app import build_app, replica_protocol
 from runtime.config import MAX_UNIX_SOCKET_PATH, ReplicaSettings
-from runtime.http import CoalescingHttpToolsProtocol
 from runtime.loaders import LoadedModel, load_model
 from runtime.replica import Replica
 from runtime.warmup import warm_up
@@ -184,9 +183,11 @@ def _run(
     on_ready: Callable[[int], None] | None,
     settings: ReplicaSettings,
 ) -> None:
+    app = build_app(replica)
     config = uvicorn.Config(
-        build_app(replica),
-        http=CoalescingHttpToolsProtocol,  # a response in one write, not head and body apart
+        app,
+        # Inference requests answered below ASGI, and every response in one write (runtime.http).
+        http=replica_protocol(app),
         loop="none",
         lifespan="off",
         access_log=False,
