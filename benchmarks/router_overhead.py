@@ -91,13 +91,14 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def replica(model_dir: Path, capacity: int, unix_socket: Path | None = None) -> Iterator[int]:
+def replica(model_dir: Path, capacity: int, unix_socket: Path | None = None) -> Iterator[tuple[int, int]]:
+    """A replica process; yields (port, pid)."""
     argv = [sys.executable, "-m", "runtime", "--model-uri", model_dir.as_uri(), "--port", "0", "--name", "m"]
     if unix_socket is not None:
         argv += ["--unix-socket", str(unix_socket)]
     process, rest = _spawn([*argv, "--concurrency", str(capacity)], "ZEROSERVE_REPLICA_READY")
     try:
-        yield int(orjson.loads(rest)["port"])
+        yield int(orjson.loads(rest)["port"]), process.pid
     finally:
         _stop(process)
 
@@ -142,17 +143,22 @@ def load(
     *,
     token: str = "",
     router_pid: int = 0,
+    replica_pid: int = 0,
 ) -> dict[str, Any]:
-    """Run the load generator in its own process and return its summary; with ``router_pid``, also the
-    router's CPU seconds spent meanwhile (``router_cpu_s``)."""
+    """Run the load generator in its own process and return its summary; with ``router_pid`` and
+    ``replica_pid``, also the CPU seconds each process spent meanwhile (``router_cpu_s``,
+    ``replica_cpu_s``)."""
     argv = [sys.executable, "-m", "benchmarks.router_overhead", "--role", "loadgen", "--port", str(port)]
     argv += ["--path", path, "--concurrency", str(concurrency), "--requests", str(requests)]
     argv += ["--warmup", str(warmup), "--token", token]
-    cpu_before = _cpu_seconds(router_pid) if router_pid else 0.0
+    router_before = _cpu_seconds(router_pid) if router_pid else 0.0
+    replica_before = _cpu_seconds(replica_pid) if replica_pid else 0.0
     output = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
     result = dict(orjson.loads(output.strip().splitlines()[-1]))
     if router_pid:
-        result["router_cpu_s"] = _cpu_seconds(router_pid) - cpu_before
+        result["router_cpu_s"] = _cpu_seconds(router_pid) - router_before
+    if replica_pid:
+        result["replica_cpu_s"] = _cpu_seconds(replica_pid) - replica_before
     return result
 
 
@@ -421,8 +427,10 @@ def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "rps": len(latencies) / sum(result["elapsed_s"] for result in rounds),
         "errors": sum(result["errors"] for result in rounds),
         "statuses": statuses,
-        # CPU microseconds of the router per request it served (warm-up requests included).
+        # CPU microseconds of the router, and of the replica, per request served (warm-up included).
         "cpu_us": 1e6 * sum(result.get("router_cpu_s", 0.0) for result in rounds)
+        / sum(result["sent"] for result in rounds),
+        "replica_cpu_us": 1e6 * sum(result.get("replica_cpu_s", 0.0) for result in rounds)
         / sum(result["sent"] for result in rounds),
     }
 
@@ -561,7 +569,7 @@ def main() -> None:
         rows = []
         with contextlib.ExitStack() as running:
             unix_socket = Path(tmp) / "replica.sock" if args.upstream == "unix" else None
-            replica_port = running.enter_context(replica(model_dir, args.capacity, unix_socket))
+            replica_port, replica_pid = running.enter_context(replica(model_dir, args.capacity, unix_socket))
             routers = {
                 stack: running.enter_context(
                     router(
@@ -582,11 +590,14 @@ def main() -> None:
                 routed_rounds: dict[str, list[dict[str, Any]]] = {stack: [] for stack in stacks}
                 for _ in range(ROUNDS):
                     warmup = max(100, per_round // 10)
-                    direct_rounds.append(load(replica_port, "/invocations", concurrency, per_round, warmup))
+                    direct_rounds.append(
+                        load(replica_port, "/invocations", concurrency, per_round, warmup,
+                             replica_pid=replica_pid)
+                    )
                     for stack, (port, pid) in routers.items():
                         routed_rounds[stack].append(
                             load(port, routed_path, concurrency, per_round, warmup,
-                                 token=token[stack], router_pid=pid)
+                                 token=token[stack], router_pid=pid, replica_pid=replica_pid)
                         )
                 direct = _pooled(direct_rounds)
                 for stack in stacks:
@@ -603,7 +614,8 @@ def main() -> None:
 
     print("\nrouter overhead (same replica, direct vs through the router; load generator in its own process)")
     print("  gateway: the full stack as `zeroserve serve` runs it (auth, guard, request id, access log);")
-    print("  dataplane: the bare data-plane routes; cpu/req: router process CPU time per routed request")
+    print("  dataplane: the bare data-plane routes; cpu/req: router process CPU time per routed request;")
+    print("  replica cpu/req: the replica's CPU time per request, direct -> routed")
     hop = "loopback TCP"
     if args.upstream == "unix":
         hop = "the replica's Unix socket (as local replicas are reached)"
@@ -611,7 +623,7 @@ def main() -> None:
     print(
         f"{'stack':<9} {'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
         f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6} "
-        f"{'cpu/req':>9}  target"
+        f"{'cpu/req':>9} {'replica cpu/req':>16}  target"
     )
     for stack, concurrency, direct, routed in rows:
         added50 = routed["p50_ms"] - direct["p50_ms"]
@@ -625,7 +637,8 @@ def main() -> None:
             f"{stack:<9} {concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms "
             f"{added50:>8.3f}ms {direct['p99_ms']:>9.3f}ms {routed['p99_ms']:>9.3f}ms {added99:>8.3f}ms "
             f"{direct['rps']:>11.0f} {routed['rps']:>11.0f} {ratio:>6.2f} "
-            f"{routed['cpu_us']:>7.0f}us  {target}"
+            f"{routed['cpu_us']:>7.0f}us "
+            f"{direct['replica_cpu_us']:>6.0f} -> {routed['replica_cpu_us']:>4.0f}us  {target}"
         )
         for label, result in (("direct", direct), ("routed", routed)):
             if result["errors"]:
