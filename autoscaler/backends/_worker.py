@@ -52,6 +52,11 @@ def pool_worker(flavors: list[str]) -> int:
 
     preload(flavors)
     del runtime
+    # Idle now, so collecting costs no request anything; the replica freezes the heap once its model
+    # is loaded (runtime.server.settle_heap), and what the imports left as garbage is not kept with it.
+    import gc
+
+    gc.collect()
     sys.stdout.write(f"{IDLE_MARKER}\n")
     sys.stdout.flush()
     line = sys.stdin.readline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -13,7 +14,7 @@ import httpx
 from runtime.config import ReplicaSettings
 from runtime.examples import logreg_rows
 from runtime.loaders import preload
-from runtime.server import bind_socket, serve
+from runtime.server import YOUNG_GC_THRESHOLD, bind_socket, serve
 
 
 def _warm_child(model_dir: str, sock_fd: int, conn: Connection) -> None:
@@ -26,7 +27,7 @@ def _warm_child(model_dir: str, sock_fd: int, conn: Connection) -> None:
         served_name="warm",
         settings=ReplicaSettings(max_batch_size=8),
         sock=sock,
-        on_ready=lambda port: conn.send(port),
+        on_ready=lambda port: conn.send((port, gc.get_freeze_count(), gc.get_threshold()[0])),
     )
     conn.send("stopped")
 
@@ -42,7 +43,11 @@ def test_serve_in_a_forked_warm_process_with_a_given_socket(onnx_model: Path) ->
     sock.close()
     try:
         assert parent.poll(60), "the warm process never became ready"
-        assert parent.recv() == port
+        ready_port, frozen, young_threshold = parent.recv()
+        assert ready_port == port
+        # The loaded heap is frozen (the collector no longer walks it) before the first request.
+        assert frozen > 1000
+        assert young_threshold == YOUNG_GC_THRESHOLD
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             answer = client.post("/v2/models/warm/infer", json={
                 "inputs": [{"name": "float_input", "shape": [2, 20], "datatype": "FP64",
