@@ -227,7 +227,13 @@ def _conform_columns(payload: Payload, schema: ColumnSchema, allow_nan: bool) ->
     elif payload.named is not None:
         named = payload.named
     else:
-        named = _unnamed_columns(payload.unnamed, specs)
+        rows_only = payload.unnamed
+        if isinstance(rows_only, list) and rows_only and isinstance(rows_only[0], list):
+            # Rows of values in column order (``inputs``/``instances`` as a list of lists).
+            block = _uniform_block(None, rows_only, specs, allow_nan, what="input rows")
+            if block is not None:
+                return block
+        named = _unnamed_columns(rows_only, specs)
     tensors: Tensors = {}
     for spec in specs:
         if spec.name not in named:
@@ -254,7 +260,12 @@ def _conform_columns(payload: Payload, schema: ColumnSchema, allow_nan: bool) ->
 
 
 def _uniform_block(
-    columns: list[str] | None, rows: list[Any], specs: Sequence[ColumnSpec], allow_nan: bool
+    columns: list[str] | None,
+    rows: list[Any],
+    specs: Sequence[ColumnSpec],
+    allow_nan: bool,
+    *,
+    what: str = "data",
 ) -> tuple[Tensors, int] | None:
     """Fast path: every column is the same float type (typical for feature vectors), convert at once."""
     dtype = specs[0].dtype
@@ -270,7 +281,7 @@ def _uniform_block(
     index = {name: position for position, name in enumerate(names)}
     if any(spec.name not in index for spec in specs):
         return None
-    to_array(block, dtype, "data", allow_nan=allow_nan)  # NaN check for the whole block at once
+    to_array(block, dtype, what, allow_nan=allow_nan)  # NaN check for the whole block at once
     return {spec.name: block[:, index[spec.name]] for spec in specs}, block.shape[0]
 
 

@@ -80,6 +80,22 @@ def test_uniform_float_columns_take_the_block_path_in_any_column_order() -> None
     assert [tensors[name].tolist() for name in ("f0", "f1", "f2")] == [[1.0], [2.0], [3.0]]
 
 
+def test_unnamed_rows_of_uniform_floats_take_the_block_path_in_column_order() -> None:
+    rows = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    tensors, count = conform(Payload(unnamed=rows), FLOATS, allow_nan=False)
+    assert count == 2
+    assert [tensors[name].tolist() for name in ("f0", "f1", "f2")] == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
+    # One conversion for the whole request: every column is a view of the same block.
+    assert tensors["f0"].base is not None and tensors["f0"].base is tensors["f2"].base
+    with pytest.raises(InvalidInput, match="input rows: contains NaN"):
+        conform(Payload(unnamed=[[1.0, None, 3.0]]), FLOATS, allow_nan=False)
+    # What the block cannot take gets the per-column path's answers.
+    with pytest.raises(InvalidInput, match="row 0 has 2 values, expected 3"):
+        conform(Payload(unnamed=[[1.0, 2.0]]), FLOATS, allow_nan=False)
+    with pytest.raises(InvalidInput, match="column 'f1'"):
+        conform(Payload(unnamed=[[1.0, "x", 3.0]]), FLOATS, allow_nan=False)
+
+
 def test_csv_text_cells_are_converted_by_the_schema() -> None:
     names = ["age", "income", "member", "city"]
     tensors, _ = conform(
