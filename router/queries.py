@@ -9,10 +9,11 @@ handled in one coroutine that does the same checks in the same order, by the sam
     content length -> bearer token (401) -> CAN_QUERY + rate limits (403/404/429) -> body (413/408)
         -> data plane, under the request timeout (504) -> answer + x-request-id -> access-log line
 
-``QueryProtocol`` is uvicorn's httptools protocol (with the front door's header limits) that, for a
-``POST`` to a query route, puts a ``QueryExchange`` (``runtime.http.DirectExchange``, which replicas
-answer their inference routes with too) where uvicorn would put its ASGI ``RequestResponseCycle``, so
-keep-alive, pipelining, flow control, graceful shutdown and disconnect detection stay uvicorn's.
+``QueryProtocol`` is uvicorn's httptools protocol (with the front door's header limits) that names the
+query routes as its ``direct_handler``s: a ``POST`` to one is answered through a
+``runtime.http.DirectExchange`` (as replicas answer their inference routes) where uvicorn would put its
+ASGI ``RequestResponseCycle``, so keep-alive, pipelining, flow control, graceful shutdown and disconnect
+detection stay uvicorn's.
 Everything else — the control plane, MCP, the dashboard, and queries behind configured trusted proxies
 or a root path — goes through the ASGI app unchanged, and ``QueryFastPath`` still serves queries that
 arrive over ASGI (in-process transports, MCP tool calls), through the same ``DataPlane.query``.
@@ -25,9 +26,8 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
-
-import httptools
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from autoscaler.types import EntityKey
 from router.activator import ClientGone
@@ -47,7 +47,7 @@ from router.observability.logging import (
 )
 from router.proxy import UpstreamResponse
 from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
-from runtime.http import ClientDisconnected, DirectExchange
+from runtime.http import ClientDisconnected, DirectExchange, DirectHandler
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
@@ -58,27 +58,24 @@ _JSON = (b"content-type", b"application/json")
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-class QueryExchange(DirectExchange):
-    """One query request and its answer, in the place of uvicorn's ``RequestResponseCycle``."""
+# A query route: its path parameters, and the replica's path for the entity chosen.
+QueryRoute = tuple[dict[str, str], Callable[[EntityKey], str]]
 
-    __slots__ = ("route",)
 
-    route: tuple[dict[str, str], Callable[[EntityKey], str]]
-
-    async def read_query_body(self, limit: int, timeout_s: float | None) -> bytes:
-        """The whole request body: 413 past ``limit`` bytes, 408 when a chunk takes over ``timeout_s``;
-        ``ClientGone`` when the client left."""
-        try:
-            return await self.read_body(limit, timeout_s)
-        except PayloadTooLarge:
-            raise body_too_large(limit) from None
-        except TimeoutError:
-            raise RequestTimeout(
-                f"Request body did not arrive within {timeout_s:g} s"
-                " (is Content-Length larger than the body sent?)."
-            ) from None
-        except ClientDisconnected:
-            raise ClientGone() from None
+async def _read_body(exchange: DirectExchange, limit: int, timeout_s: float | None) -> bytes:
+    """The whole request body: 413 past ``limit`` bytes, 408 when a chunk takes over ``timeout_s``;
+    ``ClientGone`` when the client left."""
+    try:
+        return await exchange.read_body(limit, timeout_s)
+    except PayloadTooLarge:
+        raise body_too_large(limit) from None
+    except TimeoutError:
+        raise RequestTimeout(
+            f"Request body did not arrive within {timeout_s:g} s"
+            " (is Content-Length larger than the body sent?)."
+        ) from None
+    except ClientDisconnected:
+        raise ClientGone() from None
 
 
 def _answer_of(response: UpstreamResponse, entity: EntityKey) -> Answer:
@@ -105,7 +102,7 @@ class GatewayQueries:
         self._overdue: set[asyncio.Task[Any]] = set()
         self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(self._expire)
 
-    async def serve(self, exchange: QueryExchange) -> None:
+    async def serve(self, route: QueryRoute, exchange: DirectExchange) -> None:
         scope = exchange.scope
         started = time.perf_counter()
         request_id = request_id_from(scope["headers"])
@@ -113,7 +110,7 @@ class GatewayQueries:
         context_token = request_id_var.set(request_id)
         status = 500
         try:
-            answer = await self._answer(exchange, scope)
+            answer = await self._answer(route, exchange, scope)
             if answer is None:
                 status = 499  # the client left; nobody to answer
                 return
@@ -125,13 +122,15 @@ class GatewayQueries:
                 log_access(scope, status, time.perf_counter() - started, request_id)
             request_id_var.reset(context_token)
 
-    async def _answer(self, exchange: QueryExchange, scope: dict[str, Any]) -> Answer | None:
-        params, upstream_path = exchange.route
+    async def _answer(
+        self, route: QueryRoute, exchange: DirectExchange, scope: dict[str, Any]
+    ) -> Answer | None:
+        params, upstream_path = route
         scope["path_params"] = params
         front_door = self.front_door
         try:
             if front_door is None:
-                body = await exchange.read_query_body(self.dataplane.max_body_bytes, None)
+                body = await _read_body(exchange, self.dataplane.max_body_bytes, None)
                 response, entity = await self.dataplane.query(
                     scope, body, upstream_path, exchange.wait_disconnect
                 )
@@ -151,7 +150,7 @@ class GatewayQueries:
             scope[PRINCIPAL_SCOPE_KEY] = principal
             front_door.admit_query(principal, params["name"])
             limit = min(settings.max_body_bytes, self.dataplane.max_body_bytes)
-            body = await exchange.read_query_body(limit, settings.body_timeout_s)
+            body = await _read_body(exchange, limit, settings.body_timeout_s)
             loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
             task = asyncio.current_task(loop)
             assert task is not None
@@ -206,43 +205,9 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
 
     queries: GatewayQueries
 
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        if (
-            parser.get_method() == b"POST"
-            and not self.root_path
-            and not parser.should_upgrade()
-            and self.limit_concurrency is None
-        ):
-            parsed = httptools.parse_url(self.url)
-            raw_path = parsed.path
-            if b"%" not in raw_path:
-                path = raw_path.decode("ascii")
-                route = self.queries.match("POST", path)
-                if route is not None:
-                    self._start_query(route, path, raw_path, parsed.query or b"")
-                    return
-        super().on_headers_complete()
-
-    def _start_query(
-        self,
-        route: tuple[dict[str, str], Callable[[EntityKey], str]],
-        path: str,
-        raw_path: bytes,
-        query_string: bytes,
-    ) -> None:
-        self._end_of_head()
-        scope = cast(dict[str, Any], self.scope)
-        scope["method"] = "POST"
-        http_version = self.parser.get_http_version()
-        if http_version != "1.1":
-            scope["http_version"] = http_version
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query_string
-        exchange = cast(QueryExchange, self.direct_exchange(self.queries.serve, QueryExchange))
-        exchange.route = route
-        self.start_direct(exchange)
+    def direct_handler(self, path: str) -> DirectHandler | None:
+        route = self.queries.match("POST", path)
+        return None if route is None else partial(self.queries.serve, route)
 
 
 def query_protocol(

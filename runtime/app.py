@@ -16,9 +16,8 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
-import httptools
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 import runtime
 from runtime.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, ZeroserveError
-from runtime.http import ClientDisconnected, CoalescingHttpToolsProtocol, DirectExchange
+from runtime.http import ClientDisconnected, CoalescingHttpToolsProtocol, DirectExchange, DirectHandler
 from runtime.payload import Payload
 from runtime.protocol import mlflow as mlflow_protocol
 from runtime.protocol import v2
@@ -43,7 +42,6 @@ _JSON_HEADER = (b"content-type", b"application/json")
 _BINARY_HEADER = (b"content-type", b"application/octet-stream")
 _HTTP_ERROR_CODES = {404: "ENDPOINT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 _MODELS_PREFIX = "/v2/models/"
-_MODELS_PREFIX_BYTES = _MODELS_PREFIX.encode()
 _DISCONNECTED = "the client disconnected before sending the whole body"
 
 # (status, headers with content-length, body): what an inference route answers.
@@ -159,12 +157,8 @@ class ReplicaApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            handler = None
-            if path == "/invocations":
-                handler = self._invocations
-            elif path.startswith(_MODELS_PREFIX) and path.endswith("/infer"):
-                handler = self._infer
-            if handler is not None:
+            if _is_inference_path(path):
+                handler = self._invocations if path == "/invocations" else self._infer
                 if scope["method"] != "POST":
                     handler = self._method_not_allowed
                 await self._guarded(handler, scope, receive, send)
@@ -244,38 +238,18 @@ class ReplicaProtocol(CoalescingHttpToolsProtocol):
 
     replica_app: ReplicaApp
 
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        if (
-            parser.get_method() == b"POST"
-            and not self.root_path
-            and not parser.should_upgrade()
-            and self.limit_concurrency is None
-        ):
-            parsed = httptools.parse_url(self.url)
-            raw_path = parsed.path
-            # Percent-encoded paths (never sent by our router or the usual clients) take the ASGI way,
-            # which decodes them.
-            if b"%" not in raw_path and (
-                raw_path == b"/invocations"
-                or (raw_path.startswith(_MODELS_PREFIX_BYTES) and raw_path.endswith(b"/infer"))
-            ):
-                scope = cast(dict[str, Any], self.scope)
-                scope["method"] = "POST"
-                http_version = parser.get_http_version()
-                if http_version != "1.1":
-                    scope["http_version"] = http_version
-                scope["path"] = raw_path.decode("ascii")
-                scope["raw_path"] = raw_path
-                scope["query_string"] = parsed.query or b""
-                self.start_direct(self.direct_exchange(self.replica_app.serve_direct))
-                return
-        super().on_headers_complete()
+    def direct_handler(self, path: str) -> DirectHandler | None:
+        return self.replica_app.serve_direct if _is_inference_path(path) else None
 
 
 def replica_protocol(app: ReplicaApp) -> type[ReplicaProtocol]:
     """The protocol class a replica's uvicorn server runs, serving ``app``."""
     return type("ReplicaProtocol", (ReplicaProtocol,), {"replica_app": app})
+
+
+def _is_inference_path(path: str) -> bool:
+    """``/invocations`` or ``/v2/models/.../infer`` (``_model_from_path`` checks the middle)."""
+    return path == "/invocations" or (path.startswith(_MODELS_PREFIX) and path.endswith("/infer"))
 
 
 def _model_from_path(path: str) -> tuple[str, str | None]:

@@ -12,8 +12,9 @@ altogether: a scope, a task running the app, message dicts through ``receive``/`
 checks of every response header are a large part of what a trivial request costs (measured on one core:
 ~30 µs per request for a do-nothing ASGI app under uvicorn, ~14 µs for a bare httptools protocol that
 answers from a task; a replica spent ~10 µs less per request once its inference routes went direct). A
-protocol that recognises such a request puts a ``DirectExchange`` where uvicorn would put its
-``RequestResponseCycle`` (``start_direct``) and the exchange's handler answers with one write. The
+protocol names such requests in ``direct_handler``; for them ``on_headers_complete`` puts a
+``DirectExchange`` where uvicorn would put its ``RequestResponseCycle`` and the handler answers with one
+write. The
 exchange offers the attributes the protocol reads and writes on a cycle (body, more_body,
 message_event, disconnected, keep_alive, response_complete, run_asgi), so keep-alive, pipelining, flow
 control, graceful shutdown and disconnect detection stay uvicorn's.
@@ -26,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -85,10 +87,36 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
+DirectHandler = Callable[["DirectExchange"], Awaitable[None]]
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose request cycles write through a ``_CoalescingTransport``."""
+    """uvicorn's httptools protocol whose request cycles write through a ``_CoalescingTransport``, and
+    which serves the ``POST`` requests that ``direct_handler`` claims below ASGI (``DirectExchange``)."""
+
+    def direct_handler(self, path: str) -> DirectHandler | None:
+        """The handler that answers ``POST path`` below ASGI, or None to leave it to the ASGI app.
+        Subclasses name their hot routes here (a replica's inference routes, the gateway's queries)."""
+        return None
 
     def on_headers_complete(self) -> None:
+        parser = self.parser
+        if (
+            parser.get_method() == b"POST"
+            and not self.root_path
+            and not parser.should_upgrade()
+            and self.limit_concurrency is None
+        ):
+            parsed = httptools.parse_url(self.url)
+            raw_path = parsed.path
+            # Percent-encoded paths (never sent by our router or the usual clients) take the ASGI way,
+            # which decodes them.
+            if b"%" not in raw_path:
+                path = raw_path.decode("ascii")
+                handler = self.direct_handler(path)
+                if handler is not None:
+                    self._start_direct(handler, path, raw_path, parsed.query or b"")
+                    return
         previous = self.cycle
         super().on_headers_complete()
         # A new cycle (none for an upgrade) has not run yet: its task starts on the next loop turn.
@@ -96,27 +124,19 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             coalescing = _CoalescingTransport(self.transport, self.scope["method"])
             self.cycle.transport = cast(asyncio.Transport, coalescing)
 
-    def start_direct(self, exchange: DirectExchange) -> None:
-        """Serve the request whose head just ended with ``exchange`` instead of an ASGI cycle."""
-        existing = self.cycle
-        # uvicorn types its cycle attribute as its own class; the exchange offers what the protocol uses.
-        self.cycle = cast(Any, exchange)
-        if existing is None or existing.response_complete:
-            self._start_asgi_task(self.cycle, self.app)
-        else:
-            # A pipelined request waits for the one before it, as uvicorn's own cycles do.
-            self.flow.pause_reading()
-            self.pipeline.appendleft((self.cycle, self.app))
-
-    def direct_exchange(
-        self,
-        handler: Callable[[Any], Awaitable[None]],
-        exchange_type: type[DirectExchange] | None = None,
-    ) -> DirectExchange:
-        """A ``DirectExchange`` for the request whose head just ended (``scope`` already filled in)."""
+    def _start_direct(self, handler: DirectHandler, path: str, raw_path: bytes, query: bytes) -> None:
+        """Serve the request whose head just ended with a ``DirectExchange`` instead of an ASGI cycle;
+        its scope is filled in as uvicorn fills it."""
+        scope = cast(dict[str, Any], self.scope)
+        scope["method"] = "POST"
         http_version = self.parser.get_http_version()
-        return (exchange_type or DirectExchange)(
-            cast(dict[str, Any], self.scope),
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        exchange = DirectExchange(
+            scope,
             handler,
             loop=self.loop,
             transport=self.transport,
@@ -126,6 +146,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             expect_100_continue=self.expect_100_continue,
             on_response=self.on_response_complete,
         )
+        existing = self.cycle
+        # uvicorn types its cycle attribute as its own class; the exchange offers what the protocol uses.
+        self.cycle = cast(Any, exchange)
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:
+            # A pipelined request waits for the one before it, as uvicorn's own cycles do.
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
 
 class ClientDisconnected(Exception):
@@ -144,7 +173,7 @@ class DirectExchange:
     def __init__(
         self,
         scope: dict[str, Any],
-        handler: Callable[[Any], Awaitable[None]],
+        handler: DirectHandler,
         *,
         loop: asyncio.AbstractEventLoop,
         transport: asyncio.Transport,

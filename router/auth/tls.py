@@ -104,14 +104,11 @@ class HeaderLimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._end_of_head()
-        super().on_headers_complete()
-
-    def _end_of_head(self) -> None:
-        """The head is complete: stop counting its bytes and its time."""
+        # The head is complete: stop counting its bytes and its time (before any answer, direct or ASGI).
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()

@@ -29,8 +29,8 @@ from autoscaler.testing import FakeClock
 from router.auth.settings import SecuritySettings
 from router.auth.tls import uvicorn_options
 from router.gateway import Gateway
-from router.queries import QueryExchange
 from router.settings import GatewaySettings
+from runtime.http import DirectExchange
 from tests.router._servers import serving
 from tests.router.auth.conftest import ADMIN_TOKEN, StandInBackend
 
@@ -190,11 +190,11 @@ async def test_queries_on_the_query_protocol_skip_asgi(served: Served) -> None:
                                  headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         answer = await http.post("/serving-endpoints/ep/invocations", content=b"{}")
         assert answer.status_code == 200
-        assert any(isinstance(cycle, QueryExchange) for cycle in _connection_cycles(served.fast_server))
+        assert any(isinstance(cycle, DirectExchange) for cycle in _connection_cycles(served.fast_server))
         # The same keep-alive connection then serves a control-plane request through ASGI.
         listed = await http.get(API)
         assert listed.status_code == 200
-        assert not any(isinstance(cycle, QueryExchange) for cycle in _connection_cycles(served.fast_server))
+        assert not any(isinstance(cycle, DirectExchange) for cycle in _connection_cycles(served.fast_server))
 
 
 def _request(path: str, body: bytes, *extra: bytes) -> bytes:
