@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
+from tests._uvicorn import bound_socket, uvicorn_server
 
 
 @dataclass
@@ -91,13 +90,6 @@ async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-def _bound_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def serving(
     app: Callable[[Scope, Receive, Send], Awaitable[None]],
@@ -107,29 +99,8 @@ async def serving(
 ) -> AsyncIterator[int]:
     """Run an ASGI app with uvicorn on a loopback port for the duration of the block (``http``: the
     protocol class, e.g. the gateway's query protocol; ``unix_socket``: also listen there)."""
-    sock = _bound_socket()
-    port = sock.getsockname()[1]
-    sockets = [sock]
-    if unix_socket is not None:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(unix_socket)
-        sockets.append(listener)
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=http)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=sockets))
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            raise RuntimeError("test server did not start")
+    async with uvicorn_server(app, http=http, unix_socket=unix_socket) as (port, _):
         yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        for listener in sockets:
-            listener.close()
 
 
 @contextlib.asynccontextmanager
@@ -184,5 +155,5 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 def free_port() -> int:
     """A port nobody listens on (bound and released)."""
-    with _bound_socket() as sock:
+    with bound_socket() as sock:
         return int(sock.getsockname()[1])

@@ -11,12 +11,9 @@ are checked on the query path directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import httpx
 import orjson
@@ -31,6 +28,7 @@ from router.auth.tls import uvicorn_options
 from router.gateway import Gateway
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
+from tests._uvicorn import uvicorn_server
 from tests.router._servers import serving
 from tests.router.auth.conftest import ADMIN_TOKEN, StandInBackend
 
@@ -66,28 +64,6 @@ class Served:
     fast_server: uvicorn.Server
 
 
-@contextlib.asynccontextmanager
-async def _uvicorn(
-    app: Any, http: Any, lifespan: Literal["on", "off"]
-) -> AsyncIterator[tuple[int, uvicorn.Server]]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, http=http)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield sock.getsockname()[1], server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
-        sock.close()
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     async with serving(replica_app) as replica_port:
@@ -97,10 +73,11 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         gateway = Gateway(GatewaySettings(home=tmp_path, rollout_timeout_s=3.0),
                           backend=StandInBackend(clock, replica_port), clock=clock, security=security)
         base = uvicorn_options()["http"]
+        fast_protocol = gateway.http_protocol(base)
         assert gateway.queries is not None
         async with (
-            _uvicorn(gateway.asgi, gateway.http_protocol(base), "on") as (fast, fast_server),
-            _uvicorn(gateway.asgi, base, "off") as (plain, _),
+            uvicorn_server(gateway.asgi, http=fast_protocol, lifespan="on") as (fast, fast_server),
+            uvicorn_server(gateway.asgi, http=base) as (plain, _),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{fast}",
                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin,
         ):

@@ -9,9 +9,7 @@ the framing cases (100-continue, pipelining, HTTP/1.0, a body cut short) are che
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
-import socket
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -24,13 +22,14 @@ import orjson
 import pytest
 import uvicorn
 
-from runtime.app import ReplicaApp, build_app, replica_protocol
+from runtime.app import build_app, replica_protocol
 from runtime.config import ReplicaSettings
 from runtime.examples import feature_names, logreg_rows
 from runtime.http import CoalescingHttpToolsProtocol, DirectExchange
 from runtime.loaders import load_model
 from runtime.replica import Replica
 from runtime.warmup import warm_up
+from tests._uvicorn import uvicorn_server
 
 ROW = [round(value, 4) for value in logreg_rows(20, 1)[0].tolist()]
 LIMIT = 200_000
@@ -44,26 +43,6 @@ class Servers:
     replica: Replica
 
 
-@contextlib.asynccontextmanager
-async def _uvicorn(app: ReplicaApp, http: type[Any]) -> AsyncIterator[tuple[int, uvicorn.Server]]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=http)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield sock.getsockname()[1], server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
-        sock.close()
-
-
 @pytest.fixture
 async def servers(onnx_model: Path) -> AsyncIterator[Servers]:
     model = load_model(onnx_model)
@@ -73,8 +52,8 @@ async def servers(onnx_model: Path) -> AsyncIterator[Servers]:
     app = build_app(replica)
     try:
         async with (
-            _uvicorn(app, replica_protocol(app)) as (direct, direct_server),
-            _uvicorn(app, CoalescingHttpToolsProtocol) as (asgi, _),
+            uvicorn_server(app, http=replica_protocol(app)) as (direct, direct_server),
+            uvicorn_server(app, http=CoalescingHttpToolsProtocol) as (asgi, _),
         ):
             yield Servers(direct, asgi, direct_server, replica)
     finally:

@@ -25,6 +25,7 @@ from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.auth.types import EndpointRef
 from router.db import Database
+from tests._uvicorn import uvicorn_server
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789"
 
@@ -184,21 +185,11 @@ async def serving_gateway(home: Path, **security: Any) -> AsyncIterator[ServedGa
         gateway = Gateway(GatewaySettings(home=home, rollout_timeout_s=3.0),
                           backend=StandInBackend(clock, replica_port), clock=clock,
                           security=SecuritySettings(**security))
-        port = free_port()
-        config = uvicorn.Config(gateway.asgi, host="127.0.0.1", port=port, lifespan="on", log_level="error",
-                                **uvicorn_options())
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            for _ in range(500):
-                if server.started or task.done():
-                    break
-                await asyncio.sleep(0.01)
-            assert server.started, "the gateway did not start"
+        async with uvicorn_server(gateway.asgi, lifespan="on", log_level="error", **uvicorn_options()) as (
+            port,
+            _,
+        ):
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=url, timeout=10,
                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
                 yield ServedGateway(gateway, clock, url, admin)
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 20)
