@@ -421,6 +421,7 @@ def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for result in rounds:
         for status, count in result["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
+    sent = sum(result["sent"] for result in rounds)
     return {
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
@@ -428,10 +429,8 @@ def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(result["errors"] for result in rounds),
         "statuses": statuses,
         # CPU microseconds of the router, and of the replica, per request served (warm-up included).
-        "cpu_us": 1e6 * sum(result.get("router_cpu_s", 0.0) for result in rounds)
-        / sum(result["sent"] for result in rounds),
-        "replica_cpu_us": 1e6 * sum(result.get("replica_cpu_s", 0.0) for result in rounds)
-        / sum(result["sent"] for result in rounds),
+        "cpu_us": 1e6 * sum(result.get("router_cpu_s", 0.0) for result in rounds) / sent,
+        "replica_cpu_us": 1e6 * sum(result.get("replica_cpu_s", 0.0) for result in rounds) / sent,
     }
 
 

@@ -15,6 +15,7 @@ until it knows what it is for: a plain start must cost what ``python -m runtime`
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -54,8 +55,6 @@ def pool_worker(flavors: list[str]) -> int:
     del runtime
     # Idle now, so collecting costs no request anything; the replica freezes the heap once its model
     # is loaded (runtime.server.settle_heap), and what the imports left as garbage is not kept with it.
-    import gc
-
     gc.collect()
     sys.stdout.write(f"{IDLE_MARKER}\n")
     sys.stdout.flush()

@@ -139,7 +139,6 @@ def _still_private(folder: str) -> bool:
     return False
 
 
-
 class LocalBackend:
     """Replicas as local processes, with a warm pool of ``warm_pool_size`` pre-imported workers."""
 
@@ -202,7 +201,11 @@ class LocalBackend:
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         argv = runtime_argv(spec, self._host)
-        if self._socket_dir is not None and _still_private(self._socket_dir):
+        if self._socket_dir is not None and not _still_private(self._socket_dir):
+            # Forgotten for good: checked (and warned about) once, and never removed by close(), since
+            # a folder by that name may be someone else's by now.
+            self._socket_dir = None
+        if self._socket_dir is not None:
             path = os.path.join(self._socket_dir, f"r{next(self._socket_ids)}.sock")
             if len(os.fsencode(path)) <= MAX_UNIX_SOCKET_PATH:  # else (a long TMPDIR) TCP only
                 argv += ["--unix-socket", path]

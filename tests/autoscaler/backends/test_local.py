@@ -293,8 +293,11 @@ async def test_a_socket_folder_removed_from_outside_means_tcp_not_a_recreated_fo
         assert info.unix_socket is None
         assert await backend.health("after-sweep") is ReplicaHealth.HEALTHY
         assert _names(tmp_path) == []  # not re-created: the name could be anyone's by now
+        (tmp_path / folder).mkdir()  # and then somebody else makes a folder by that name
+        (tmp_path / folder / "theirs").write_bytes(b"data")
     finally:
         await backend.close()
+    assert (tmp_path / folder / "theirs").read_bytes() == b"data"  # close() leaves it alone
 
 
 def test_runtime_arguments() -> None:
