@@ -131,6 +131,26 @@ def test_the_access_line_written_directly_is_the_formatters_line(log_stream: io.
     assert {**direct, "ts": None} == {**formatted, "ts": None}
 
 
+def test_an_access_line_formatted_when_written_keeps_the_time_it_was_logged(
+    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Access-log entries are formatted a batch at a time when the handler writes them out: the line's
+    # time, principal and duration are those of the request, whatever happens until then.
+    import router.observability.logging as logs
+
+    monkeypatch.setattr(logs.time, "time", lambda: 1_700_000_000.25)  # 2023-11-14T22:13:20.250Z
+    principal = type("Principal", (), {"name": "ada"})()
+    scope = {"method": "POST", "path": "/serving-endpoints/fraud/invocations", "client": ("10.1.2.3", 4567),
+             "zeroserve.principal": principal}
+    log_access(scope, 201, 0.0025, "req-late")
+    monkeypatch.undo()
+    principal.name = "somebody else"
+    (entry,) = lines(log_stream)
+    assert entry["ts"] == "2023-11-14T22:13:20.250Z"
+    assert (entry["principal"], entry["status"], entry["duration_ms"]) == ("ada", 201, 2.5)
+    assert entry["message"] == "POST /serving-endpoints/fraud/invocations 201"
+
+
 async def test_httpx_request_lines_stay_out_of_the_log(log_stream: io.StringIO) -> None:
     # The replica health probes go through httpx every two seconds; its per-request INFO lines would
     # drown the gateway's own log. Warnings still pass.
