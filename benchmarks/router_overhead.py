@@ -244,7 +244,7 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
 
     from router.auth.settings import SecuritySettings
     from router.auth.tls import harden, uvicorn_options
-    from router.gateway import Gateway
+    from router.gateway import Gateway, settle_gateway_heap
     from router.observability.logging import configure_logging
     from router.settings import GatewaySettings
 
@@ -255,6 +255,7 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
         f"http://127.0.0.1:{args.replica_port}", args.capacity, args.replica_socket or None
     )
     gateway = Gateway(GatewaySettings(home=home), backend=backend, security=security)
+    gateway.on_ready.append(settle_gateway_heap)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     options = uvicorn_options(

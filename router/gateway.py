@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
 from router.state import EndpointStore
 from runtime.errors import ZeroserveError
+from runtime.server import settle_heap
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +312,7 @@ def serve(
         logger.info("zeroserve gateway ready at %s", url)
 
     gateway.on_ready.append(announce)
+    gateway.on_ready.append(settle_gateway_heap)
     gateway.on_ready.extend(on_ready or [])
     config = uvicorn.Config(
         gateway.asgi,
@@ -328,6 +331,20 @@ def serve(
         # process ends, where the default action would drop them (no atexit on death by a signal).
         signal.signal(signal.SIGTERM, _flush_logs_then_terminate)
     server.run(sockets=[sock])
+
+
+async def settle_gateway_heap(gateway: Gateway) -> None:
+    """An ``on_ready`` hook for a process that is the gateway (``serve``; not a test process holding
+    gateways among other things): what start-up built — imports, the apps, restored endpoints — lives as
+    long as the process, so it is collected once and frozen (``runtime.server.settle_heap``).
+
+    Measured in the gateway under routed load before this: a full collection took 20-40 ms (every
+    request in flight stalls meanwhile) and a middle-generation one ~1.3 ms, nine of them in a 30 s
+    run. Unlike a replica's, the gateway's start is not on any request's cold path: the collection
+    first costs nothing a client waits for, and leaves no start-up garbage frozen in.
+    """
+    gc.collect()
+    settle_heap()
 
 
 def _flush_logs_then_terminate(signum: int, frame: object) -> None:

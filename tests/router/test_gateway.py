@@ -1,0 +1,54 @@
+"""``router.gateway.serve``, the gateway process's entry point: what it does to the process itself."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from autoscaler.testing import FakeBackend, FakeClock
+from router.auth.settings import SecuritySettings
+from router.gateway import Gateway, serve
+from router.settings import GatewaySettings
+from runtime.server import YOUNG_GC_THRESHOLD
+
+
+def _gateway_child(home: str, conn: Connection) -> None:
+    async def report(gateway: Gateway) -> None:
+        conn.send((gateway.ready, gc.get_freeze_count(), gc.get_threshold()[0]))
+
+    serve(
+        GatewaySettings(home=Path(home), host="127.0.0.1", port=0),
+        security=SecuritySettings(admin_token=SecretStr("heap-test-token-" + "x" * 32)),
+        on_ready=[report],
+        backend=FakeBackend(FakeClock()),
+    )
+
+
+def test_the_gateway_process_freezes_its_heap_once_started(tmp_path: Path) -> None:
+    # A forked child: freezing the heap of the test process itself would keep every later test's
+    # garbage from being collected.
+    parent, child = multiprocessing.get_context("fork").Pipe()
+    process = multiprocessing.get_context("fork").Process(target=_gateway_child, args=(str(tmp_path), child))
+    process.start()
+    try:
+        assert parent.poll(60), "the gateway never became ready"
+        ready, frozen, young_threshold = parent.recv()
+        # By the time user hooks run (``zeroserve up --example`` deploys from one), start-up's heap is
+        # frozen and young collections are as rare as in a replica.
+        assert ready
+        assert frozen > 10_000
+        assert young_threshold == YOUNG_GC_THRESHOLD
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGTERM)  # an orderly stop, ending as terminated by the signal
+        process.join(timeout=30)
+        assert process.exitcode == -signal.SIGTERM
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
