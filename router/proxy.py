@@ -58,6 +58,9 @@ HOP_BY_HOP = frozenset(
 
 logger = logging.getLogger(__name__)
 
+# Response headers that delimit the body; a response with neither ends when the connection does.
+_DELIMITING = frozenset({b"content-length", b"transfer-encoding"})
+
 
 class UpstreamConnectError(ConnectionError):
     """No response byte came back: the request may be retried on another replica."""
@@ -81,6 +84,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_chunks_until_eof",
+        "_delimited",
         "_headers",
         "_keep_alive",
         "_parser",
@@ -99,6 +103,7 @@ class _Connection(asyncio.Protocol):
         self._headers: Headers = []
         self._body: list[bytes] = []
         self._chunks_until_eof = False
+        self._delimited = False
         self._keep_alive = False
         self.closed = False
         self.received_any = False
@@ -134,15 +139,15 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks ---------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name in _DELIMITING:
+            self._delimited = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # Read now: once the message is complete the parser resets and forgets it.
         self._keep_alive = self._parser.should_keep_alive()
-        headers = self._headers
-        self._chunks_until_eof = not any(
-            name in (b"content-length", b"transfer-encoding") for name, _ in headers
-        )
+        self._chunks_until_eof = not self._delimited
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -159,6 +164,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._keep_alive = False
+        self._delimited = False  # a Content-Length or Transfer-Encoding header came (on_header)
         self.received_any = False
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         transport.write(data)

@@ -31,10 +31,11 @@ class PermissionLevel(enum.Enum):
 
     @property
     def rank(self) -> int:
-        return _RANKS[self]
+        return _RANKS[self._value_]
 
     def includes(self, other: PermissionLevel) -> bool:
-        return self.rank >= other.rank
+        # Looked up by value: an Enum member's hash is a Python-level method, and this runs per query.
+        return _RANKS[self._value_] >= _RANKS[other._value_]
 
     @classmethod
     def parse(cls, value: object) -> PermissionLevel:
@@ -46,7 +47,7 @@ class PermissionLevel(enum.Enum):
             raise ValueError(f"permission_level must be one of {choices}, got {value!r}") from None
 
 
-_RANKS = {PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
+_RANKS = {"CAN_VIEW": 1, "CAN_QUERY": 2, "CAN_MANAGE": 3}
 
 
 @dataclass(frozen=True, slots=True)
