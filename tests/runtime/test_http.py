@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from runtime.http import CoalescingHttpToolsProtocol, _CoalescingTransport
+from tests._uvicorn import uvicorn_server
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -227,3 +228,73 @@ async def test_a_large_response_arrives_whole_over_a_real_socket() -> None:
         return uvloop.run(main())
 
     assert await asyncio.to_thread(serve_once) == body
+
+
+# Keep-alive: the idle timeout without a loop timer per request ------------------------------------
+
+
+class CountingLoop:
+    """The running loop, counting the timers asked of it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timers = 0
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        self.timers += 1
+        return self.loop.call_later(delay, callback, *args)
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        self.timers += 1
+        return self.loop.call_at(when, callback, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+async def test_back_to_back_requests_on_a_keep_alive_connection_arm_one_timer() -> None:
+    config = uvicorn.Config(cast(Any, fixed), http=CoalescingHttpToolsProtocol, lifespan="off",
+                            access_log=False, log_level="critical")
+    config.load()
+    protocol = CoalescingHttpToolsProtocol(config, ServerState(), {})
+    counting = CountingLoop(asyncio.get_running_loop())
+    protocol.loop = cast(Any, counting)
+    recording = RecordingTransport()
+    protocol.connection_made(cast(asyncio.Transport, recording))
+    for _ in range(50):
+        protocol.data_received(post())
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert len(recording.writes) == 50 and not recording.closed
+    # uvicorn's own protocol arms (and cancels) a timer after every response: 50 here.
+    assert counting.timers == 1
+    protocol.connection_lost(None)
+
+
+async def _answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(post())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert await asyncio.wait_for(reader.readexactly(2), 5) == b"{}"
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_from_its_last_answer() -> None:
+    timeout_s = 0.4
+    server = uvicorn_server(fixed, http=CoalescingHttpToolsProtocol, timeout_keep_alive=timeout_s)
+    async with server as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            # Busy for three timeouts, never idle for one: the connection stays open throughout.
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while loop.time() - started < 3 * timeout_s:
+                await _answered(reader, writer)
+                await asyncio.sleep(timeout_s / 4)
+            await _answered(reader, writer)
+            idle_from = loop.time()
+            # Then idle: closed one timeout after the last answer, not after the first.
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            idle_for = loop.time() - idle_from
+            assert timeout_s - 0.05 <= idle_for < timeout_s + 1.0
+        finally:
+            writer.close()
