@@ -82,8 +82,8 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
     def access_line(self, fields: AccessFields) -> str:
-        """The line ``line`` makes of an access-log record with these fields (same keys, same order),
-        built in one go."""
+        """What ``line`` makes of an access-log record with these fields (same keys, same order), built
+        in one go."""
         created, method, path, status, duration_ms, principal, client, request_id = fields
         return orjson.dumps({
             "ts": self._timestamp(created),
