@@ -149,7 +149,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._idle_since = None
+        # No need to mark the connection busy: the request's data arriving did (_unset_keepalive...).
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
