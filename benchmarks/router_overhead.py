@@ -239,12 +239,10 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
     """The gateway as ``zeroserve serve`` runs it (same app, middleware and uvicorn options)."""
     import socket
 
-    import uvicorn
     from pydantic import SecretStr
 
     from router.auth.settings import SecuritySettings
-    from router.auth.tls import harden, uvicorn_options
-    from router.gateway import Gateway, settle_gateway_heap
+    from router.gateway import Gateway, gateway_server
     from router.observability.logging import configure_logging
     from router.settings import GatewaySettings
 
@@ -255,22 +253,10 @@ async def _serve_gateway(args: argparse.Namespace, home: Path, log_file: Any) ->
         f"http://127.0.0.1:{args.replica_port}", args.capacity, args.replica_socket or None
     )
     gateway = Gateway(GatewaySettings(home=home), backend=backend, security=security)
-    gateway.on_ready.append(settle_gateway_heap)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    options = uvicorn_options(
-        max_header_bytes=security.max_header_bytes, header_timeout_s=security.header_timeout_s
-    )
-    config = uvicorn.Config(
-        gateway.asgi,
-        loop="none",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        backlog=4096,
-        **{**options, "http": gateway.http_protocol(options["http"])},
-    )
-    server = uvicorn.Server(harden(config))
+    # In this process's running loop, with the deep backlog the benchmark's other router has too.
+    server = gateway_server(gateway, security, loop="none", backlog=4096)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(1000):  # uvicorn offers no started event; poll its flag
         if server.started:

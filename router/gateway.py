@@ -20,7 +20,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -50,6 +50,9 @@ from router.settings import GatewaySettings
 from router.state import EndpointStore
 from runtime.errors import ZeroserveError
 from runtime.server import settle_heap
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +285,7 @@ def serve(
     **gateway_args: Any,
 ) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn with uvloop and httptools)."""
-    import uvicorn
-
-    from router.auth.tls import INSECURE_BANNER, harden, insecure_bind_error, uvicorn_options
+    from router.auth.tls import INSECURE_BANNER, insecure_bind_error
 
     security = security or SecuritySettings()
     # Structured JSON logs, each line of a request carrying its x-request-id.
@@ -294,12 +295,6 @@ def serve(
         if refusal is not None:
             raise OSError(refusal)
         logger.warning(INSECURE_BANNER)
-    options = uvicorn_options(
-        ssl_certfile=str(security.ssl_certfile) if security.ssl_certfile else None,
-        ssl_keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
-        max_header_bytes=security.max_header_bytes,
-        header_timeout_s=security.header_timeout_s,
-    )
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -312,19 +307,14 @@ def serve(
         logger.info("zeroserve gateway ready at %s", url)
 
     gateway.on_ready.append(announce)
-    gateway.on_ready.append(settle_gateway_heap)
-    gateway.on_ready.extend(on_ready or [])
-    config = uvicorn.Config(
-        gateway.asgi,
+    server = gateway_server(
+        gateway,
+        security,
         loop="uvloop",
-        lifespan="on",
         log_level=settings.log_level,
-        log_config=None,  # keep the JSON handler configured above
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
-        access_log=False,
-        **{**options, "http": gateway.http_protocol(options["http"])},
     )
-    server = uvicorn.Server(harden(config))
+    gateway.on_ready.extend(on_ready or [])
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises the SIGTERM it caught once it has shut down, with this handler back in place:
         # the log lines still pending (they are written once per flush interval) go out before the
@@ -333,10 +323,38 @@ def serve(
     server.run(sockets=[sock])
 
 
+def gateway_server(gateway: Gateway, security: SecuritySettings, **config: Any) -> uvicorn.Server:
+    """The uvicorn server a gateway process runs ``gateway`` with (``serve``; the router benchmark):
+    the front door's HTTP protocol, header limits and TLS, queries answered below ASGI, the JSON logs
+    kept, and the process's heap settled once the gateway has started. ``config`` adds to or overrides
+    the ``uvicorn.Config`` options (``loop``, ``log_level``, ...)."""
+    import uvicorn
+
+    from router.auth.tls import harden, uvicorn_options
+
+    options = uvicorn_options(
+        ssl_certfile=str(security.ssl_certfile) if security.ssl_certfile else None,
+        ssl_keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
+        max_header_bytes=security.max_header_bytes,
+        header_timeout_s=security.header_timeout_s,
+    )
+    gateway.on_ready.append(settle_gateway_heap)
+    options = {
+        **options,
+        "http": gateway.http_protocol(options["http"]),
+        "lifespan": "on",
+        "log_config": None,  # keep the JSON handler configure_logging installed
+        "access_log": False,  # the gateway writes its own access log (router.observability.logging)
+        **config,
+    }
+    return uvicorn.Server(harden(uvicorn.Config(gateway.asgi, **options)))
+
+
 async def settle_gateway_heap(gateway: Gateway) -> None:
-    """An ``on_ready`` hook for a process that is the gateway (``serve``; not a test process holding
-    gateways among other things): what start-up built — imports, the apps, restored endpoints — lives as
-    long as the process, so it is collected once and frozen (``runtime.server.settle_heap``).
+    """An ``on_ready`` hook for a process that is the gateway (``gateway_server`` adds it; not for a
+    test process holding gateways among other things): what start-up built — imports, the apps,
+    restored endpoints — lives as long as the process, so it is collected once and frozen
+    (``runtime.server.settle_heap``).
 
     Measured in the gateway under routed load before this: a full collection took 20-40 ms (every
     request in flight stalls meanwhile) and a middle-generation one ~1.3 ms, nine of them in a 30 s
