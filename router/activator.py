@@ -126,6 +126,19 @@ class Activator:
             raise waiter.error
         return await self._wait(waiter, queue_timeout_s, disconnected)
 
+    def try_acquire(self, entity: EntityKey) -> ReplicaSlot | None:
+        """A replica slot of ``entity`` now, or None when the request would have to wait (or be
+        rejected): then nothing happened, and ``acquire`` decides. Release the slot as ``acquire``'s."""
+        if self._closed:
+            return None
+        return self._balancer.try_dispatch(entity)
+
+    def give_back(self, slot: ReplicaSlot) -> None:
+        """A slot from ``try_acquire`` that was not used after all (see ``Balancer.give_back``)."""
+        actions = self._balancer.give_back(slot)
+        if actions:
+            self._run(actions)
+
     async def _wait(
         self,
         waiter: Waiter,

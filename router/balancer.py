@@ -72,6 +72,9 @@ class ReplicaSlot:
         return f"<ReplicaSlot {self.replica_id} {self.in_flight}/{self.capacity}{flags}>"
 
 
+_NO_EXCLUSIONS: frozenset[str] = frozenset()
+
+
 class Waiter:
     """One request waiting for (or holding) a replica slot."""
 
@@ -184,6 +187,24 @@ class Balancer:
         queue.waiters[waiter.seq] = waiter
         self._maybe_poke(queue, now, actions)
         return actions
+
+    def try_dispatch(self, entity: EntityKey) -> ReplicaSlot | None:
+        """A slot of ``entity`` for a request that must not wait: taken when a replica has room and no
+        request is queued before this one (FIFO), else None and nothing changes (the request then
+        goes through ``request``, which queues it and pokes the autoscaler)."""
+        queue = self._queues.get(entity)
+        if queue is None or queue.waiters:
+            return None
+        slot = self._pick(queue, _NO_EXCLUSIONS)
+        if slot is not None:
+            slot.in_flight += 1
+            queue.in_flight += 1
+        return slot
+
+    def give_back(self, slot: ReplicaSlot) -> list[Action]:
+        """A slot from ``try_dispatch`` that carried no request after all: free it, counting neither a
+        success nor a failure of its replica."""
+        return self._release(slot)
 
     def cancel(self, waiter: Waiter) -> list[Action]:
         """The request went away (client gone, task cancelled, error): forget it, free its slot."""

@@ -12,6 +12,12 @@ One request: read the body → find the endpoint → pick a served entity by tra
 slot from the activator (waiting while the entity scales up) → forward over a pooled connection →
 answer with the replica's response and a ``served-model-name`` header. A connect error or a reset before
 any response byte is retried once on another replica.
+
+``query`` is that path as a coroutine. ``query_at_once`` is its first step without one, for the gateway's
+immediate query path: when the chosen entity has a replica with room, nobody queued before it and an
+idle pooled connection, the request is sent at once and the caller is called back with the answer;
+otherwise (and when the replica had closed that idle connection) the caller is told to fall back to
+``query``, with the entity already chosen so that the traffic split is not drawn twice.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 from starlette.requests import Request
@@ -58,6 +64,19 @@ _DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"authorization", b"cookie", b"expect"}
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
 # The probe an ejected replica must pass before it gets traffic again.
 _HEALTH_PATH = "/v2/health/ready"
+
+
+class QueryCaller(Protocol):
+    """Who ``DataPlane.query_at_once`` reports to: exactly one of these is called, once."""
+
+    def answered(self, response: UpstreamResponse, entity: EntityKey) -> None:
+        """The replica's answer (any status: a model's 4xx passes through)."""
+
+    def failed(self, error: ZeroserveError) -> None:
+        """The query failed (504, 503) after it was sent; ``error`` names the served entity."""
+
+    def fall_back(self, entity: EntityKey | None) -> None:
+        """Nothing was answered: serve the query with ``DataPlane.query(..., first_choice=entity)``."""
 
 
 class DataPlane:
@@ -207,13 +226,14 @@ class DataPlane:
         disconnected: Callable[[], Awaitable[Any]] | None,
         *,
         started: float | None = None,
+        first_choice: EntityKey | None = None,
     ) -> tuple[UpstreamResponse, EntityKey]:
         """The replica's answer to one query whose body has been read, and the entity that gave it.
 
         Shared by the ASGI handler above and the gateway's protocol-level query path
         (``router.queries``), so both route, retry, record stats and capture alike. Raises
         ``ZeroserveError`` (with a ``served-model-name`` header once an entity was chosen) or
-        ``ClientGone``.
+        ``ClientGone``. ``first_choice``: the entity ``query_at_once`` chose before it fell back.
         """
         if started is None:
             started = time.perf_counter()
@@ -229,7 +249,8 @@ class DataPlane:
             query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
             rerouted = False
             while True:
-                chosen = entity = choose_entity(entry, client_request_id)
+                chosen = entity = first_choice or choose_entity(entry, client_request_id)
+                first_choice = None
                 target = upstream_path(chosen) + query
                 if entry.shadows and method == "POST" and not rerouted:
                     self._mirror(entry, method, target, headers, body)
@@ -257,10 +278,100 @@ class DataPlane:
             status = 499  # nginx's "client closed request": nobody is left to answer
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            self.stats.record(entity, status, elapsed)
-            if self.capture is not None and entity is not None and self.capture.enabled(entity.endpoint):
-                self.capture.capture_request(scope, entity, status, elapsed, raw_body, response_body)
+            self._finished(scope, entity, status, started, raw_body, response_body)
+
+    def query_at_once(
+        self,
+        scope: Scope,
+        body: bytes,
+        upstream_path: Callable[[EntityKey], str],
+        caller: QueryCaller,
+        *,
+        started: float,
+        deadline: float | None = None,
+        deadline_message: str | None = None,
+    ) -> None:
+        """``query`` without awaiting, when nothing has to wait (see the module doc); ``caller`` hears
+        how it ended. ``deadline`` (loop time) is the caller's own (the front door's request timeout):
+        when it comes before the endpoint's upstream timeout, ``UpstreamTimeout(deadline_message)``
+        fails the query then, without counting against the replica."""
+        entry = self.table.get(scope["path_params"]["name"])
+        if entry is None or entry.shadows:
+            caller.fall_back(None)  # the 404, and mirroring, are ``query``'s
+            return
+        raw_body = body
+        try:
+            client_request_id, body = peek_client_request_id(body)
+        except ZeroserveError:
+            caller.fall_back(None)  # a malformed client_request_id: ``query`` answers the 400
+            return
+        entity = choose_entity(entry, client_request_id)
+        slot = self.activator.try_acquire(entity)
+        if slot is None:
+            caller.fall_back(entity)
+            return
+        settings = entry.settings
+        timeout_s = settings.upstream_timeout_s
+        upstream_deadline = asyncio.get_running_loop().time() + timeout_s
+        callers_deadline = deadline is not None and deadline < upstream_deadline
+        sent_at = time.perf_counter()
+
+        def on_answer(response: UpstreamResponse | None, error: Exception | None) -> None:
+            if response is not None:
+                self.activator.release(slot)
+                stats = self.stats.entity(entity)
+                stats.record_queue_wait(0.0)
+                stats.record_upstream(time.perf_counter() - sent_at)
+                self._finished(scope, entity, response.status, started, raw_body, response.body)
+                caller.answered(response, entity)
+                return
+            if isinstance(error, UpstreamConnectError):
+                # The replica had closed the idle connection: ``query`` opens a fresh one, as
+                # ``UpstreamPool.request`` would have, without counting it against the replica.
+                self.activator.give_back(slot)
+                caller.fall_back(entity)
+                return
+            failure: ZeroserveError
+            if isinstance(error, UpstreamTimeout):
+                failure = error
+                self.activator.release(slot, failed=not callers_deadline)
+            else:
+                failure = NoCapacity(f"The replica of '{entity.served_entity}' failed: {error}")
+                self.activator.release(slot, failed=True)
+            if not (callers_deadline and isinstance(error, UpstreamTimeout)):
+                # The caller's own deadline is answered as the caller answers it elsewhere (the front
+                # door's request timeout names no served entity); the replica's failures name it.
+                failure.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
+            response_body = orjson.dumps(failure.to_dict())
+            self._finished(scope, entity, failure.status_code, started, raw_body, response_body)
+            caller.failed(failure)
+
+        query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+        sent = self.pool.try_send(
+            slot.host, slot.port, scope["method"], upstream_path(entity) + query,
+            [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS], body,
+            deadline=cast(float, deadline) if callers_deadline else upstream_deadline,
+            timeout_s=timeout_s, on_answer=on_answer, unix_socket=slot.unix_socket,
+            timeout_message=deadline_message if callers_deadline else None,
+        )
+        if not sent:
+            self.activator.give_back(slot)
+            caller.fall_back(entity)
+
+    def _finished(
+        self,
+        scope: Scope,
+        entity: EntityKey | None,
+        status: int,
+        started: float,
+        request_body: bytes,
+        response_body: bytes,
+    ) -> None:
+        """Stats and inference-table capture of one finished query."""
+        elapsed = time.perf_counter() - started
+        self.stats.record(entity, status, elapsed)
+        if self.capture is not None and entity is not None and self.capture.enabled(entity.endpoint):
+            self.capture.capture_request(scope, entity, status, elapsed, request_body, response_body)
 
     def _mirror(
         self, entry: EndpointEntry, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes

@@ -22,6 +22,11 @@ healthy replica never becomes unreachable because of a file.
 Upstream timeouts cost no timer per request (a loop timer is several microseconds under uvloop, an
 ``asyncio.timeout`` twice that): the pool's ``Deadlines`` (router.deadlines) holds the deadline of each
 exchange in flight under one timer, and fails those that are overdue.
+
+``UpstreamPool.try_send`` is the callback form of ``request`` for the gateway's immediate query path
+(``runtime.http.ImmediateHandler``): it sends over an idle pooled connection at once and reports the
+answer, or the error, to a function called from the connection's own callbacks, with no future and no
+task; with no idle connection at hand it sends nothing and the caller takes the coroutine path.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import httptools
@@ -80,6 +86,32 @@ class UpstreamResponse(NamedTuple):
     body: bytes
 
 
+# Called once with the response, or with None and the error (see ``UpstreamPool.try_send``).
+OnAnswer = Callable[[UpstreamResponse | None, Exception | None], None]
+
+
+class _Callback:
+    """Where a connection reports the end of an exchange when the caller waits with a callback instead
+    of awaiting a future: the three methods of a future that ``_Connection`` uses."""
+
+    __slots__ = ("_done", "_on_answer")
+
+    def __init__(self, on_answer: OnAnswer) -> None:
+        self._on_answer = on_answer
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, response: UpstreamResponse) -> None:
+        self._done = True
+        self._on_answer(response, None)
+
+    def set_exception(self, exc: Exception) -> None:
+        self._done = True
+        self._on_answer(None, exc)
+
+
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
@@ -92,6 +124,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "idle_since",
         "received_any",
+        "timeout_message",
         "timeout_s",
         "transport",
     )
@@ -99,7 +132,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._waiter: asyncio.Future[UpstreamResponse] | _Callback | None = None
         self._headers: Headers = []
         self._body: list[bytes] = []
         self._chunks_until_eof = False
@@ -108,8 +141,10 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.received_any = False
         self.idle_since = 0.0
-        # The exchange in flight's timeout, for the message when the pool's deadline fails it.
+        # The exchange in flight's timeout, for the message when the pool's deadline fails it (or the
+        # message itself, when the deadline is the caller's rather than the model's).
         self.timeout_s = 0.0
+        self.timeout_message: str | None = None
 
     # asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,6 +193,15 @@ class _Connection(asyncio.Protocol):
     # the client side -------------------------------------------------------------------------------
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
         """Write one request and return the future of its response."""
+        waiter: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        self._start(data, waiter)
+        return waiter
+
+    def send_then(self, data: bytes, on_answer: OnAnswer) -> None:
+        """Write one request; ``on_answer`` gets its response or error (from this protocol's callbacks)."""
+        self._start(data, _Callback(on_answer))
+
+    def _start(self, data: bytes, waiter: asyncio.Future[UpstreamResponse] | _Callback) -> None:
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
             raise UpstreamConnectError("pooled connection is closed")
@@ -166,9 +210,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._delimited = False  # a Content-Length or Transfer-Encoding header came (on_header)
         self.received_any = False
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
         transport.write(data)
-        return waiter
 
     def close(self) -> None:
         self.closed = True
@@ -177,7 +220,8 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The exchange in flight passed its deadline: fail it (the pool then closes the connection)."""
-        self._fail(UpstreamTimeout(f"The model did not answer within {self.timeout_s:g} s."))
+        message = self.timeout_message or f"The model did not answer within {self.timeout_s:g} s."
+        self._fail(UpstreamTimeout(message))
 
     @property
     def reusable(self) -> bool:
@@ -238,17 +282,8 @@ class UpstreamPool:
         With ``unix_socket`` the request goes over that socket (``host:port`` is still its Host)."""
         if self._closed:
             raise UpstreamConnectError("upstream pool is closed")
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode("latin-1")]
-        if body or method in ("POST", "PUT", "PATCH"):
-            head.append(b"content-length: %d\r\n" % len(body))
-        for name, value in headers:
-            head.append(b"%s: %s\r\n" % (name, value))
-        head.append(b"\r\n")
-        head.append(body)
-        data = b"".join(head)
-        key: tuple[str, int] | str = (host, port)
-        if unix_socket is not None and unix_socket not in self._gone_sockets:
-            key = unix_socket
+        data = _request_bytes(host, port, method, target, headers, body)
+        key = self._key(host, port, unix_socket)
         deadline = asyncio.get_running_loop().time() + timeout_s
         connection = self._take_idle(key)
         if connection is not None:
@@ -275,10 +310,64 @@ class UpstreamPool:
         self._put_idle(key, connection)
         return response
 
+    def try_send(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        *,
+        deadline: float,
+        timeout_s: float,
+        on_answer: OnAnswer,
+        unix_socket: str | None = None,
+        timeout_message: str | None = None,
+    ) -> bool:
+        """``request`` without awaiting: send over an idle pooled connection now and call
+        ``on_answer(response, None)`` or ``on_answer(None, error)`` when the exchange ends (the errors
+        ``request`` raises; ``UpstreamConnectError`` when the replica had closed the idle connection).
+        False, with nothing sent, when no idle connection is at hand (``request`` opens one).
+
+        ``deadline`` is in loop time; when it passes, the error is ``UpstreamTimeout`` with
+        ``timeout_message`` (by default, that the model did not answer within ``timeout_s``)."""
+        if self._closed:
+            return False
+        key = self._key(host, port, unix_socket)
+        connection = self._take_idle(key)
+        if connection is None:
+            return False
+        deadlines = self._deadlines
+
+        def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
+            deadlines.forget(connection)
+            if error is None:
+                self._put_idle(key, connection)
+            else:
+                connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
+            on_answer(response, error)
+
+        connection.timeout_s = timeout_s
+        connection.timeout_message = timeout_message
+        try:
+            connection.send_then(_request_bytes(host, port, method, target, headers, body), answered)
+        except UpstreamConnectError:
+            connection.close()
+            return False
+        deadlines.watch(connection, deadline)
+        return True
+
+    def _key(self, host: str, port: int, unix_socket: str | None) -> tuple[str, int] | str:
+        if unix_socket is not None and unix_socket not in self._gone_sockets:
+            return unix_socket
+        return (host, port)
+
     async def _send(
         self, connection: _Connection, data: bytes, deadline: float, timeout_s: float
     ) -> UpstreamResponse:
         connection.timeout_s = timeout_s
+        connection.timeout_message = None
         deadlines = self._deadlines
         deadlines.watch(connection, deadline)
         try:
@@ -338,6 +427,17 @@ class UpstreamPool:
                 connection.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+def _request_bytes(host: str, port: int, method: str, target: str, headers: Headers, body: bytes) -> bytes:
+    head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode("latin-1")]
+    if body or method in ("POST", "PUT", "PATCH"):
+        head.append(b"content-length: %d\r\n" % len(body))
+    for name, value in headers:
+        head.append(b"%s: %s\r\n" % (name, value))
+    head.append(b"\r\n")
+    head.append(body)
+    return b"".join(head)
 
 
 def forwardable(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:

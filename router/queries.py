@@ -14,6 +14,15 @@ query routes as its ``direct_handler``s: a ``POST`` to one is answered through a
 ``runtime.http.DirectExchange`` (as replicas answer their inference routes) where uvicorn would put its
 ASGI ``RequestResponseCycle``, so keep-alive, pipelining, flow control, graceful shutdown and disconnect
 detection stay uvicorn's.
+A query whose whole body came with its head (nearly all of them) is served without a task at all
+(``QueryHandler.at_once``, see runtime.http): the front door's checks run synchronously as the message
+completes, and ``DataPlane.query_at_once`` sends it to a replica with room over an idle pooled
+connection and answers from that connection's callback; the access-log line is written as the answer
+goes out. A query that must wait (no replica with room, requests queued before it, no idle connection,
+shadow traffic to mirror) continues in a task from where it stands (``serve(..., resumed=...)``): it is
+not admitted twice, and its served entity is not drawn twice. The request timeout is the pooled
+exchange's deadline on the immediate path, a cancellation of the task on the other.
+
 Everything else — the control plane, MCP, the dashboard, and queries behind configured trusted proxies
 or a root path — goes through the ASGI app unchanged, and ``QueryFastPath`` still serves queries that
 arrive over ASGI (in-process transports, MCP tool calls), through the same ``DataPlane.query``.
@@ -25,7 +34,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +56,7 @@ from router.observability.logging import (
 )
 from router.proxy import UpstreamResponse
 from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
-from runtime.http import ClientDisconnected, DirectExchange, DirectHandler
+from runtime.http import ClientDisconnected, DirectExchange, DirectHandler, ImmediateHandler
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
@@ -102,15 +111,26 @@ class GatewayQueries:
         self._overdue: set[asyncio.Task[Any]] = set()
         self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(self._expire)
 
-    async def serve(self, route: QueryRoute, exchange: DirectExchange) -> None:
+    async def serve(
+        self, route: QueryRoute, exchange: DirectExchange, resumed: ImmediateQuery | None = None
+    ) -> None:
+        """The task path: a query whose body is still arriving, or (``resumed``) one that the immediate
+        path admitted and then handed on because it has to wait (see ``serve_at_once``)."""
         scope = exchange.scope
-        started = time.perf_counter()
-        request_id = request_id_from(scope["headers"])
-        scope[REQUEST_ID_SCOPE_KEY] = request_id
+        if resumed is None:
+            started = time.perf_counter()
+            request_id = _assign_request_id(scope)
+        else:
+            started, request_id = resumed.started, resumed.request_id
         context_token = request_id_var.set(request_id)
         status = 500
         try:
-            answer = await self._answer(route, exchange, scope)
+            if resumed is None:
+                answer = self._admit(route, exchange, scope)
+                if answer is None:
+                    answer = await self._forward(route, exchange, scope)
+            else:
+                answer = await self._forward(route, exchange, scope, resumed.body, resumed.entity)
             if answer is None:
                 status = 499  # the client left; nobody to answer
                 return
@@ -118,23 +138,64 @@ class GatewayQueries:
             headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
             await exchange.respond(status, headers, body)
         finally:
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                log_access(scope, status, time.perf_counter() - started, request_id)
+            self._log(scope, status, started, request_id)
             request_id_var.reset(context_token)
 
-    async def _answer(
-        self, route: QueryRoute, exchange: DirectExchange, scope: dict[str, Any]
-    ) -> Answer | None:
-        params, upstream_path = route
-        scope["path_params"] = params
-        front_door = self.front_door
+    def serve_at_once(self, route: QueryRoute, exchange: DirectExchange) -> None:
+        """The immediate path (``runtime.http.ImmediateHandler``): the whole body is here. The front door
+        answers synchronously; an admitted query goes to ``DataPlane.query_at_once``, which answers from
+        the upstream connection's callback, or back to ``serve`` in a task when it has to wait."""
+        scope = exchange.scope
+        started = time.perf_counter()
+        request_id = _assign_request_id(scope)
+        context_token = request_id_var.set(request_id)
         try:
-            if front_door is None:
-                body = await _read_body(exchange, self.dataplane.max_body_bytes, None)
-                response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect
-                )
-                return _answer_of(response, entity)
+            answer = self._admit(route, exchange, scope)
+            if answer is None:
+                limit = self._body_limit()
+                if len(exchange.body) > limit:
+                    answer = _error(body_too_large(limit), scope["path"])
+                else:
+                    query = ImmediateQuery(self, route, exchange, bytes(exchange.body), started, request_id)
+                    deadline = message = None
+                    if self.front_door is not None:
+                        timeout_s = self.front_door.settings.request_timeout_s
+                        deadline = exchange.loop.time() + timeout_s
+                        message = _took_longer(timeout_s)
+                    self.dataplane.query_at_once(
+                        scope, query.body, route[1], query,
+                        started=started, deadline=deadline, deadline_message=message,
+                    )
+                    return
+        except Exception:
+            answer = self._internal(scope)
+        finally:
+            request_id_var.reset(context_token)
+        self.answer_now(exchange, answer, started, request_id)
+
+    def answer_now(self, exchange: DirectExchange, answer: Answer, started: float, request_id: str) -> None:
+        status, headers, body = answer
+        headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
+        exchange.respond_now(status, headers, body)
+        self._log(exchange.scope, status, started, request_id)
+
+    def _log(self, scope: dict[str, Any], status: int, started: float, request_id: str) -> None:
+        if self.access_log and access_logger.isEnabledFor(logging.INFO):
+            log_access(scope, status, time.perf_counter() - started, request_id)
+
+    def _body_limit(self) -> int:
+        if self.front_door is None:
+            return self.dataplane.max_body_bytes
+        return min(self.front_door.settings.max_body_bytes, self.dataplane.max_body_bytes)
+
+    def _admit(self, route: QueryRoute, exchange: DirectExchange, scope: dict[str, Any]) -> Answer | None:
+        """The front door, before the body is read: content length (413), bearer token (401), then
+        CAN_QUERY and rate limits (403/404/429). None: admitted."""
+        scope["path_params"] = route[0]
+        front_door = self.front_door
+        if front_door is None:
+            return None
+        try:
             settings = front_door.settings
             declared = content_length(scope)
             if declared is not None and declared > settings.max_body_bytes:
@@ -148,22 +209,48 @@ class GatewayQueries:
                     return _error(found, scope["path"], [(b"www-authenticate", challenge(found).encode())])
                 principal = found
             scope[PRINCIPAL_SCOPE_KEY] = principal
-            front_door.admit_query(principal, params["name"])
-            limit = min(settings.max_body_bytes, self.dataplane.max_body_bytes)
-            body = await _read_body(exchange, limit, settings.body_timeout_s)
+            front_door.admit_query(principal, route[0]["name"])
+        except ZeroserveError as error:
+            return _error(error, scope["path"])
+        except Exception:
+            return self._internal(scope)
+        return None
+
+    async def _forward(
+        self,
+        route: QueryRoute,
+        exchange: DirectExchange,
+        scope: dict[str, Any],
+        body: bytes | None = None,
+        first_choice: EntityKey | None = None,
+    ) -> Answer | None:
+        """Read the body (unless given), then the data plane's answer under the request timeout; None
+        when the client left."""
+        upstream_path = route[1]
+        front_door = self.front_door
+        try:
+            if front_door is None:
+                if body is None:
+                    body = await _read_body(exchange, self._body_limit(), None)
+                response, entity = await self.dataplane.query(
+                    scope, body, upstream_path, exchange.wait_disconnect, first_choice=first_choice
+                )
+                return _answer_of(response, entity)
+            settings = front_door.settings
+            if body is None:
+                body = await _read_body(exchange, self._body_limit(), settings.body_timeout_s)
             loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
             task = asyncio.current_task(loop)
             assert task is not None
             self._deadlines.watch(task, loop.time() + settings.request_timeout_s)
             try:
                 response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect
+                    scope, body, upstream_path, exchange.wait_disconnect, first_choice=first_choice
                 )
             except asyncio.CancelledError:
                 if task not in self._overdue or task.uncancel() > 0:
                     raise  # cancelled by someone else (shutdown), not by its deadline
-                message = f"The request took longer than {settings.request_timeout_s:g} s."
-                return _error(UpstreamTimeout(message), scope["path"])
+                return _error(UpstreamTimeout(_took_longer(settings.request_timeout_s)), scope["path"])
             finally:
                 self._deadlines.forget(task)
                 self._overdue.discard(task)
@@ -189,6 +276,80 @@ class GatewayQueries:
         return _error(ZeroserveError(message), scope["path"])
 
 
+class ImmediateQuery:
+    """One admitted query on the immediate path: the ``QueryCaller`` that ``DataPlane.query_at_once``
+    reports to, from the upstream connection's callbacks (so nothing may escape from here)."""
+
+    __slots__ = ("body", "entity", "exchange", "queries", "request_id", "route", "started")
+
+    def __init__(
+        self,
+        queries: GatewayQueries,
+        route: QueryRoute,
+        exchange: DirectExchange,
+        body: bytes,
+        started: float,
+        request_id: str,
+    ) -> None:
+        self.queries = queries
+        self.route = route
+        self.exchange = exchange
+        self.body = body
+        self.started = started
+        self.request_id = request_id
+        self.entity: EntityKey | None = None
+
+    def answered(self, response: UpstreamResponse, entity: EntityKey) -> None:
+        self._answer(_answer_of(response, entity))
+
+    def failed(self, error: ZeroserveError) -> None:
+        self._answer(_error(error, self.exchange.scope["path"]))
+
+    def fall_back(self, entity: EntityKey | None) -> None:
+        self.entity = entity
+        self.exchange.run_in_task(partial(self.queries.serve, self.route, resumed=self))
+
+    def _answer(self, answer: Answer) -> None:
+        try:
+            self.queries.answer_now(self.exchange, answer, self.started, self.request_id)
+        except Exception:
+            context_token = request_id_var.set(self.request_id)
+            try:
+                log.exception("answering %s failed", self.exchange.scope.get("path"))
+            finally:
+                request_id_var.reset(context_token)
+            if not self.exchange.response_complete:
+                self.exchange.response_complete = True
+                self.exchange.transport.close()  # the client must not wait on a half-answered connection
+
+
+class QueryHandler(ImmediateHandler):
+    """What ``QueryProtocol.direct_handler`` gives for a query route: called, the task path
+    (``GatewayQueries.serve``); ``at_once``, the immediate path (``serve_at_once``)."""
+
+    __slots__ = ("queries", "route")
+
+    def __init__(self, queries: GatewayQueries, route: QueryRoute) -> None:
+        self.queries = queries
+        self.route = route
+
+    def __call__(self, exchange: DirectExchange) -> Awaitable[None]:
+        return self.queries.serve(self.route, exchange)
+
+    def at_once(self, exchange: DirectExchange) -> None:
+        self.queries.serve_at_once(self.route, exchange)
+
+
+def _assign_request_id(scope: dict[str, Any]) -> str:
+    request_id = request_id_from(scope["headers"])
+    scope[REQUEST_ID_SCOPE_KEY] = request_id
+    return request_id
+
+
+def _took_longer(timeout_s: float) -> str:
+    return f"The request took longer than {timeout_s:g} s."
+
+
 def _error(error: ZeroserveError, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> Answer:
     """The same answer the ASGI layers give for ``error``: ``{"error_code", "message"}``, plus ``error``
     on Open Inference Protocol paths (where tritonclient and KServe clients look for the message)."""
@@ -207,7 +368,7 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
 
     def direct_handler(self, path: str) -> DirectHandler | None:
         route = self.queries.match("POST", path)
-        return None if route is None else partial(self.queries.serve, route)
+        return None if route is None else QueryHandler(self.queries, route)
 
 
 def query_protocol(

@@ -101,6 +101,36 @@ def test_new_request_does_not_overtake_queued_ones() -> None:
     assert late.slot is not None
 
 
+def test_try_dispatch_takes_a_free_slot_only_when_nobody_waits_before_it() -> None:
+    h = Harness()
+    assert h.balancer.try_dispatch(A) is None  # an entity never seen: nothing is created or poked
+    assert h.actions == [] and h.balancer.entities() == []
+    h.balancer.add_replica(replica("r1", capacity=1))
+    slot = h.balancer.try_dispatch(A)
+    assert slot is not None and slot.in_flight == 1 and slot.queue.in_flight == 1
+    assert h.balancer.try_dispatch(A) is None  # full
+    queued = h.request()  # waits for r1
+    assert queued.slot is None
+    h.balancer.add_replica(replica("r2", capacity=1))  # r2 goes to the queued request at once
+    assert queued.slot is not None and queued.slot.replica_id == "r2"
+    second = h.request()
+    assert h.balancer.try_dispatch(A) is None  # FIFO: a request is queued before this one
+    assert dispatched(h.balancer.release(slot)) == [(second, "r1")]
+
+
+def test_a_slot_given_back_counts_neither_success_nor_failure() -> None:
+    h = Harness()
+    h.balancer.add_replica(replica("r1", capacity=1))
+    slot = h.request().slot
+    assert slot is not None
+    h.balancer.release(slot, failed=True)
+    unused = h.balancer.try_dispatch(A)
+    assert unused is slot
+    waiter = h.request()  # r1 is full: it waits
+    assert dispatched(h.balancer.give_back(unused)) == [(waiter, "r1")]
+    assert slot.consecutive_failures == 1  # a release would have reset it, a failure raised it
+
+
 @dataclass
 class CapacityCase:
     id: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from starlette.applications import Starlette
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
+from router.proxy import UpstreamResponse
 from router.queries import GatewayQueries, query_protocol
 from router.routing import EndpointRouting
-from runtime.errors import ZeroserveError
-from tests.router._servers import echo_replica, free_port, serving
+from runtime.errors import UpstreamTimeout, ZeroserveError
+from tests.router._servers import echo_replica, free_port, raw_server, read_request, serving
 
 A = EntityKey("ep", "a")
 B = EntityKey("ep", "b")
@@ -397,3 +399,137 @@ async def test_stats_count_requests_by_entity_and_status(
     assert stats.count == 2 and stats.errors() == 1
     assert stats.cumulative_buckets()[-1] == (float("inf"), 2)
     assert dataplane.stats.unrouted_by_status == {404: 1}
+
+
+# -- query_at_once: the gateway's immediate path ------------------------------------------------------
+
+
+class Outcome:
+    """A ``QueryCaller`` that records how ``query_at_once`` ended."""
+
+    def __init__(self) -> None:
+        self.ended: asyncio.Future[tuple[str, Any, Any]] = asyncio.get_running_loop().create_future()
+
+    def answered(self, response: UpstreamResponse, entity: EntityKey) -> None:
+        self.ended.set_result(("answered", response, entity))
+
+    def failed(self, error: ZeroserveError) -> None:
+        self.ended.set_result(("failed", error, None))
+
+    def fall_back(self, entity: EntityKey | None) -> None:
+        self.ended.set_result(("fall_back", entity, None))
+
+
+def _query_scope(query: bytes = b"") -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/serving-endpoints/ep/invocations",
+            "path_params": {"name": "ep"}, "headers": [(b"content-type", b"application/json")],
+            "query_string": query}
+
+
+async def _at_once(
+    dataplane: DataPlane, body: bytes = b"{}", query: bytes = b"", **deadline: Any
+) -> tuple[str, Any, Any]:
+    outcome = Outcome()
+    dataplane.query_at_once(_query_scope(query), body, lambda entity: "/invocations", outcome,
+                            started=time.perf_counter(), **deadline)
+    return await asyncio.wait_for(outcome.ended, 5)
+
+
+async def _query(dataplane: DataPlane, query: bytes = b"", **kwargs: Any) -> UpstreamResponse:
+    scope = _query_scope(query)
+    response, _ = await dataplane.query(scope, b"{}", lambda entity: "/invocations", None, **kwargs)
+    return response
+
+
+async def test_query_at_once_sends_over_an_idle_connection_and_falls_back_without_one(
+    dataplane: DataPlane,
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        [slot] = dataplane.activator.replicas(A)
+        # No pooled connection yet: nothing is sent, the slot is given back, and the entity drawn is named.
+        assert await _at_once(dataplane) == ("fall_back", A, None)
+        assert slot.in_flight == 0 and replica.requests == 0
+        assert (await _query(dataplane, first_choice=A)).status == 200  # opens and pools a connection
+        kind, response, entity = await _at_once(dataplane, b'{"inputs": [7]}')
+        assert (kind, entity, response.status, response.body) == ("answered", A, 200, b'{"inputs": [7]}')
+        assert replica.requests == 2 and slot.in_flight == 0
+        assert dataplane.pool.idle_connections() == 1
+        stats = dataplane.stats.entity(A)
+        assert stats.by_status == {200: 2} and sum(stats.upstream_counts) == 2
+
+
+async def test_query_at_once_never_jumps_the_queue_nor_exceeds_capacity(dataplane: DataPlane) -> None:
+    async with echo_replica("r1", capacity=1) as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        await _query(dataplane)  # a pooled connection for the immediate path
+        [slot] = dataplane.activator.replicas(A)
+        busy = asyncio.create_task(_query(dataplane, b"sleep=0.3"))
+        await asyncio.sleep(0.05)
+        assert slot.in_flight == 1
+        assert await _at_once(dataplane) == ("fall_back", A, None)  # full: it would have to wait
+        assert slot.in_flight == 1 and not slot.queue.waiters
+        await busy
+    assert replica.max_in_flight == 1
+
+
+async def test_the_entity_drawn_before_falling_back_is_the_one_served(dataplane: DataPlane) -> None:
+    async with echo_replica("ra") as ra, echo_replica("rb") as rb:
+        # B gets no share of the traffic: only a first_choice (what query_at_once drew) sends it there.
+        dataplane.set_endpoint("ep", [(A, 100), (B, 0)])
+        dataplane.activator.replica_ready(ra.info(A))
+        dataplane.activator.replica_ready(rb.info(B))
+        response = await _query(dataplane, first_choice=B)
+        assert dict(response.headers)[b"x-replica"] == b"rb"
+        assert [dict((await _query(dataplane)).headers)[b"x-replica"] for _ in range(3)] == [b"ra"] * 3
+
+
+async def test_an_idle_connection_the_replica_closed_falls_back_without_blame(dataplane: DataPlane) -> None:
+    connections = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)
+        if first:
+            return  # closes the connection without answering its second request
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(script) as port:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(ReplicaInfo("raw", A, f"http://127.0.0.1:{port}", 4))
+        [slot] = dataplane.activator.replicas(A)
+        await _query(dataplane)
+        assert await _at_once(dataplane) == ("fall_back", A, None)
+        assert slot.in_flight == 0 and slot.consecutive_failures == 0
+        assert (await _query(dataplane, first_choice=A)).body == b"ok"  # a fresh connection
+    assert connections == 2
+
+
+async def test_query_at_once_timeouts_name_whose_deadline_passed(dataplane: DataPlane) -> None:
+    async with echo_replica("slow") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(upstream_timeout_s=0.2))
+        dataplane.activator.replica_ready(replica.info(A))
+        [slot] = dataplane.activator.replicas(A)
+        await _query(dataplane)
+        # The caller's deadline (the front door's request timeout) comes first: not the replica's fault.
+        loop = asyncio.get_running_loop()
+        kind, error, _ = await _at_once(dataplane, query=b"sleep=0.5", deadline=loop.time() + 0.05,
+                                        deadline_message="The request took longer than 0.05 s.")
+        assert kind == "failed" and isinstance(error, UpstreamTimeout)
+        assert error.message == "The request took longer than 0.05 s."
+        assert "served-model-name" not in error.headers and slot.consecutive_failures == 0
+        await _query(dataplane)  # a pooled connection again (the timed-out one was closed)
+        # The endpoint's upstream timeout comes first: the model did not answer; that counts.
+        kind, error, _ = await _at_once(dataplane, query=b"sleep=0.5", deadline=loop.time() + 10,
+                                        deadline_message="unused")
+        assert kind == "failed" and error.message == "The model did not answer within 0.2 s."
+        assert slot.consecutive_failures == 1 and slot.in_flight == 0
+    assert dataplane.stats.entity(A).by_status == {200: 2, 504: 2}

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -26,6 +27,7 @@ from autoscaler.testing import FakeClock
 from router.auth.settings import SecuritySettings
 from router.auth.tls import uvicorn_options
 from router.gateway import Gateway
+from router.queries import GatewayQueries
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
 from tests._uvicorn import uvicorn_server
@@ -260,3 +262,85 @@ async def test_trusted_proxies_send_queries_through_the_asgi_stack(tmp_path: Pat
     base = uvicorn_options()["http"]
     assert gateway.queries is None and gateway.http_protocol(base) is base
     gateway.db.close()
+
+
+# The immediate path: a query whose body came with its head is served without a task -----------------
+
+
+async def _one_write(port: int, path: str, token: str | None, body: bytes, extra: dict[str, str]
+                     ) -> tuple[int, dict[str, str], bytes]:
+    """One request written in one piece (as requests/databricks-sdk and the load generator send it)."""
+    lines = [f"POST {path} HTTP/1.1", "host: gateway", "content-type: application/json",
+             f"content-length: {len(body)}", *(f"{name}: {value}" for name, value in extra.items())]
+    if token is not None:
+        lines.append(f"authorization: Bearer {token}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+        async with asyncio.timeout(10):
+            [answer] = await _responses(reader, 1)
+    finally:
+        writer.close()
+    return answer
+
+
+def _count_task_path(queries: GatewayQueries, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Records each query served by ``GatewayQueries.serve`` (the task path): its ``resumed`` argument."""
+    served: list[object] = []
+    serve = queries.serve
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        served.append(kwargs.get("resumed"))
+        return serve(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "serve", counted)
+    return served
+
+
+@pytest.mark.parametrize(("case", "path", "token", "body", "extra"), CASES, ids=[case[0] for case in CASES])
+async def test_the_immediate_path_answers_as_the_asgi_stack_does(
+    served: Served, case: str, path: str, token: str | None, body: bytes, extra: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queries = served.gateway.queries
+    assert queries is not None
+    warm = await _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b"{}", {})
+    assert warm[0] == 200  # the gateway now holds an idle connection to the replica
+    tasks = _count_task_path(queries, monkeypatch)
+    token = served.tokens.get(token or "", token)
+    status, headers, answer = await _one_write(served.fast, path, token, body, extra)
+    plain = await _call(served.plain, path, token, body, extra)
+    assert status == plain.status_code, (answer, plain.text)
+    assert orjson.loads(answer) == plain.json()
+    for name in COMPARED:
+        assert headers.get(name) == plain.headers.get(name), name
+    assert headers["content-length"] == str(len(answer))
+    assert headers["x-request-id"] == extra.get("x-request-id", headers["x-request-id"])
+    assert tasks == []  # answered from the protocol's and the upstream connection's callbacks
+    if case == "request timeout":
+        assert orjson.loads(answer)["message"] == "The request took longer than 0.5 s."
+
+
+async def test_a_query_that_must_wait_is_resumed_in_a_task_once_admitted(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries = served.gateway.queries
+    assert queries is not None
+    tasks = _count_task_path(queries, monkeypatch)
+    admit = served.gateway.front_door.admit_query
+    admitted: list[str] = []
+
+    def counted_admit(principal: Any, endpoint: str) -> Any:
+        admitted.append(endpoint)
+        return admit(principal, endpoint)
+
+    monkeypatch.setattr(served.gateway.front_door, "admit_query", counted_admit)
+    # A fresh gateway holds no connection to the replica: the first query must open one (the task
+    # path, resumed where the immediate path stopped); the second finds it idle.
+    first = await _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b'"a"', {})
+    assert (first[0], orjson.loads(first[2])) == (200, {"echo": '"a"'})
+    assert len(tasks) == 1 and tasks[0] is not None and admitted == ["ep"]
+    second = await _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b'"b"', {})
+    assert (second[0], orjson.loads(second[2])) == (200, {"echo": '"b"'})
+    assert len(tasks) == 1 and admitted == ["ep", "ep"]
+    assert first[1]["served-model-name"] == second[1]["served-model-name"] == "propensity-1"

@@ -14,7 +14,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from runtime.http import CoalescingHttpToolsProtocol, _CoalescingTransport
+from runtime.http import CoalescingHttpToolsProtocol, DirectExchange, ImmediateHandler, _CoalescingTransport
 from tests._uvicorn import uvicorn_server
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
@@ -298,3 +298,124 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_from_it
             assert timeout_s - 0.05 <= idle_for < timeout_s + 1.0
         finally:
             writer.close()
+
+
+# Immediate handlers: answered without a task when the whole body came with the head --------------
+
+
+class Echo(ImmediateHandler):
+    """Echoes the body; records which path served it. ``at_once`` answers at once, a moment later
+    (body ``later``), or hands the request to its task path (body ``task``)."""
+
+    __slots__ = ("served",)
+
+    def __init__(self, served: list[tuple[str, bytes]]) -> None:
+        self.served = served
+
+    def __call__(self, exchange: DirectExchange) -> Awaitable[None]:
+        return self._serve(exchange)
+
+    async def _serve(self, exchange: DirectExchange) -> None:
+        body = await exchange.read_body(1 << 20, 5.0)
+        self.served.append(("task", body))
+        await exchange.respond(200, [(b"content-length", b"%d" % len(body))], body)
+
+    def at_once(self, exchange: DirectExchange) -> None:
+        body = bytes(exchange.body)
+        self.served.append(("at_once", body))
+        headers = [(b"content-length", b"%d" % len(body))]
+        if body == b"later":
+            exchange.loop.call_later(0.02, exchange.respond_now, 200, headers, body)
+        elif body == b"task":
+            exchange.run_in_task(self)
+        else:
+            exchange.respond_now(200, headers, body)
+
+
+class ImmediateProtocol(CoalescingHttpToolsProtocol):
+    served: list[tuple[str, bytes]]
+
+    def direct_handler(self, path: str) -> Echo | None:
+        return Echo(self.served) if path == "/invocations" else None
+
+
+def immediate_protocol() -> tuple[ImmediateProtocol, RecordingTransport, list[tuple[str, bytes]]]:
+    config = uvicorn.Config(cast(Any, fixed), http=ImmediateProtocol, lifespan="off",
+                            access_log=False, log_level="critical")
+    config.load()
+    protocol = ImmediateProtocol(config, ServerState(), {})
+    protocol.served = []
+    recording = RecordingTransport()
+    protocol.connection_made(cast(asyncio.Transport, recording))
+    return protocol, recording, protocol.served
+
+
+async def _turns(count: int = 20) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def _bodies(recording: RecordingTransport) -> list[bytes]:
+    return [write.partition(b"\r\n\r\n")[2] for write in recording.writes]
+
+
+async def test_a_request_that_arrives_whole_is_answered_before_the_loop_turns() -> None:
+    protocol, recording, served = immediate_protocol()
+    protocol.data_received(post(body=b"one"))
+    # Answered inside data_received: no task was created, no loop turn was needed.
+    assert served == [("at_once", b"one")] and _bodies(recording) == [b"one"]
+    assert not protocol.tasks
+    protocol.data_received(post(body=b"two"))  # and the keep-alive connection takes the next one
+    assert _bodies(recording) == [b"one", b"two"] and not recording.closed
+    protocol.connection_lost(None)
+
+
+async def test_a_body_still_arriving_and_an_expected_continue_take_the_task_path() -> None:
+    protocol, recording, served = immediate_protocol()
+    request = post(body=b"split")
+    protocol.data_received(request[:-3])
+    await _turns()
+    protocol.data_received(request[-3:])
+    await _turns()
+    asking = post(body=b"asked", extra=b"expect: 100-continue\r\n")
+    protocol.data_received(asking[:-5])  # the client waits for the 100 before it sends the body
+    await _turns()
+    protocol.data_received(asking[-5:])
+    await _turns()
+    assert served == [("task", b"split"), ("task", b"asked")]
+    assert recording.writes[1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert _bodies(recording) == [b"split", b"", b"asked"]
+    protocol.connection_lost(None)
+
+
+async def test_pipelined_requests_behind_an_immediate_one_are_answered_in_order() -> None:
+    protocol, recording, served = immediate_protocol()
+    protocol.data_received(post(body=b"later") + post(body=b"second") + post(body=b"third"))
+    assert recording.writes == []  # the first answers a moment later; the others wait their turn
+    await asyncio.sleep(0.1)
+    await _turns()
+    assert _bodies(recording) == [b"later", b"second", b"third"]
+    assert served == [("at_once", b"later"), ("task", b"second"), ("task", b"third")]
+    protocol.connection_lost(None)
+
+
+async def test_an_immediate_handler_can_hand_the_request_to_a_task() -> None:
+    protocol, recording, served = immediate_protocol()
+    protocol.data_received(post(body=b"task"))
+    assert recording.writes == []
+    await _turns()
+    assert served == [("at_once", b"task"), ("task", b"task")] and _bodies(recording) == [b"task"]
+    protocol.connection_lost(None)
+
+
+async def test_a_client_not_reading_holds_the_next_request_until_its_answers_drain() -> None:
+    protocol, recording, served = immediate_protocol()
+    protocol.pause_writing()  # the transport's buffer is over its high-water mark
+    protocol.data_received(post(body=b"first") + post(body=b"second"))
+    await _turns()
+    assert _bodies(recording) == [b"first"]  # written, but the connection takes no more meanwhile
+    protocol.resume_writing()
+    await _turns()
+    assert _bodies(recording) == [b"first", b"second"]
+    assert served == [("at_once", b"first"), ("task", b"second")]
+    protocol.connection_lost(None)
