@@ -5,15 +5,18 @@
 ``benchmarks/router_overhead.py`` measures the router as clients see it, with real processes and sockets;
 on a shared 2-core machine its CPU per request swings by ±20% between runs of the same code, too much
 to judge a change worth a few microseconds. This runs the same Python path with nothing else around
-it: ``GatewayQueries.serve`` (front door: request id, bearer token, permission and rate limits, request
-timeout, access-log line; then the data plane: routing, traffic split, the activator's slot, the
-upstream pool) against a replica connection whose transport answers on the next loop turn with a canned
-response. Sockets, the HTTP parsing of the client's request and uvicorn's protocol are not in it; they
-are what ``router_overhead`` adds.
+it (front door: request id, bearer token, permission and rate limits, request timeout, access-log
+line; then the data plane: routing, traffic split, the activator's slot, the upstream pool) against a
+replica connection whose transport answers on the next loop turn with a canned response. Sockets, the
+HTTP parsing of the client's request and uvicorn's protocol are not in it; they are what
+``router_overhead`` adds.
 
-The two rows: ``gateway`` (the front door as ``zeroserve serve`` runs it, admin token, access log to a
-file) and ``bare`` (the data plane alone, as the ``dataplane`` stack of ``router_overhead``). Each is
-the best of several rounds. Measured on this kind of machine, code costs about 3-4 times as much in the
+The rows: ``gateway`` (the front door as ``zeroserve serve`` runs it, admin token, access log to a
+file) and ``bare`` (the data plane alone, as the ``dataplane`` stack of ``router_overhead``), each on
+the immediate path that a query whose body came with its head takes (``GatewayQueries.serve_at_once``:
+no task, the answer written from the upstream connection's callback) and on the task path
+(``GatewayQueries.serve`` in a task: a body still arriving, or a query that must wait). Each is the best
+of several rounds. Measured on this kind of machine, code costs about 3-4 times as much in the
 loaded router (cold caches, three processes sharing two cores) as here, so a microsecond saved here is
 worth about three in ``router_overhead``'s ``cpu/req``. ``--profile`` prints cProfile's table for the
 gateway path instead.
@@ -72,13 +75,22 @@ class _ReplicaTransport:
 
 
 class _Exchange:
-    """What ``GatewayQueries.serve`` uses of a ``DirectExchange``; the body has arrived whole."""
+    """What the query paths use of a ``DirectExchange``; the body has arrived whole."""
 
     def __init__(self, scope: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self.scope = scope
         self.loop = loop
         self.keep_alive = True
         self.status = 0
+        self.body = bytearray(BODY)
+        self.answered: asyncio.Future[None] = loop.create_future()
+
+    def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.answered.set_result(None)
+
+    def run_in_task(self, handler: Any) -> None:
+        raise RuntimeError("the immediate path fell back to a task: no idle pooled connection")
 
     async def read_body(self, limit: int, timeout_s: float | None) -> bytes:
         return BODY
@@ -116,13 +128,19 @@ def _gateway(home: Path) -> Gateway:
     return gateway
 
 
-async def _round(queries: GatewayQueries, route: QueryRoute, requests: int, token: bool) -> float:
+async def _round(
+    queries: GatewayQueries, route: QueryRoute, requests: int, token: bool, immediate: bool
+) -> float:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     for _ in range(requests):
         exchange = _Exchange(_scope(token), loop)
-        # A task per query, as the protocol starts one.
-        await loop.create_task(queries.serve(route, cast(DirectExchange, exchange)))
+        if immediate:
+            queries.serve_at_once(route, cast(DirectExchange, exchange))
+            await exchange.answered
+        else:
+            # A task per query, as the protocol starts one.
+            await loop.create_task(queries.serve(route, cast(DirectExchange, exchange)))
         if exchange.status != 200:
             raise RuntimeError(f"the query got {exchange.status}")
     return (time.perf_counter() - started) / requests * 1e6
@@ -148,22 +166,25 @@ async def _main(args: argparse.Namespace) -> None:
 
             profile = cProfile.Profile()
             profile.enable()
-            await _round(full, route, args.requests, True)
+            await _round(full, route, args.requests, True, True)
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(40)
             return
-        rounds: dict[str, list[float]] = {"gateway": [], "bare": []}
+        rounds: dict[str, list[float]] = {"gateway": [], "bare": [], "gateway, task": [], "bare, task": []}
         for _ in range(args.rounds):
-            rounds["gateway"].append(await _round(full, route, args.requests, True))
-            rounds["bare"].append(await _round(bare, route, args.requests, False))
+            rounds["gateway"].append(await _round(full, route, args.requests, True, True))
+            rounds["bare"].append(await _round(bare, route, args.requests, False, True))
+            rounds["gateway, task"].append(await _round(full, route, args.requests, True, False))
+            rounds["bare, task"].append(await _round(bare, route, args.requests, False, False))
         flush_logging()
         await dataplane.aclose()
     best = {name: min(values) for name, values in rounds.items()}
     print("router query path in process (no sockets), best of", args.rounds, "rounds of", args.requests)
-    print(f"{'path':<8} {'us/query':>9} {'median':>8}")
+    print(f"{'path':<14} {'us/query':>9} {'median':>8}")
     for name, values in rounds.items():
-        print(f"{name:<8} {best[name]:>9.2f} {sorted(values)[len(values) // 2]:>8.2f}")
-    print(f"front door (gateway - bare): {best['gateway'] - best['bare']:.2f} us")
+        print(f"{name:<14} {best[name]:>9.2f} {sorted(values)[len(values) // 2]:>8.2f}")
+    print(f"front door (gateway - bare): {best['gateway'] - best['bare']:.2f} us; "
+          f"the task path costs {best['gateway, task'] - best['gateway']:.2f} us more (gateway)")
 
 
 def main() -> None:
