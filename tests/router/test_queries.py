@@ -40,7 +40,8 @@ MAX_BODY = 4096
 
 
 async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The stand-in replica: echoes the body in ``{"echo": ...}``; a body containing ``slow`` waits 2 s."""
+    """The stand-in replica: echoes the body in ``{"echo": ...}``; a body containing ``slow`` waits 2 s,
+    one containing ``pause`` 0.3 s."""
     if scope["type"] != "http":
         return
     body = b""
@@ -51,6 +52,8 @@ async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
             break
     if b"slow" in body:
         await asyncio.sleep(2.0)
+    elif b"pause" in body:
+        await asyncio.sleep(0.3)
     answer = orjson.dumps({"echo": body.decode()})
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
@@ -344,3 +347,24 @@ async def test_a_query_that_must_wait_is_resumed_in_a_task_once_admitted(
     assert (second[0], orjson.loads(second[2])) == (200, {"echo": '"b"'})
     assert len(tasks) == 1 and admitted == ["ep", "ep"]
     assert first[1]["served-model-name"] == second[1]["served-model-name"] == "propensity-1"
+
+
+async def test_shutdown_waits_for_a_query_in_flight_on_the_immediate_path(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries = served.gateway.queries
+    assert queries is not None
+    await _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b"{}", {})
+    tasks = _count_task_path(queries, monkeypatch)
+    in_flight = asyncio.create_task(
+        _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b'"pause"', {}))
+    await asyncio.sleep(0.1)
+    served.fast_server.should_exit = True  # what SIGTERM does: stop accepting, drain, then exit
+    status, headers, body = await asyncio.wait_for(in_flight, 5)
+    assert (status, orjson.loads(body)) == (200, {"echo": '"pause"'})
+    assert headers["connection"] == "close" and tasks == []  # no task for shutdown to wait on
+    for _ in range(100):
+        if not served.fast_server.server_state.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert not served.fast_server.server_state.connections
