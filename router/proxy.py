@@ -91,12 +91,18 @@ OnAnswer = Callable[[UpstreamResponse | None, Exception | None], None]
 
 
 class _Callback:
-    """Where a connection reports the end of an exchange when the caller waits with a callback instead
-    of awaiting a future: the three methods of a future that ``_Connection`` uses."""
+    """Where a connection reports the end of an exchange started by ``UpstreamPool.try_send``: the three
+    methods of a future that ``_Connection`` uses. It settles the pool's side (the deadline; the
+    connection back to the idle list, or closed after an error) before calling ``on_answer``."""
 
-    __slots__ = ("_done", "_on_answer")
+    __slots__ = ("_connection", "_done", "_key", "_on_answer", "_pool")
 
-    def __init__(self, on_answer: OnAnswer) -> None:
+    def __init__(
+        self, pool: UpstreamPool, key: tuple[str, int] | str, connection: _Connection, on_answer: OnAnswer
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self._connection = connection
         self._on_answer = on_answer
         self._done = False
 
@@ -105,10 +111,14 @@ class _Callback:
 
     def set_result(self, response: UpstreamResponse) -> None:
         self._done = True
+        self._pool._deadlines.forget(self._connection)
+        self._pool._put_idle(self._key, self._connection)
         self._on_answer(response, None)
 
     def set_exception(self, exc: Exception) -> None:
         self._done = True
+        self._pool._deadlines.forget(self._connection)
+        self._connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
         self._on_answer(None, exc)
 
 
@@ -197,9 +207,9 @@ class _Connection(asyncio.Protocol):
         self._start(data, waiter)
         return waiter
 
-    def send_then(self, data: bytes, on_answer: OnAnswer) -> None:
-        """Write one request; ``on_answer`` gets its response or error (from this protocol's callbacks)."""
-        self._start(data, _Callback(on_answer))
+    def send_then(self, data: bytes, callback: _Callback) -> None:
+        """Write one request; ``callback`` gets its response or error (from this protocol's callbacks)."""
+        self._start(data, callback)
 
     def _start(self, data: bytes, waiter: asyncio.Future[UpstreamResponse] | _Callback) -> None:
         transport = self.transport
@@ -338,24 +348,15 @@ class UpstreamPool:
         connection = self._take_idle(key)
         if connection is None:
             return False
-        deadlines = self._deadlines
-
-        def answered(response: UpstreamResponse | None, error: Exception | None) -> None:
-            deadlines.forget(connection)
-            if error is None:
-                self._put_idle(key, connection)
-            else:
-                connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
-            on_answer(response, error)
-
         connection.timeout_s = timeout_s
         connection.timeout_message = timeout_message
+        data = _request_bytes(host, port, method, target, headers, body)
         try:
-            connection.send_then(_request_bytes(host, port, method, target, headers, body), answered)
+            connection.send_then(data, _Callback(self, key, connection, on_answer))
         except UpstreamConnectError:
             connection.close()
             return False
-        deadlines.watch(connection, deadline)
+        self._deadlines.watch(connection, deadline)
         return True
 
     def _key(self, host: str, port: int, unix_socket: str | None) -> tuple[str, int] | str:

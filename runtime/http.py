@@ -238,7 +238,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             loop=self.loop,
             transport=self.transport,
             flow=self.flow,
-            default_headers=self.server_state.default_headers,
+            default_headers=_joined(self.server_state.default_headers),
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
             expect_100_continue=self.expect_100_continue,
             protocol=self,
@@ -255,6 +255,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             # A pipelined request waits for the one before it, as uvicorn's own cycles do.
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, self.app))
+
+
+_joined_from: list[tuple[bytes, bytes]] | None = None
+_joined_lines = b""
+
+
+def _joined(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``headers`` as header lines. uvicorn replaces its list of default headers (a fresh date) once a
+    second, so the lines are made once per list, not once per response."""
+    global _joined_from, _joined_lines
+    if headers is not _joined_from:
+        _joined_lines = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        _joined_from = headers
+    return _joined_lines
 
 
 class ClientDisconnected(Exception):
@@ -278,7 +292,7 @@ class DirectExchange:
         loop: asyncio.AbstractEventLoop,
         transport: asyncio.Transport,
         flow: FlowControl,
-        default_headers: list[tuple[bytes, bytes]],
+        default_headers: bytes,
         keep_alive: bool,
         expect_100_continue: bool,
         protocol: CoalescingHttpToolsProtocol,
@@ -288,7 +302,7 @@ class DirectExchange:
         self.loop = loop
         self.transport = transport
         self.flow = flow
-        self.default_headers = default_headers
+        self.default_headers = default_headers  # the server's (date, server), as header lines
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = expect_100_continue
         self.protocol = protocol
@@ -390,9 +404,7 @@ class DirectExchange:
         self.response_complete = True
         if not self.disconnected:
             line = STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
-            parts = [line]
-            for name, value in self.default_headers:
-                parts += (name, b": ", value, b"\r\n")
+            parts = [line, self.default_headers]
             for name, value in headers:
                 parts += (name, b": ", value, b"\r\n")
             if not self.keep_alive:
