@@ -11,6 +11,8 @@ are checked on the query path directly.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from autoscaler.testing import FakeClock
 from router.auth.settings import SecuritySettings
 from router.auth.tls import uvicorn_options
 from router.gateway import Gateway
+from router.observability.logging import configure_logging, flush_logging
 from router.queries import GatewayQueries
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
@@ -368,3 +371,28 @@ async def test_shutdown_waits_for_a_query_in_flight_on_the_immediate_path(
             break
         await asyncio.sleep(0.02)
     assert not served.fast_server.server_state.connections
+
+
+async def test_queries_on_the_immediate_path_write_their_access_log_line(served: Served) -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_level = root.level
+    handler = configure_logging("INFO", stream=stream)
+    try:
+        await _one_write(served.fast, "/serving-endpoints/ep/invocations", ADMIN_TOKEN, b"{}", {})
+        answers = [
+            await _one_write(served.fast, "/serving-endpoints/ep/invocations", token, b"{}",
+                             {"x-request-id": f"trace-{n}"})
+            for n, token in enumerate((ADMIN_TOKEN, None))
+        ]
+        flush_logging()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+    access = {line["request_id"]: line for line in map(orjson.loads, stream.getvalue().splitlines())
+              if line["logger"] == "zeroserve.access"}
+    assert [status for status, _, _ in answers] == [200, 401]
+    ok, refused = access["trace-0"], access["trace-1"]
+    assert (ok["method"], ok["path"], ok["status"]) == ("POST", "/serving-endpoints/ep/invocations", 200)
+    assert ok["principal"] == "admin" and ok["client"] == "127.0.0.1" and ok["duration_ms"] > 0
+    assert refused["status"] == 401 and refused["principal"] is None
