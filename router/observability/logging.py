@@ -50,14 +50,21 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self._second = -1
         self._second_text = ""
+        self._milli = -1
+        self._milli_text = ""
 
     def _timestamp(self, created: float) -> str:
-        # strftime once per second, not once per line: access logs write thousands of lines a second.
-        second = int(created)
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        # strftime once per second and the text once per millisecond, not once per line: access logs
+        # write thousands of lines a second, several in the same millisecond.
+        milli = int(created * 1000)
+        if milli != self._milli:
+            second, fraction = divmod(milli, 1000)
+            if second != self._second:
+                self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                self._second = second
+            self._milli_text = f"{self._second_text}.{fraction:03d}Z"
+            self._milli = milli
+        return self._milli_text
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {key: record.__dict__[key] for key in record.__dict__.keys() - _STANDARD_ATTRIBUTES}

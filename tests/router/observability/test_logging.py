@@ -199,3 +199,19 @@ def test_access_lines_reach_the_stream_in_one_write_per_interval() -> None:
     finally:
         root.removeHandler(handler)
         root.setLevel(saved_level)
+
+
+def test_timestamps_are_utc_to_the_millisecond_across_second_boundaries() -> None:
+    formatter = JsonFormatter()
+    # The formatter remembers the last second and millisecond it wrote: go back and forth across them.
+    expected = {
+        1764867600.9994: "2025-12-04T17:00:00.999Z",
+        1764867601.0004: "2025-12-04T17:00:01.000Z",
+        1764867601.0009: "2025-12-04T17:00:01.000Z",
+        1764867601.0011: "2025-12-04T17:00:01.001Z",
+        1764867600.0: "2025-12-04T17:00:00.000Z",
+        0.25: "1970-01-01T00:00:00.250Z",
+    }
+    for _ in range(2):
+        for created, text in expected.items():
+            assert formatter._timestamp(created) == text
