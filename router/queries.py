@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from autoscaler.types import EntityKey
 from router.activator import ClientGone
 from router.auth.limits import RequestTimeout, content_length
-from router.auth.middleware import authenticate, challenge
+from router.auth.middleware import authenticate_token, challenge, token_of
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from router.dataplane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
@@ -51,7 +51,7 @@ from router.observability.logging import (
     REQUEST_ID_SCOPE_KEY,
     access_logger,
     log_access,
-    request_id_from,
+    request_id_of,
     request_id_var,
 )
 from router.proxy import UpstreamResponse
@@ -117,16 +117,17 @@ class GatewayQueries:
         """The task path: a query whose body is still arriving, or (``resumed``) one that the immediate
         path admitted and then handed on because it has to wait (see ``serve_at_once``)."""
         scope = exchange.scope
+        authorization = None
         if resumed is None:
             started = time.perf_counter()
-            request_id = _assign_request_id(scope)
+            request_id, authorization = _request_id_and_authorization(scope)
         else:
             started, request_id = resumed.started, resumed.request_id
         context_token = request_id_var.set(request_id)
         status = 500
         try:
             if resumed is None:
-                answer = self._admit(route, exchange, scope)
+                answer = self._admit(route, exchange, scope, authorization, content_length(scope))
                 if answer is None:
                     answer = await self._forward(route, exchange, scope)
             else:
@@ -147,10 +148,11 @@ class GatewayQueries:
         the upstream connection's callback, or back to ``serve`` in a task when it has to wait."""
         scope = exchange.scope
         started = time.perf_counter()
-        request_id = _assign_request_id(scope)
+        request_id, authorization = _request_id_and_authorization(scope)
         context_token = request_id_var.set(request_id)
         try:
-            answer = self._admit(route, exchange, scope)
+            # The whole body is here: its size is known, whatever Content-Length said (or if chunked).
+            answer = self._admit(route, exchange, scope, authorization, len(exchange.body))
             if answer is None:
                 limit = self._body_limit()
                 if len(exchange.body) > limit:
@@ -188,23 +190,30 @@ class GatewayQueries:
             return self.dataplane.max_body_bytes
         return min(self.front_door.settings.max_body_bytes, self.dataplane.max_body_bytes)
 
-    def _admit(self, route: QueryRoute, exchange: DirectExchange, scope: dict[str, Any]) -> Answer | None:
-        """The front door, before the body is read: content length (413), bearer token (401), then
-        CAN_QUERY and rate limits (403/404/429). None: admitted."""
+    def _admit(
+        self,
+        route: QueryRoute,
+        exchange: DirectExchange,
+        scope: dict[str, Any],
+        authorization: bytes | None,
+        body_size: int | None,
+    ) -> Answer | None:
+        """The front door, before the body is read: its size (413; ``body_size``: as declared, or None),
+        the bearer token in ``authorization`` (401), then CAN_QUERY and rate limits (403/404/429).
+        None: admitted."""
         scope["path_params"] = route[0]
         front_door = self.front_door
         if front_door is None:
             return None
         try:
             settings = front_door.settings
-            declared = content_length(scope)
-            if declared is not None and declared > settings.max_body_bytes:
-                exchange.keep_alive = False  # the body is not read
+            if body_size is not None and body_size > settings.max_body_bytes:
+                exchange.keep_alive = False  # the body is not read (or the rest of it)
                 raise body_too_large(settings.max_body_bytes)
             scope[FRONT_DOOR_SCOPE_KEY] = front_door
             principal = None
             if front_door.auth_enabled:
-                found = authenticate(front_door.tokens, scope)
+                found = authenticate_token(front_door.tokens, token_of(authorization))
                 if isinstance(found, Unauthenticated):
                     return _error(found, scope["path"], [(b"www-authenticate", challenge(found).encode())])
                 principal = found
@@ -340,10 +349,18 @@ class QueryHandler(ImmediateHandler):
         self.queries.serve_at_once(self.route, exchange)
 
 
-def _assign_request_id(scope: dict[str, Any]) -> str:
-    request_id = request_id_from(scope["headers"])
-    scope[REQUEST_ID_SCOPE_KEY] = request_id
-    return request_id
+def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | None]:
+    """The request's id (now also in the scope) and its first ``Authorization`` header: one pass over
+    the headers for both."""
+    sent_id = authorization = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == REQUEST_ID_HEADER and sent_id is None:
+            sent_id = value
+    request_id = scope[REQUEST_ID_SCOPE_KEY] = request_id_of(sent_id)
+    return request_id, authorization
 
 
 def _took_longer(timeout_s: float) -> str:

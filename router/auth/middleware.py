@@ -32,14 +32,21 @@ def bearer_token(scope: Scope) -> str | None:
     """The token of the first ``Authorization: Bearer ...`` header, or None."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-            try:
-                return token.strip().decode("ascii")
-            except UnicodeDecodeError:
-                return None
+            return token_of(value)
     return None
+
+
+def token_of(authorization: bytes | None) -> str | None:
+    """The token in an ``Authorization: Bearer ...`` header's value, or None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    try:
+        return token.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 class AuthMiddleware:
@@ -83,7 +90,11 @@ class AuthMiddleware:
 
 
 def authenticate(tokens: TokenStore, scope: Scope) -> Principal | Unauthenticated:
-    token = bearer_token(scope)
+    return authenticate_token(tokens, bearer_token(scope))
+
+
+def authenticate_token(tokens: TokenStore, token: str | None) -> Principal | Unauthenticated:
+    """``authenticate`` for a bearer token already taken from the request (``token_of``)."""
     if token is None:
         return Unauthenticated("Missing bearer token: send 'Authorization: Bearer <token>'.")
     principal = tokens.authenticate(token)

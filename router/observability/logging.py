@@ -274,9 +274,14 @@ def new_request_id() -> str:
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
-            if _SAFE_REQUEST_ID.match(value):
-                return value.decode("ascii")
-            break
+            return request_id_of(value)
+    return new_request_id()
+
+
+def request_id_of(sent: bytes | None) -> str:
+    """The request id for a request whose first ``x-request-id`` header is ``sent`` (None: none)."""
+    if sent is not None and _SAFE_REQUEST_ID.match(sent):
+        return sent.decode("ascii")
     return new_request_id()
 
 
