@@ -31,6 +31,7 @@ arrive over ASGI (in-process transports, MCP tool calls), through the same ``Dat
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -163,7 +164,7 @@ class GatewayQueries:
                     if self.front_door is not None:
                         timeout_s = self.front_door.settings.request_timeout_s
                         deadline = exchange.loop.time() + timeout_s
-                        message = _took_longer(timeout_s)
+                        message = _took_longer(timeout_s)  # made once per timeout value (cached)
                     self.dataplane.query_at_once(
                         scope, query.body, route[1], query,
                         started=started, deadline=deadline, deadline_message=message,
@@ -363,6 +364,7 @@ def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | N
     return request_id, authorization
 
 
+@functools.lru_cache(maxsize=8)
 def _took_longer(timeout_s: float) -> str:
     return f"The request took longer than {timeout_s:g} s."
 
