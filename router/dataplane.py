@@ -73,7 +73,8 @@ class QueryCaller(Protocol):
         """The replica's answer (any status: a model's 4xx passes through)."""
 
     def failed(self, error: ZeroserveError) -> None:
-        """The query failed (504, 503) after it was sent; ``error`` names the served entity."""
+        """The query failed (504, 503) after it was sent; ``error`` names the served entity (in its
+        ``served-model-name`` header) unless the caller's own deadline is what passed."""
 
     def fall_back(self, entity: EntityKey | None) -> None:
         """Nothing was answered: serve the query with ``DataPlane.query(..., first_choice=entity)``."""

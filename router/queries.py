@@ -130,9 +130,9 @@ class GatewayQueries:
             if resumed is None:
                 answer = self._admit(route, exchange, scope, authorization, content_length(scope))
                 if answer is None:
-                    answer = await self._forward(route, exchange, scope)
+                    answer = await self._forward(route, exchange, scope, started)
             else:
-                answer = await self._forward(route, exchange, scope, resumed.body, resumed.entity)
+                answer = await self._forward(route, exchange, scope, started, resumed.body, resumed.entity)
             if answer is None:
                 status = 499  # the client left; nobody to answer
                 return
@@ -231,6 +231,7 @@ class GatewayQueries:
         route: QueryRoute,
         exchange: DirectExchange,
         scope: dict[str, Any],
+        started: float,
         body: bytes | None = None,
         first_choice: EntityKey | None = None,
     ) -> Answer | None:
@@ -243,7 +244,8 @@ class GatewayQueries:
                 if body is None:
                     body = await _read_body(exchange, self._body_limit(), None)
                 response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect, first_choice=first_choice
+                    scope, body, upstream_path, exchange.wait_disconnect,
+                    started=started, first_choice=first_choice,
                 )
                 return _answer_of(response, entity)
             settings = front_door.settings
@@ -255,7 +257,8 @@ class GatewayQueries:
             self._deadlines.watch(task, loop.time() + settings.request_timeout_s)
             try:
                 response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect, first_choice=first_choice
+                    scope, body, upstream_path, exchange.wait_disconnect,
+                    started=started, first_choice=first_choice,
                 )
             except asyncio.CancelledError:
                 if task not in self._overdue or task.uncancel() > 0:

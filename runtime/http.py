@@ -164,7 +164,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             coalescing = _CoalescingTransport(self.transport, self.scope["method"])
             self.cycle.transport = cast(asyncio.Transport, coalescing)
 
-    # Keep-alive (see the class docstring) ---------------------------------------------------------
+    # Immediate handlers (see the module doc) -------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -182,6 +182,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             cast(ImmediateHandler, cycle.handler).at_once(cycle)
             return
         super().on_message_complete()
+
+    # Keep-alive (see the class docstring) ---------------------------------------------------------
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this as data arrives (and on connection loss): the connection is busy.
