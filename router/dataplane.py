@@ -318,43 +318,60 @@ class DataPlane:
         sent_at = time.perf_counter()
 
         def on_answer(response: UpstreamResponse | None, error: Exception | None) -> None:
-            if response is not None:
-                self.activator.release(slot)
-                stats = self.stats.entity(entity)
-                stats.record_queue_wait(0.0)
-                stats.record_upstream(time.perf_counter() - sent_at)
-                self._finished(scope, entity, response.status, started, raw_body, response.body)
-                caller.answered(response, entity)
-                return
-            if isinstance(error, UpstreamConnectError):
-                # The replica had closed the idle connection: ``query`` opens a fresh one, as
-                # ``UpstreamPool.request`` would have, without counting it against the replica.
-                self.activator.give_back(slot)
-                caller.fall_back(entity)
-                return
-            failure: ZeroserveError
-            if isinstance(error, UpstreamTimeout):
-                failure = error
-                self.activator.release(slot, failed=not callers_deadline)
-            else:
-                failure = NoCapacity(f"The replica of '{entity.served_entity}' failed: {error}")
-                self.activator.release(slot, failed=True)
-            if not (callers_deadline and isinstance(error, UpstreamTimeout)):
-                # The caller's own deadline is answered as the caller answers it elsewhere (the front
-                # door's request timeout names no served entity); the replica's failures name it.
-                failure.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
-            response_body = orjson.dumps(failure.to_dict())
-            self._finished(scope, entity, failure.status_code, started, raw_body, response_body)
-            caller.failed(failure)
+            # Called from the upstream connection's callbacks: nothing may escape from here, and the
+            # caller must hear how the query ended even if the bookkeeping fails (a client must never
+            # be left waiting on a request nobody will answer).
+            told = False
+            try:
+                if response is not None:
+                    self.activator.release(slot)
+                    stats = self.stats.entity(entity)
+                    stats.record_queue_wait(0.0)
+                    stats.record_upstream(time.perf_counter() - sent_at)
+                    self._finished(scope, entity, response.status, started, raw_body, response.body)
+                    told = True
+                    caller.answered(response, entity)
+                    return
+                if isinstance(error, UpstreamConnectError):
+                    # The replica had closed the idle connection: ``query`` opens a fresh one, as
+                    # ``UpstreamPool.request`` would have, without counting it against the replica.
+                    self.activator.give_back(slot)
+                    told = True
+                    caller.fall_back(entity)
+                    return
+                failure: ZeroserveError
+                if isinstance(error, UpstreamTimeout):
+                    failure = error
+                    self.activator.release(slot, failed=not callers_deadline)
+                else:
+                    failure = NoCapacity(f"The replica of '{entity.served_entity}' failed: {error}")
+                    self.activator.release(slot, failed=True)
+                if not (callers_deadline and isinstance(error, UpstreamTimeout)):
+                    # The caller's own deadline is answered as the caller answers it elsewhere (the
+                    # front door's request timeout names no served entity); replica failures name it.
+                    failure.headers.setdefault(SERVED_MODEL_NAME, entity.served_entity)
+                response_body = orjson.dumps(failure.to_dict())
+                self._finished(scope, entity, failure.status_code, started, raw_body, response_body)
+                told = True
+                caller.failed(failure)
+            except Exception:
+                logger.exception("finishing a query of served entity %r failed", entity.served_entity)
+                if not told:
+                    caller.failed(ZeroserveError("Internal error."))
 
-        query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
-        sent = self.pool.try_send(
-            slot.host, slot.port, scope["method"], upstream_path(entity) + query,
-            [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS], body,
-            deadline=cast(float, deadline) if callers_deadline else upstream_deadline,
-            timeout_s=timeout_s, on_answer=on_answer, unix_socket=slot.unix_socket,
-            timeout_message=deadline_message if callers_deadline else None,
-        )
+        try:
+            query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            sent = self.pool.try_send(
+                slot.host, slot.port, scope["method"], upstream_path(entity) + query,
+                [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS],
+                body,
+                deadline=cast(float, deadline) if callers_deadline else upstream_deadline,
+                timeout_s=timeout_s, on_answer=on_answer, unix_socket=slot.unix_socket,
+                timeout_message=deadline_message if callers_deadline else None,
+            )
+        except BaseException:
+            self.activator.give_back(slot)  # nothing was sent: the slot must not stay taken
+            raise
         if not sent:
             self.activator.give_back(slot)
             caller.fall_back(entity)

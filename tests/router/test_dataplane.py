@@ -533,3 +533,28 @@ async def test_query_at_once_timeouts_name_whose_deadline_passed(dataplane: Data
         assert kind == "failed" and error.message == "The model did not answer within 0.2 s."
         assert slot.consecutive_failures == 1 and slot.in_flight == 0
     assert dataplane.stats.entity(A).by_status == {200: 2, 504: 2}
+
+
+class BrokenCapture:
+    """An inference-table capture that fails (a stand-in: it stands for a bug in the bookkeeping)."""
+
+    def enabled(self, endpoint: str) -> bool:
+        return True
+
+    def capture_request(self, *args: Any) -> bool:
+        raise RuntimeError("the inference table broke")
+
+
+async def test_a_failure_while_settling_an_immediate_query_still_answers_it(
+    dataplane: DataPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with echo_replica("r1") as replica:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(replica.info(A))
+        await _query(dataplane)
+        dataplane.capture = BrokenCapture()  # type: ignore[assignment]
+        kind, error, _ = await _at_once(dataplane)
+    assert kind == "failed" and error.status_code == 500 and error.message == "Internal error."
+    [slot] = dataplane.activator.replicas(A)
+    assert slot.in_flight == 0  # the slot was released before the bookkeeping failed
+    assert "the inference table broke" in caplog.text
