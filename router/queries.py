@@ -4,7 +4,7 @@ Every inference request used to cross uvicorn's ASGI cycle (a scope, a task runn
 dicts through ``receive``/``send``) and five middleware layers, each wrapping ``send`` in a closure: on
 this kind of 2-core machine that was about half of the router's CPU time per routed request, and the
 router's CPU is what caps routed throughput when it shares the cores with the replica. Here a query is
-handled in one coroutine that does the same checks in the same order, by the same functions:
+handled with the same checks in the same order, by the same functions:
 
     content length -> bearer token (401) -> CAN_QUERY + rate limits (403/404/429) -> body (413/408)
         -> data plane, under the request timeout (504) -> answer + x-request-id -> access-log line
@@ -14,14 +14,18 @@ query routes as its ``direct_handler``s: a ``POST`` to one is answered through a
 ``runtime.http.DirectExchange`` (as replicas answer their inference routes) where uvicorn would put its
 ASGI ``RequestResponseCycle``, so keep-alive, pipelining, flow control, graceful shutdown and disconnect
 detection stay uvicorn's.
-A query whose whole body came with its head (nearly all of them) is served without a task at all
+
+A query whose whole body came in the same read as its head (clients that write a small body with its
+head: requests and the databricks-sdk, curl, the benchmarks' load generator; httpx writes them apart)
+is served without a task at all
 (``QueryHandler.at_once``, see runtime.http): the front door's checks run synchronously as the message
 completes, and ``DataPlane.query_at_once`` sends it to a replica with room over an idle pooled
 connection and answers from that connection's callback; the access-log line is written as the answer
 goes out. A query that must wait (no replica with room, requests queued before it, no idle connection,
 shadow traffic to mirror) continues in a task from where it stands (``serve(..., resumed=...)``): it is
 not admitted twice, and its served entity is not drawn twice. The request timeout is the pooled
-exchange's deadline on the immediate path, a cancellation of the task on the other.
+exchange's deadline on the immediate path; on the task path (``serve``, one coroutine per query) a
+cancellation of its task.
 
 Everything else — the control plane, MCP, the dashboard, and queries behind configured trusted proxies
 or a root path — goes through the ASGI app unchanged, and ``QueryFastPath`` still serves queries that
@@ -31,12 +35,11 @@ arrive over ASGI (in-process transports, MCP tool calls), through the same ``Dat
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from autoscaler.types import EntityKey
@@ -367,7 +370,7 @@ def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | N
     return request_id, authorization
 
 
-@functools.lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def _took_longer(timeout_s: float) -> str:
     return f"The request took longer than {timeout_s:g} s."
 
