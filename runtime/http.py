@@ -237,13 +237,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         exchange = DirectExchange(
             scope,
             handler,
-            loop=self.loop,
-            transport=self.transport,
-            flow=self.flow,
-            default_headers=_joined(self.server_state.default_headers),
+            self,
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
-            expect_100_continue=self.expect_100_continue,
-            protocol=self,
         )
         existing = self.cycle
         # uvicorn types its cycle attribute as its own class; the exchange offers what the protocol uses.
@@ -273,6 +268,15 @@ def _joined(headers: list[tuple[bytes, bytes]]) -> bytes:
     return _joined_lines
 
 
+async def _complete_when_drained(exchange: DirectExchange) -> None:
+    """Hand the connection back once an answer given with ``respond_now`` has drained."""
+    try:
+        await exchange.flow.drain()
+    finally:
+        exchange.protocol._draining = False
+    exchange.protocol.on_response_complete()  # resumes reading, starts a pipelined request
+
+
 class ClientDisconnected(Exception):
     """The client closed the connection before the whole request body arrived."""
 
@@ -290,24 +294,20 @@ class DirectExchange:
         self,
         scope: dict[str, Any],
         handler: DirectHandler,
-        *,
-        loop: asyncio.AbstractEventLoop,
-        transport: asyncio.Transport,
-        flow: FlowControl,
-        default_headers: bytes,
-        keep_alive: bool,
-        expect_100_continue: bool,
         protocol: CoalescingHttpToolsProtocol,
+        *,
+        keep_alive: bool,
     ) -> None:
         self.scope = scope
         self.handler = handler
-        self.loop = loop
-        self.transport = transport
-        self.flow = flow
-        self.default_headers = default_headers  # the server's (date, server), as header lines
-        self.keep_alive = keep_alive
-        self.waiting_for_100_continue = expect_100_continue
         self.protocol = protocol
+        # The protocol's, kept here because each request reads them several times.
+        self.loop = protocol.loop
+        self.transport = protocol.transport
+        self.flow: FlowControl = protocol.flow
+        self.default_headers = _joined(protocol.server_state.default_headers)  # date, server
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = protocol.expect_100_continue
         self.message_event = asyncio.Event()
         # What the protocol's parser callbacks fill in (``on_body``, ``on_message_complete``,
         # ``connection_lost``), as on uvicorn's cycle.
@@ -385,19 +385,9 @@ class DirectExchange:
             if self.flow.write_paused and not self.disconnected:
                 self.protocol._draining = True
                 self.flow.pause_reading()
-                tasks = self.protocol.tasks
-                task = self.loop.create_task(self._complete_when_drained())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                self.run_in_task(_complete_when_drained)
             else:
                 self.protocol.on_response_complete()
-
-    async def _complete_when_drained(self) -> None:
-        try:
-            await self.flow.drain()
-        finally:
-            self.protocol._draining = False
-        self.protocol.on_response_complete()  # resumes reading, starts a pipelined request
 
     def _write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """Send the answer; False when one was sent already."""
