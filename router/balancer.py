@@ -197,8 +197,7 @@ class Balancer:
             return None
         slot = self._pick(queue, _NO_EXCLUSIONS)
         if slot is not None:
-            slot.in_flight += 1
-            queue.in_flight += 1
+            _take(slot)
         return slot
 
     def give_back(self, slot: ReplicaSlot) -> list[Action]:
@@ -377,8 +376,7 @@ class Balancer:
         return a if a.in_flight <= b.in_flight else b
 
     def _assign_slot(self, waiter: Waiter, slot: ReplicaSlot) -> None:
-        slot.in_flight += 1
-        slot.queue.in_flight += 1
+        _take(slot)
         waiter.slot = slot
 
     def _assign(self, queue: EntityQueue) -> list[Action]:
@@ -418,6 +416,12 @@ class Balancer:
             "it may be scaling up from zero, retry later.",
             headers={"Retry-After": "1"},
         )
+
+
+def _take(slot: ReplicaSlot) -> None:
+    """One more request in flight on ``slot`` (and its entity)."""
+    slot.in_flight += 1
+    slot.queue.in_flight += 1
 
 
 def _reject(waiter: Waiter, error: ZeroserveError) -> Reject:
