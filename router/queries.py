@@ -158,21 +158,17 @@ class GatewayQueries:
             # The whole body is here: its size is known, whatever Content-Length said (or if chunked).
             answer = self._admit(route, exchange, scope, authorization, len(exchange.body))
             if answer is None:
-                limit = self._body_limit()
-                if len(exchange.body) > limit:
-                    answer = _error(body_too_large(limit), scope["path"])
-                else:
-                    query = ImmediateQuery(self, route, exchange, bytes(exchange.body), started, request_id)
-                    deadline = message = None
-                    if self.front_door is not None:
-                        timeout_s = self.front_door.settings.request_timeout_s
-                        deadline = exchange.loop.time() + timeout_s
-                        message = _took_longer(timeout_s)  # made once per timeout value (cached)
-                    self.dataplane.query_at_once(
-                        scope, query.body, route[1], query,
-                        started=started, deadline=deadline, deadline_message=message,
-                    )
-                    return
+                query = ImmediateQuery(self, route, exchange, bytes(exchange.body), started, request_id)
+                deadline = message = None
+                if self.front_door is not None:
+                    timeout_s = self.front_door.settings.request_timeout_s
+                    deadline = exchange.loop.time() + timeout_s
+                    message = _took_longer(timeout_s)  # made once per timeout value (cached)
+                self.dataplane.query_at_once(
+                    scope, query.body, route[1], query,
+                    started=started, deadline=deadline, deadline_message=message,
+                )
+                return
         except Exception:
             answer = self._internal(scope)
         finally:
@@ -206,14 +202,14 @@ class GatewayQueries:
         the bearer token in ``authorization`` (401), then CAN_QUERY and rate limits (403/404/429).
         None: admitted."""
         scope["path_params"] = route[0]
+        limit = self._body_limit()
+        if body_size is not None and body_size > limit:
+            exchange.keep_alive = False  # the body is not read (or the rest of it)
+            return _error(body_too_large(limit), scope["path"])
         front_door = self.front_door
         if front_door is None:
             return None
         try:
-            settings = front_door.settings
-            if body_size is not None and body_size > settings.max_body_bytes:
-                exchange.keep_alive = False  # the body is not read (or the rest of it)
-                raise body_too_large(settings.max_body_bytes)
             scope[FRONT_DOOR_SCOPE_KEY] = front_door
             principal = None
             if front_door.auth_enabled:

@@ -558,3 +558,19 @@ async def test_a_failure_while_settling_an_immediate_query_still_answers_it(
     [slot] = dataplane.activator.replicas(A)
     assert slot.in_flight == 0  # the slot was released before the bookkeeping failed
     assert "the inference table broke" in caplog.text
+
+
+async def test_an_oversized_body_that_arrived_whole_is_413_on_the_immediate_path() -> None:
+    async with running(DataPlane(scaler=Poker(), max_body_bytes=64)) as plane:
+        plane.set_endpoint("ep", [(A, 100)])
+        protocol = query_protocol(HeaderLimitedHttpToolsProtocol, GatewayQueries(plane, None))
+        async with serving(Starlette(), http=protocol) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = b"x" * 65
+            writer.write(b"POST /serving-endpoints/ep/invocations HTTP/1.1\r\nhost: gateway\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            answer = await asyncio.wait_for(reader.read(), 5)  # then the connection is closed
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head
+    assert orjson.loads(answer)["error_code"] == "REQUEST_TOO_LARGE" and b"64 bytes" in answer
