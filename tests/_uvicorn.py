@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import uvicorn
 
-
-def bound_socket() -> socket.socket:
-    """A TCP socket bound to a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+from runtime.server import bind_socket, bind_unix_socket
 
 
 @contextlib.asynccontextmanager
@@ -31,12 +24,11 @@ async def uvicorn_server(
     """Serve the ASGI ``app`` for the duration of the block; yields (port, server). ``options`` go to
     ``uvicorn.Config`` (``http``: the protocol class, a replica's or the gateway's); ``unix_socket``: also
     listen there."""
-    sock = bound_socket()
+    # The listeners a replica opens (runtime.server), on a free loopback port.
+    sock = bind_socket("127.0.0.1", 0)
     sockets = [sock]
     if unix_socket is not None:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(unix_socket)
-        sockets.append(listener)
+        sockets.append(bind_unix_socket(unix_socket))
     options = {"log_level": "warning", "access_log": False, **options}
     config = uvicorn.Config(app, lifespan=lifespan, **options)
     server = uvicorn.Server(config)

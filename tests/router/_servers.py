@@ -17,7 +17,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from tests._uvicorn import bound_socket, uvicorn_server
+from runtime.server import bind_socket
+from tests._uvicorn import uvicorn_server
 
 
 @dataclass
@@ -155,5 +156,5 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 def free_port() -> int:
     """A port nobody listens on (bound and released)."""
-    with bound_socket() as sock:
+    with bind_socket("127.0.0.1", 0) as sock:
         return int(sock.getsockname()[1])
