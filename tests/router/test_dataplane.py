@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
+from router.balancer import ReplicaSlot
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
 from router.proxy import UpstreamResponse
 from router.queries import GatewayQueries, query_protocol
@@ -435,6 +436,14 @@ async def _at_once(
     return await asyncio.wait_for(outcome.ended, 5)
 
 
+def _route_to(dataplane: DataPlane, info: ReplicaInfo, routing: EndpointRouting | None = None) -> ReplicaSlot:
+    """Endpoint ``ep`` served by the one replica ``info`` describes; its balancer slot."""
+    dataplane.set_endpoint("ep", [(info.entity, 100)], routing)
+    dataplane.activator.replica_ready(info)
+    [slot] = dataplane.activator.replicas(info.entity)
+    return slot
+
+
 async def _query(dataplane: DataPlane, query: bytes = b"", **kwargs: Any) -> UpstreamResponse:
     scope = _query_scope(query)
     response, _ = await dataplane.query(scope, b"{}", lambda entity: "/invocations", None, **kwargs)
@@ -445,9 +454,7 @@ async def test_query_at_once_sends_over_an_idle_connection_and_falls_back_withou
     dataplane: DataPlane,
 ) -> None:
     async with echo_replica("r1") as replica:
-        dataplane.set_endpoint("ep", [(A, 100)])
-        dataplane.activator.replica_ready(replica.info(A))
-        [slot] = dataplane.activator.replicas(A)
+        slot = _route_to(dataplane, replica.info(A))
         # No pooled connection yet: nothing is sent, the slot is given back, and the entity drawn is named.
         assert await _at_once(dataplane) == ("fall_back", A, None)
         assert slot.in_flight == 0 and replica.requests == 0
@@ -462,10 +469,8 @@ async def test_query_at_once_sends_over_an_idle_connection_and_falls_back_withou
 
 async def test_query_at_once_never_jumps_the_queue_nor_exceeds_capacity(dataplane: DataPlane) -> None:
     async with echo_replica("r1", capacity=1) as replica:
-        dataplane.set_endpoint("ep", [(A, 100)])
-        dataplane.activator.replica_ready(replica.info(A))
+        slot = _route_to(dataplane, replica.info(A))
         await _query(dataplane)  # a pooled connection for the immediate path
-        [slot] = dataplane.activator.replicas(A)
         busy = asyncio.create_task(_query(dataplane, b"sleep=0.3"))
         await asyncio.sleep(0.05)
         assert slot.in_flight == 1
@@ -503,9 +508,7 @@ async def test_an_idle_connection_the_replica_closed_falls_back_without_blame(da
         await writer.drain()
 
     async with raw_server(script) as port:
-        dataplane.set_endpoint("ep", [(A, 100)])
-        dataplane.activator.replica_ready(ReplicaInfo("raw", A, f"http://127.0.0.1:{port}", 4))
-        [slot] = dataplane.activator.replicas(A)
+        slot = _route_to(dataplane, ReplicaInfo("raw", A, f"http://127.0.0.1:{port}", 4))
         await _query(dataplane)
         assert await _at_once(dataplane) == ("fall_back", A, None)
         assert slot.in_flight == 0 and slot.consecutive_failures == 0
@@ -515,9 +518,7 @@ async def test_an_idle_connection_the_replica_closed_falls_back_without_blame(da
 
 async def test_query_at_once_timeouts_name_whose_deadline_passed(dataplane: DataPlane) -> None:
     async with echo_replica("slow") as replica:
-        dataplane.set_endpoint("ep", [(A, 100)], EndpointRouting(upstream_timeout_s=0.2))
-        dataplane.activator.replica_ready(replica.info(A))
-        [slot] = dataplane.activator.replicas(A)
+        slot = _route_to(dataplane, replica.info(A), EndpointRouting(upstream_timeout_s=0.2))
         await _query(dataplane)
         # The caller's deadline (the front door's request timeout) comes first: not the replica's fault.
         loop = asyncio.get_running_loop()
@@ -549,13 +550,11 @@ async def test_a_failure_while_settling_an_immediate_query_still_answers_it(
     dataplane: DataPlane, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with echo_replica("r1") as replica:
-        dataplane.set_endpoint("ep", [(A, 100)])
-        dataplane.activator.replica_ready(replica.info(A))
+        slot = _route_to(dataplane, replica.info(A))
         await _query(dataplane)
         dataplane.capture = BrokenCapture()  # type: ignore[assignment]
         kind, error, _ = await _at_once(dataplane)
     assert kind == "failed" and error.status_code == 500 and error.message == "Internal error."
-    [slot] = dataplane.activator.replicas(A)
     assert slot.in_flight == 0  # the slot was released before the bookkeeping failed
     assert "the inference table broke" in caplog.text
 
