@@ -35,6 +35,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import httptools
@@ -90,36 +91,32 @@ class UpstreamResponse(NamedTuple):
 OnAnswer = Callable[[UpstreamResponse | None, Exception | None], None]
 
 
+@dataclass(slots=True, eq=False)
 class _Callback:
     """Where a connection reports the end of an exchange started by ``UpstreamPool.try_send``: the three
     methods of a future that ``_Connection`` uses. It settles the pool's side (the deadline; the
     connection back to the idle list, or closed after an error) before calling ``on_answer``."""
 
-    __slots__ = ("_connection", "_done", "_key", "_on_answer", "_pool")
-
-    def __init__(
-        self, pool: UpstreamPool, key: tuple[str, int] | str, connection: _Connection, on_answer: OnAnswer
-    ) -> None:
-        self._pool = pool
-        self._key = key
-        self._connection = connection
-        self._on_answer = on_answer
-        self._done = False
+    pool: UpstreamPool
+    key: tuple[str, int] | str
+    connection: _Connection
+    on_answer: OnAnswer
+    _done: bool = False
 
     def done(self) -> bool:
         return self._done
 
     def set_result(self, response: UpstreamResponse) -> None:
         self._done = True
-        self._pool._deadlines.forget(self._connection)
-        self._pool._put_idle(self._key, self._connection)
-        self._on_answer(response, None)
+        self.pool._deadlines.forget(self.connection)
+        self.pool._put_idle(self.key, self.connection)
+        self.on_answer(response, None)
 
     def set_exception(self, exc: Exception) -> None:
         self._done = True
-        self._pool._deadlines.forget(self._connection)
-        self._connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
-        self._on_answer(None, exc)
+        self.pool._deadlines.forget(self.connection)
+        self.connection.close()  # mid-exchange: the connection's state is unknown, never reuse it
+        self.on_answer(None, exc)
 
 
 class _Connection(asyncio.Protocol):

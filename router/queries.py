@@ -39,6 +39,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
@@ -288,28 +289,18 @@ class GatewayQueries:
         return _error(ZeroserveError(message), scope["path"])
 
 
+@dataclass(slots=True, eq=False)
 class ImmediateQuery:
     """One admitted query on the immediate path: the ``QueryCaller`` that ``DataPlane.query_at_once``
     reports to, from the upstream connection's callbacks (so nothing may escape from here)."""
 
-    __slots__ = ("body", "entity", "exchange", "queries", "request_id", "route", "started")
-
-    def __init__(
-        self,
-        queries: GatewayQueries,
-        route: QueryRoute,
-        exchange: DirectExchange,
-        body: bytes,
-        started: float,
-        request_id: str,
-    ) -> None:
-        self.queries = queries
-        self.route = route
-        self.exchange = exchange
-        self.body = body
-        self.started = started
-        self.request_id = request_id
-        self.entity: EntityKey | None = None
+    queries: GatewayQueries
+    route: QueryRoute
+    exchange: DirectExchange
+    body: bytes
+    started: float
+    request_id: str
+    entity: EntityKey | None = None  # the one drawn, when the query falls back to ``serve``
 
     def answered(self, response: UpstreamResponse, entity: EntityKey) -> None:
         self._answer(_answer_of(response, entity))
@@ -330,9 +321,7 @@ class ImmediateQuery:
                 log.exception("answering %s failed", self.exchange.scope.get("path"))
             finally:
                 request_id_var.reset(context_token)
-            if not self.exchange.response_complete:
-                self.exchange.response_complete = True
-                self.exchange.transport.close()  # the client must not wait on a half-answered connection
+            self.exchange.abandon()
 
 
 class QueryHandler(ImmediateHandler):

@@ -326,10 +326,14 @@ class DirectExchange:
             # Handlers answer every error themselves; only cancellation (shutdown) or a bug lands here.
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("request task failed")
-            if not self.response_complete:
-                # The client must not wait on a half-answered connection.
-                self.response_complete = True
-                self.transport.close()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """After a failure that left the request unanswered: close the connection (the client must not
+        wait on it); nothing when the answer went out."""
+        if not self.response_complete:
+            self.response_complete = True
+            self.transport.close()
 
     async def read_body(self, limit: int, timeout_s: float | None) -> bytes:
         """The whole request body. Raises ``PayloadTooLarge`` past ``limit`` bytes, ``TimeoutError`` when a
