@@ -12,7 +12,8 @@ HTTP parsing of the client's request and uvicorn's protocol are not in it; they 
 ``router_overhead`` adds.
 
 The rows: ``gateway`` (the front door as ``zeroserve serve`` runs it, admin token, access log to a
-file) and ``bare`` (the data plane alone, as the ``dataplane`` stack of ``router_overhead``), each on
+file; each round is one keep-alive client connection, so its token is hashed once per round, as a
+client's is once per connection) and ``bare`` (the data plane alone, as the ``dataplane`` stack of ``router_overhead``), each on
 the immediate path that a query whose body came with its head takes (``GatewayQueries.serve_at_once``:
 no task, the answer written from the upstream connection's callback) and on the task path
 (``GatewayQueries.serve`` in a task: a body still arriving, or a query that must wait). Each is the best
@@ -74,12 +75,21 @@ class _ReplicaTransport:
         pass
 
 
+class _ClientConnection:
+    """What the query path keeps per client connection (``QueryProtocol``'s attributes)."""
+
+    verified_token = None
+
+
 class _Exchange:
     """What the query paths use of a ``DirectExchange``; the body has arrived whole."""
 
-    def __init__(self, scope: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, scope: dict[str, Any], loop: asyncio.AbstractEventLoop, protocol: _ClientConnection
+    ) -> None:
         self.scope = scope
         self.loop = loop
+        self.protocol = protocol
         self.keep_alive = True
         self.status = 0
         self.body = bytearray(BODY)
@@ -132,9 +142,10 @@ async def _round(
     queries: GatewayQueries, route: QueryRoute, requests: int, token: bool, immediate: bool
 ) -> float:
     loop = asyncio.get_running_loop()
+    connection = _ClientConnection()  # one keep-alive client connection per round
     started = time.perf_counter()
     for _ in range(requests):
-        exchange = _Exchange(_scope(token), loop)
+        exchange = _Exchange(_scope(token), loop, connection)
         if immediate:
             queries.serve_at_once(route, cast(DirectExchange, exchange))
             await exchange.answered

@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
 from autoscaler.types import EntityKey
@@ -48,7 +49,7 @@ from router.activator import ClientGone
 from router.auth.limits import RequestTimeout, content_length
 from router.auth.middleware import authenticate_token, challenge, token_of
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
-from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
+from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
 from router.dataplane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
 from router.deadlines import Deadlines
 from router.observability.logging import (
@@ -65,6 +66,7 @@ from runtime.http import ClientDisconnected, DirectExchange, DirectHandler, Imme
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
+    from router.auth.tokens import TokenStore
 
 log = logging.getLogger("zeroserve.queries")
 
@@ -214,7 +216,9 @@ class GatewayQueries:
             scope[FRONT_DOOR_SCOPE_KEY] = front_door
             principal = None
             if front_door.auth_enabled:
-                found = authenticate_token(front_door.tokens, token_of(authorization))
+                # Query routes are only served on QueryProtocol connections (its direct_handler).
+                connection: QueryProtocol = exchange.protocol  # type: ignore[assignment]
+                found = _authenticate(connection, front_door.tokens, authorization)
                 if isinstance(found, Unauthenticated):
                     return _error(found, scope["path"], [(b"www-authenticate", challenge(found).encode())])
                 principal = found
@@ -341,6 +345,35 @@ class QueryHandler(ImmediateHandler):
         self.queries.serve_at_once(self.route, exchange)
 
 
+def _authenticate(
+    connection: QueryProtocol, tokens: TokenStore, authorization: bytes | None
+) -> Principal | Unauthenticated:
+    """The caller of a query on ``connection``, from its ``Authorization`` header.
+
+    A client sends the same token with every request of a keep-alive connection: the connection keeps
+    the header it last verified and its principal, and a request carrying the same header (compared in
+    constant time: behind a proxy, one connection may carry several callers' requests) takes that
+    principal without hashing the token again, while ``TokenStore.still_valid`` says nothing has
+    changed (not revoked, not expired, not reloaded). Measured: 1.5 µs less per query in a loop
+    (``benchmarks.router_path``), 2-6 µs less router CPU per routed request in ``router_overhead``'s
+    gateway (paired runs of 20-24 rounds). The header stays in memory as long as the connection does,
+    not only while one of its requests is served."""
+    known = connection.verified_token
+    if (
+        known is not None
+        and authorization is not None
+        and compare_digest(authorization, known[0])
+        and tokens.still_valid(known[1])
+    ):
+        return known[1]
+    found = authenticate_token(tokens, token_of(authorization))
+    if isinstance(found, Unauthenticated) or authorization is None:
+        connection.verified_token = None
+    else:
+        connection.verified_token = (authorization, found)
+    return found
+
+
 def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | None]:
     """The request's id (now also in the scope) and its first ``Authorization`` header: one pass over
     the headers for both."""
@@ -375,6 +408,8 @@ class QueryProtocol(HeaderLimitedHttpToolsProtocol):
     """The header-limited httptools protocol, serving query routes through ``queries`` (see module doc)."""
 
     queries: GatewayQueries
+    # The Authorization header last verified on this connection, and who it authenticated (_authenticate).
+    verified_token: tuple[bytes, Principal] | None = None
 
     def direct_handler(self, path: str) -> DirectHandler | None:
         route = self.queries.match("POST", path)

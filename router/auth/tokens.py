@@ -231,6 +231,24 @@ class TokenStore:
             return None
         return cached.principal
 
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether ``principal``, which ``authenticate`` returned for a token a moment ago, may be taken
+        again for the same token without hashing it: nothing that ``authenticate`` would now decide
+        otherwise has happened. The token's cache entry is the one that produced ``principal`` (a revoke
+        drops it, and a reload after ``cache_ttl_s`` makes a new principal), it is still fresh, and the
+        token has not expired. ``ZEROSERVE_ADMIN_TOKEN`` cannot change while the process runs."""
+        if principal is _STATIC_ADMIN:
+            return self._static_admin_hash is not None
+        if principal.token_id is None:
+            return False
+        cached = self._cache.get(principal.token_id)
+        return (
+            cached is not None
+            and cached.principal is principal
+            and self._monotonic() - cached.loaded_at < self._cache_ttl_s
+            and cached.info.active_at(self._now_ms())
+        )
+
     def _lookup(self, token_id: str) -> _Cached | None:
         now = self._monotonic()
         cached = self._cache.get(token_id)

@@ -25,6 +25,7 @@ import uvicorn
 from pydantic import SecretStr
 from starlette.types import Receive, Scope, Send
 
+import router.auth.tokens
 from autoscaler.testing import FakeClock
 from router.auth.settings import SecuritySettings
 from router.auth.tls import uvicorn_options
@@ -396,3 +397,38 @@ async def test_queries_on_the_immediate_path_write_their_access_log_line(served:
     assert (ok["method"], ok["path"], ok["status"]) == ("POST", "/serving-endpoints/ep/invocations", 200)
     assert ok["principal"] == "admin" and ok["client"] == "127.0.0.1" and ok["duration_ms"] > 0
     assert refused["status"] == 401 and refused["principal"] is None
+
+
+async def test_a_keep_alive_connection_verifies_its_token_once_and_still_sees_a_revoke(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = served.gateway.front_door.tokens
+    carol, info = tokens.create("carol", is_admin=True)
+    hashed: list[str] = []
+    hash_token = router.auth.tokens.hash_token
+
+    def counted(token: str) -> bytes:
+        hashed.append(token)
+        return hash_token(token)
+
+    monkeypatch.setattr(router.auth.tokens, "hash_token", counted)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.fast)
+
+    async def query(token: str) -> int:
+        writer.write(b"POST /serving-endpoints/ep/invocations HTTP/1.1\r\nhost: gateway\r\n"
+                     b"authorization: Bearer " + token.encode() + b"\r\ncontent-length: 2\r\n\r\n{}")
+        async with asyncio.timeout(10):
+            [(status, _, _)] = await _responses(reader, 1)
+        return status
+
+    try:
+        assert [await query(carol) for _ in range(3)] == [200, 200, 200]
+        assert hashed == [carol]  # verified on the connection's first request only
+        tokens.revoke(info.token_id)
+        assert await query(carol) == 401  # at once, on the same connection
+        assert await query(ADMIN_TOKEN) == 200  # another token is verified in full
+        assert await query(carol[:-1] + "x") == 401
+        assert await query(ADMIN_TOKEN) == 200
+        assert hashed == [carol, carol, ADMIN_TOKEN, carol[:-1] + "x", ADMIN_TOKEN]
+    finally:
+        writer.close()

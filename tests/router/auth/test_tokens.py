@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
 
 from router.auth.tokens import TokenStore, parse_token_id
+from router.auth.types import Principal
 from router.db import Database
 from runtime.errors import InvalidParameterValue, NotFound
 from tests.router.auth.conftest import FakeClock
@@ -70,6 +72,40 @@ def test_revoke_takes_effect_at_once_here_and_within_the_ttl_elsewhere(
     assert store.revoke(info.token_id).revoked_at_ms == revoked.revoked_at_ms  # idempotent
     with pytest.raises(NotFound):
         store.revoke("0123456789abcdef")
+
+
+def test_a_principal_stays_valid_only_while_authenticate_would_give_it_again(
+    store: TokenStore, db: Database, clock: FakeClock
+) -> None:
+    # Revoked here: invalid at once.
+    token, info = store.create("carol")
+    principal = store.authenticate(token)
+    assert principal is not None and store.still_valid(principal)
+    store.revoke(info.token_id)
+    assert not store.still_valid(principal)
+    # Expired: invalid from its expiry on.
+    expiring, _ = store.create("dave", expires_in_s=2)
+    principal = store.authenticate(expiring)
+    assert principal is not None
+    clock.advance(1.9)
+    assert store.still_valid(principal)
+    clock.advance(0.2)
+    assert not store.still_valid(principal) and store.authenticate(expiring) is None
+    # Cache entry older than the TTL (a revoke by another process shows only on a reload): invalid,
+    # and the reload gives a new principal.
+    lasting, _ = store.create("erin")
+    principal = store.authenticate(lasting)
+    assert principal is not None
+    clock.advance(5.1)
+    assert not store.still_valid(principal)
+    reloaded = store.authenticate(lasting)
+    assert reloaded is not None and reloaded is not principal and store.still_valid(reloaded)
+    # A principal this store did not produce is never taken on trust.
+    assert not store.still_valid(dataclasses.replace(reloaded))
+    assert not store.still_valid(Principal("admin", is_admin=True))
+    static = TokenStore(db, clock=clock, static_admin_token="s" * 40)
+    admin = static.authenticate("s" * 40)
+    assert admin is not None and static.still_valid(admin) and not store.still_valid(admin)
 
 
 def test_lookups_are_cached_in_memory(store: TokenStore, db: Database, clock: FakeClock) -> None:
