@@ -11,16 +11,16 @@ replica connection whose transport answers on the next loop turn with a canned r
 HTTP parsing of the client's request and uvicorn's protocol are not in it; they are what
 ``router_overhead`` adds.
 
-The rows: ``gateway`` (the front door as ``zeroserve serve`` runs it, admin token, access log to a
-file; each round is one keep-alive client connection, so its token is hashed once per round, as a
-client's is once per connection) and ``bare`` (the data plane alone, as the ``dataplane`` stack of ``router_overhead``), each on
-the immediate path that a query whose body came with its head takes (``GatewayQueries.serve_at_once``:
-no task, the answer written from the upstream connection's callback) and on the task path
-(``GatewayQueries.serve`` in a task: a body still arriving, or a query that must wait). Each is the best
-of several rounds. Measured on this kind of machine, code costs about 3-4 times as much in the
-loaded router (cold caches, three processes sharing two cores) as here, so a microsecond saved here is
-worth about three in ``router_overhead``'s ``cpu/req``. ``--profile`` prints cProfile's table for the
-gateway path instead.
+The rows: ``gateway`` (the front door as ``zeroserve serve`` runs it, admin token, access log to a file;
+each round is one keep-alive client connection, so its token is hashed once per round, as a client's is
+once per connection) and ``bare`` (the data plane alone, as the ``dataplane`` stack of
+``router_overhead``), each on the immediate path that a query whose body came with its head takes
+(``GatewayQueries.serve_at_once``: no task, the answer written from the upstream connection's callback)
+and on the task path (``GatewayQueries.serve`` in a task: a body still arriving, or a query that must
+wait). Each is the best of several rounds. Measured on this kind of machine, code costs about 3-4 times
+as much in the loaded router (cold caches, three processes sharing two cores) as here, so a microsecond
+saved here is worth about three in ``router_overhead``'s ``cpu/req``. ``--profile`` prints cProfile's
+table for the gateway path instead.
 """
 
 from __future__ import annotations
