@@ -245,9 +245,8 @@ class DataPlane:
             name = scope["path_params"]["name"]
             entry = self.table.lookup(name)
             client_request_id, body = peek_client_request_id(body)
-            headers = [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS]
+            query, headers = _forwarded(scope)
             method = scope["method"]
-            query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
             rerouted = False
             while True:
                 chosen = entity = first_choice or choose_entity(entry, client_request_id)
@@ -360,11 +359,9 @@ class DataPlane:
                     caller.failed(ZeroserveError("Internal error."))
 
         try:
-            query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            query, headers = _forwarded(scope)
             sent = self.pool.try_send(
-                slot.host, slot.port, scope["method"], upstream_path(entity) + query,
-                [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS],
-                body,
+                slot.host, slot.port, scope["method"], upstream_path(entity) + query, headers, body,
                 deadline=cast(float, deadline) if callers_deadline else upstream_deadline,
                 timeout_s=timeout_s, on_answer=on_answer, unix_socket=slot.unix_socket,
                 timeout_message=deadline_message if callers_deadline else None,
@@ -460,6 +457,13 @@ class DataPlane:
         except (ConnectionError, ZeroserveError):
             return False
         return response.status == 200
+
+
+def _forwarded(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """What a query passes on to the replica besides its body: its query string (``?...`` to append to
+    the replica's path, or empty) and its end-to-end headers, less the caller's credentials."""
+    query = "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+    return query, [(key, value) for key, value in scope["headers"] if key not in _DROP_REQUEST_HEADERS]
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
