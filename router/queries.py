@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from hmac import compare_digest
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autoscaler.types import EntityKey
 from router.activator import ClientGone
@@ -241,36 +241,32 @@ class GatewayQueries:
     ) -> Answer | None:
         """Read the body (unless given), then the data plane's answer under the request timeout; None
         when the client left."""
-        upstream_path = route[1]
         front_door = self.front_door
+        task = None  # watched by the request timeout (with a front door)
+        request_timeout_s = 0.0
         try:
-            if front_door is None:
-                if body is None:
-                    body = await _read_body(exchange, self._body_limit(), None)
-                response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect,
-                    started=started, first_choice=first_choice,
-                )
-                return _answer_of(response, entity)
-            settings = front_door.settings
             if body is None:
-                body = await _read_body(exchange, self._body_limit(), settings.body_timeout_s)
-            loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
-            task = asyncio.current_task(loop)
-            assert task is not None
-            self._deadlines.watch(task, loop.time() + settings.request_timeout_s)
+                body_timeout_s = None if front_door is None else front_door.settings.body_timeout_s
+                body = await _read_body(exchange, self._body_limit(), body_timeout_s)
+            if front_door is not None:
+                loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
+                task = asyncio.current_task(loop)
+                assert task is not None
+                request_timeout_s = front_door.settings.request_timeout_s
+                self._deadlines.watch(task, loop.time() + request_timeout_s)
             try:
                 response, entity = await self.dataplane.query(
-                    scope, body, upstream_path, exchange.wait_disconnect,
+                    scope, body, route[1], exchange.wait_disconnect,
                     started=started, first_choice=first_choice,
                 )
             except asyncio.CancelledError:
-                if task not in self._overdue or task.uncancel() > 0:
+                if task is None or task not in self._overdue or task.uncancel() > 0:
                     raise  # cancelled by someone else (shutdown), not by its deadline
-                return _error(UpstreamTimeout(_took_longer(settings.request_timeout_s)), scope["path"])
+                return _error(UpstreamTimeout(_took_longer(request_timeout_s)), scope["path"])
             finally:
-                self._deadlines.forget(task)
-                self._overdue.discard(task)
+                if task is not None:
+                    self._deadlines.forget(task)
+                    self._overdue.discard(task)
             return _answer_of(response, entity)
         except ClientGone:
             return None
@@ -367,10 +363,10 @@ def _authenticate(
     ):
         return known[1]
     found = authenticate_token(tokens, token_of(authorization))
-    if isinstance(found, Unauthenticated) or authorization is None:
+    if isinstance(found, Unauthenticated):
         connection.verified_token = None
-    else:
-        connection.verified_token = (authorization, found)
+    else:  # a principal was found, so there was a header
+        connection.verified_token = (cast(bytes, authorization), found)
     return found
 
 
