@@ -9,6 +9,12 @@ how often or how irregularly routers report. Several routers (Kubernetes) report
 Storage is bounded: closed segments are integrated into 1-second buckets (area = concurrency x
 seconds) that fall off after the longest window; a router that stops reporting has its last level
 expire after ``sample_ttl_s`` so that a dead router cannot hold replicas up forever.
+
+A router may also send its cumulative counts of requests that arrived and completed. From them the
+window derives what the drain-aware estimate needs (``autoscaler.policy``): the arrival rate over each
+window, and the mean service time by Little's law (the area under the in-flight level, queued requests
+excluded, divided by the completions in the same window). Counts land in the bucket of the report that
+carries them, so a rate is exact to the routers' report interval (1 s).
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ class WindowReading(NamedTuple):
     last_busy_at: float | None  # last instant concurrency was > 0 (a poke counts); None: never
     observed_since: float  # first report or poke
     poked: bool = False  # a request arrived while the entity had no replica
+    # Requests arriving per second over each window; None when no router reports its counts.
+    stable_arrival_rate: float | None = None
+    panic_arrival_rate: float | None = None
+    # Mean seconds a request spends on a replica (Little's law over the stable window, or the last
+    # window that had enough completions); None until enough requests have completed.
+    service_time_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -45,6 +57,18 @@ class _SourceLevel:
     concurrency: float
     queued: int
     since: float
+    # The router's cumulative counts at this report; None when it sends none.
+    arrivals: int | None = None
+    completions: int | None = None
+
+
+# A bucket: [index, concurrency area, in-flight area, arrivals, completions]. Lists, not objects: the
+# loop reads thousands per tick.
+_INDEX, _AREA, _SERVED, _ARRIVALS, _COMPLETIONS = range(5)
+# Fewer completions than this in the stable window say too little of the service time (the first one
+# after a cold start carries the whole in-flight area of the requests still running): the last good
+# estimate stands instead.
+MIN_COMPLETIONS_FOR_SERVICE_TIME = 8
 
 
 class MetricsWindow:
@@ -56,19 +80,37 @@ class MetricsWindow:
         # (bucket index, area in concurrency-seconds), oldest first, and the sum of their areas: a
         # window average then touches only the few buckets at one end (10,000 entities per tick).
         self._buckets: deque[list[float]] = deque()
-        self._total_area = 0.0
+        self._totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # sums of every bucket's fields (index unused)
+        self._counted = False  # some router sent its arrival and completion counts
+        self._service_time_s: float | None = None
         self._levels: dict[str, _SourceLevel] = {}
         self._first_seen: float | None = None
         self._last_busy_at: float | None = None
+        # When the current busy spell began, and how long the entity had been idle before it.
+        self._busy_since: float | None = None
+        self._idle_before_s = 0.0
         self._poked = False
 
     def set_retention(self, retention_s: float) -> None:
         """Keep at least ``retention_s`` of history (the entity's stable window may have changed)."""
         self._retention_s = retention_s
 
-    def report(self, now: float, in_flight: int, queued: int, source: str = "router") -> None:
+    def report(
+        self,
+        now: float,
+        in_flight: int,
+        queued: int,
+        source: str = "router",
+        *,
+        arrivals: int | None = None,
+        completions: int | None = None,
+    ) -> None:
+        """``source``'s level now; ``arrivals`` and ``completions``: its cumulative counts, if it has them."""
         if in_flight < 0 or queued < 0:
             raise ValueError(f"concurrency report must be >= 0, got in_flight={in_flight} queued={queued}")
+        if (arrivals is None) != (completions is None) or min(arrivals or 0, completions or 0) < 0:
+            raise ValueError(f"counts must come together and be >= 0, got arrivals={arrivals} "
+                             f"completions={completions}")
         if self._first_seen is None:
             self._first_seen = now
         previous = self._levels.get(source)
@@ -77,18 +119,43 @@ class MetricsWindow:
             self._integrate(previous, held_until)
             if previous.concurrency > 0:
                 self._last_busy_at = max(self._last_busy_at or held_until, held_until)
+        if arrivals is not None and completions is not None:
+            self._counted = True
+            if previous is not None and previous.arrivals is not None and previous.completions is not None:
+                # A count lower than the last one: the router restarted and counts from zero again.
+                new_arrivals = arrivals - previous.arrivals if arrivals >= previous.arrivals else arrivals
+                new_completions = (completions - previous.completions if completions >= previous.completions
+                                   else completions)
+                # They happened since its last report: spread over that time, as its level is.
+                if (new_arrivals or new_completions) and now > previous.since:
+                    self._spread(previous.since, now, 0.0, 0.0, new_arrivals, new_completions)
+                elif new_arrivals or new_completions:
+                    self._add(math.floor(now / BUCKET_S), 0.0, 0.0, new_arrivals, new_completions)
+            # A source's first counts cover a past of unknown length: they only set its baseline.
         concurrency = float(in_flight + queued)
         if concurrency > 0:
-            self._last_busy_at = now
-        self._levels[source] = _SourceLevel(concurrency, queued, now)
+            self._mark_busy(now)
+        self._levels[source] = _SourceLevel(concurrency, queued, now, arrivals, completions)
         self._evict(now)
 
     def poke(self, now: float) -> None:
         """A request is waiting for an entity that has no replica: demand, before any report says so."""
         if self._first_seen is None:
             self._first_seen = now
-        self._last_busy_at = now
+        self._mark_busy(now)
         self._poked = True
+
+    def _mark_busy(self, now: float) -> None:
+        last_busy_at = self._last_busy_at
+        idle_s = now - (last_busy_at if last_busy_at is not None else (self._first_seen or now))
+        if last_busy_at is None or (idle_s > 0 and not self._busy_levels(now)):
+            self._busy_since = now
+            self._idle_before_s = idle_s if last_busy_at is not None else float("inf")
+        self._last_busy_at = now
+
+    def _busy_levels(self, now: float) -> bool:
+        ttl = self._sample_ttl_s
+        return any(level.concurrency > 0 and level.since + ttl > now for level in self._levels.values())
 
     def clear_poke(self) -> None:
         """The loop acted on the poke (the cold-start fast path ran)."""
@@ -103,8 +170,12 @@ class MetricsWindow:
         # new entity's first 10 s at 5 concurrent read as 5, not as 5 x 10 / 60.
         stable_start = max(now - stable_window_s, first_seen)
         panic_start = max(now - panic_window_s, first_seen)
-        stable_area = self._area_since(stable_start) if self._buckets else 0.0
-        panic_area = self._area_since(panic_start) if self._buckets else 0.0
+        if self._buckets:
+            stable_area, stable_served, stable_arrivals, stable_completions = self._sums_since(stable_start)
+            panic_area, _, panic_arrivals, _ = self._sums_since(panic_start)
+        else:
+            stable_area = stable_served = stable_arrivals = stable_completions = 0.0
+            panic_area = panic_arrivals = 0.0
         current = 0.0
         queued = 0
         last_busy_at = self._last_busy_at
@@ -124,11 +195,30 @@ class MetricsWindow:
             if last_busy_at is None or held_until > last_busy_at:
                 last_busy_at = held_until
             if held_until > stable_start:
-                stable_area += concurrency * (held_until - max(since, stable_start))
+                held = held_until - max(since, stable_start)
+                stable_area += concurrency * held
+                stable_served += (concurrency - level.queued) * held
             if held_until > panic_start:
                 panic_area += concurrency * (held_until - max(since, panic_start))
         stable_duration = now - stable_start
         panic_duration = now - panic_start
+        stable_rate = panic_rate = None
+        if self._counted:
+            if stable_completions >= MIN_COMPLETIONS_FOR_SERVICE_TIME:
+                # Little's law: mean time in service = mean in flight / completion rate; the window's
+                # duration cancels out.
+                self._service_time_s = stable_served / stable_completions
+            if stable_duration > 0:
+                stable_rate = stable_arrivals / stable_duration
+                panic_rate = panic_arrivals / panic_duration
+                busy_since = self._busy_since
+                if (busy_since is not None and busy_since > panic_start
+                        and self._idle_before_s >= panic_window_s and self._buckets):
+                    # A burst after a panic window or more of silence is averaged from its own start
+                    # (at least a bucket): the calm before it says nothing of its rate, and averaging
+                    # it in would halve the estimate just when replicas must start.
+                    burst_s = max(now - busy_since, BUCKET_S)
+                    panic_rate = self._sums_since(busy_since)[2] / burst_s
         # A zero duration: the very first report is happening now, and its level is the best estimate.
         return WindowReading(
             stable_area / stable_duration if stable_duration > 0 else current,
@@ -138,6 +228,9 @@ class MetricsWindow:
             last_busy_at,
             first_seen,
             self._poked,
+            stable_rate,
+            panic_rate,
+            self._service_time_s if self._counted else None,
         )
 
     @property
@@ -145,65 +238,88 @@ class MetricsWindow:
         """How many 1-second buckets are held (bounded by the retention)."""
         return len(self._buckets)
 
-    def _area_since(self, start: float) -> float:
+    def _sums_since(self, start: float) -> tuple[float, float, float, float]:
+        """(area, in-flight area, arrivals, completions) of the buckets from ``start`` on."""
         buckets = self._buckets
-        if not buckets:
-            return 0.0
         first_index = math.floor(start / BUCKET_S)
-        # Only the part of the first bucket inside the window counts; areas are assumed spread
-        # evenly over a bucket (1 s against windows of 6 s and more).
+        # Only the part of the first bucket inside the window counts; areas and counts are assumed
+        # spread evenly over a bucket (1 s against windows of 6 s and more).
         inside = min(1.0, ((first_index + 1) * BUCKET_S - start) / BUCKET_S)
-        if first_index - buckets[0][0] < buckets[-1][0] - first_index:
-            # Most buckets are inside: the total less what lies before the window.
-            area = self._total_area
-            for index, bucket_area in buckets:
+        if first_index - buckets[0][_INDEX] < buckets[-1][_INDEX] - first_index:
+            # Most buckets are inside: the totals less what lies before the window.
+            sums = self._totals[:]
+            for bucket in buckets:
+                index = bucket[_INDEX]
                 if index > first_index:
                     break
-                area -= bucket_area if index < first_index else bucket_area * (1.0 - inside)
-            return max(0.0, area)
-        area = 0.0
-        for index, bucket_area in reversed(buckets):
+                share = 1.0 if index < first_index else 1.0 - inside
+                for position in range(1, 5):
+                    sums[position] -= bucket[position] * share
+            return max(0.0, sums[1]), max(0.0, sums[2]), max(0.0, sums[3]), max(0.0, sums[4])
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+        for bucket in reversed(buckets):
+            index = bucket[_INDEX]
             if index < first_index:
                 break
-            area += bucket_area * inside if index == first_index else bucket_area
-        return area
+            share = inside if index == first_index else 1.0
+            for position in range(1, 5):
+                sums[position] += bucket[position] * share
+        return sums[1], sums[2], sums[3], sums[4]
 
     def _integrate(self, level: _SourceLevel, until: float) -> None:
         """Add ``level`` held from ``level.since`` to ``until`` into the buckets it spans."""
         if level.concurrency == 0 or until <= level.since:
             return
-        position = level.since
-        while position < until:
+        self._spread(level.since, until, level.concurrency, level.concurrency - level.queued, 0.0, 0.0)
+
+    def _spread(self, start: float, end: float, concurrency: float, in_flight: float, arrivals: float,
+                completions: float) -> None:
+        """Levels held from ``start`` to ``end``, and counts that happened evenly in between, into
+        the buckets they span."""
+        duration = end - start
+        # What lies before the retention falls out of every window: not stored (a router silent for
+        # an hour would otherwise fill 3,600 buckets only to evict them).
+        position = max(start, end - self._retention_s - BUCKET_S)
+        while position < end:
             index = math.floor(position / BUCKET_S)
-            bucket_end = (index + 1) * BUCKET_S
-            piece_end = min(until, bucket_end)
-            self._add_area(index, level.concurrency * (piece_end - position))
+            piece_end = min(end, (index + 1) * BUCKET_S)
+            held = piece_end - position
+            share = held / duration
+            self._add(index, concurrency * held, in_flight * held, arrivals * share, completions * share)
             position = piece_end
 
-    def _add_area(self, index: int, area: float) -> None:
-        self._total_area += area
-        if self._buckets and self._buckets[-1][0] == index:
-            self._buckets[-1][1] += area
+    def _add(self, index: int, area: float, served: float, arrivals: float, completions: float) -> None:
+        totals = self._totals
+        totals[_AREA] += area
+        totals[_SERVED] += served
+        totals[_ARRIVALS] += arrivals
+        totals[_COMPLETIONS] += completions
+        buckets = self._buckets
+        if buckets and buckets[-1][_INDEX] >= index:
+            # The newest bucket, or (a segment from a slower router) one already passed by a faster one.
+            for bucket in reversed(buckets):
+                if bucket[_INDEX] == index:
+                    bucket[_AREA] += area
+                    bucket[_SERVED] += served
+                    bucket[_ARRIVALS] += arrivals
+                    bucket[_COMPLETIONS] += completions
+                    return
+                if bucket[_INDEX] < index:
+                    break
+            buckets.append([index, area, served, arrivals, completions])
+            self._buckets = deque(sorted(buckets, key=lambda bucket: bucket[_INDEX]))
             return
-        if not self._buckets or self._buckets[-1][0] < index:
-            self._buckets.append([index, area])
-            return
-        # A segment from a slower router ends in a bucket already passed by a faster one.
-        for bucket in reversed(self._buckets):
-            if bucket[0] == index:
-                bucket[1] += area
-                return
-            if bucket[0] < index:
-                break
-        self._buckets.append([index, area])
-        self._buckets = deque(sorted(self._buckets, key=lambda bucket: bucket[0]))
+        buckets.append([index, area, served, arrivals, completions])
 
     def _evict(self, now: float) -> None:
         buckets = self._buckets
-        if not buckets or buckets[0][0] >= (now - self._retention_s) / BUCKET_S - 1:
+        if not buckets or buckets[0][_INDEX] >= (now - self._retention_s) / BUCKET_S - 1:
             return
         oldest_kept = math.floor((now - self._retention_s) / BUCKET_S) - 1
-        while self._buckets and self._buckets[0][0] < oldest_kept:
-            self._total_area -= self._buckets.popleft()[1]
-        if not self._buckets:
-            self._total_area = 0.0  # no float residue once nothing is held
+        totals = self._totals
+        while buckets and buckets[0][_INDEX] < oldest_kept:
+            gone = buckets.popleft()
+            for position in range(1, 5):
+                totals[position] -= gone[position]
+        if not buckets:
+            self._totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # no float residue once nothing is held

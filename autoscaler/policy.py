@@ -8,6 +8,15 @@ the traffic reading, the replica counts and the policy's own memory (``PolicySta
     target -> panic/stable -> rate limits -> floor/ceiling -> scale-down delay
            -> scale-to-zero gate -> cold-start fast path
 
+The target is drain-aware once the routers' counts say how fast requests arrive and how long one
+takes (``WindowReading.service_time_s``): the replicas needed are those that serve the arrival rate at
+the target utilization, plus those that drain the queued backlog within ``backlog_drain_s`` — not the
+backlog itself counted as concurrency, which on a burst from idle asks for several times the replicas
+the burst needs and (through panic's ratchet) holds them for a whole stable window. In panic the count
+then follows that estimate, so the extra replicas go as soon as the backlog is drained. Until the
+service time is known (the first requests of an entity's life) the target is Knative's: concurrency,
+queued requests included.
+
 The examples in the comments use the defaults: C = 4, target utilization 0.7 (2.8 concurrent per
 replica), stable window 60 s, panic window 6 s, panic threshold 2x, scale-down rate 2x, grace 30 s.
 """
@@ -42,6 +51,9 @@ class PolicyState(NamedTuple):
     # (time, recommendation) pairs still inside the scale-down delay, values strictly decreasing:
     # a sliding-window maximum, so its length is bounded by the ceiling whatever the delay.
     recent_recommendations: tuple[tuple[float, int], ...] = ()
+    # The drain-aware panic targets of the last panic window, the same kind of sliding maximum: a
+    # count the panic window raised is lowered only once it has asked for less for a whole window.
+    recent_panic_targets: tuple[tuple[float, int], ...] = ()
 
     @property
     def panicking(self) -> bool:
@@ -72,6 +84,22 @@ class Decision(NamedTuple):
 
 _STABLE = "stable: {:.1f} concurrent over {:g} s, {} ready -> {}"
 _PANIC = "panic: {:.1f} concurrent over {:g} s, {} ready -> {}"
+_STABLE_RATE = "stable: {:.1f} req/s x {:.3g} ms = {:.1f} concurrent over {:g} s, {} ready -> {}"
+_PANIC_RATE = "panic: {:.1f} req/s x {:.3g} ms = {:.1f} concurrent over {:g} s, {} ready -> {}"
+_PANIC_DRAIN = ("panic: {:.1f} req/s x {:.3g} ms + {} queued drained in {:g} s = {:.1f} concurrent "
+                "over {:g} s, {} ready -> {}")
+
+
+class Targets(NamedTuple):
+    """The replicas the stable and panic windows ask for, and the figures behind them."""
+
+    stable: int
+    panic: int
+    stable_figure: float  # concurrency
+    panic_figure: float
+    # True: the figures are the drain-aware estimate (arrival rate x service time, plus the backlog's
+    # drain); False: Knative's averaged concurrency, queued requests included.
+    drain_aware: bool = False
 
 
 def decide(
@@ -82,14 +110,19 @@ def decide(
         return _no_data(window, spec, state)
     if _idle_at_zero(window, spec, state, fleet):
         return Decision(0, 0, ((_STABLE, (0.0, spec.stable_window_s, 0, 0)),)), state
+    if _await_service_time(window, state, fleet):
+        why: list[Why] = [("{} ready, {} starting: holding {} until the first requests served say how "
+                           "long one takes", (fleet.ready, fleet.starting, state.desired))]
+        return Decision(state.desired, state.desired, tuple(why)), state
     targets = _target(window, spec)
-    desired, panic_last_over_at, panic_peak, why = _panic_or_stable(targets, window, spec, state, now, fleet)
+    desired, panic_last_over_at, panic_peak, recent_panic, why = _panic_or_stable(
+        targets, window, spec, state, now, fleet)
     desired = _rate_limits(desired, spec, fleet, why)
     desired = _floor_ceiling(desired, spec, why)
     desired, recent = _scale_down_delay(desired, spec, state, now, why)
     desired = _scale_to_zero_gate(desired, window, spec, state, now, fleet, why)
     desired = _cold_start(desired, window, fleet, why)
-    next_state = PolicyState(desired, panic_last_over_at, panic_peak, recent)
+    next_state = PolicyState(desired, panic_last_over_at, panic_peak, recent, recent_panic)
     return Decision(desired, state.desired, tuple(why), panic_last_over_at is not None), next_state
 
 
@@ -103,6 +136,19 @@ def _idle_at_zero(window: WindowReading, spec: AutoscalingSpec, state: PolicySta
             and window.panic_concurrency == 0 and not window.poked and spec.floor_replicas == 0)
 
 
+def _await_service_time(window: WindowReading, state: PolicyState, fleet: Fleet) -> bool:
+    # Precondition: the routers send counts (so the drain-aware estimate is coming) but too few
+    # requests of this entity have completed to know how long one takes, and its first replicas are
+    # starting or serving. Counting the backlog as concurrency now would start one replica per 2.8
+    # requests queued during the cold start (60 req/s for 1 s -> 22 replicas for a load of 3); the
+    # first ready replica tells the service time within a few requests (8 completions), and the
+    # estimate takes over then. Only the first burst of an entity's life waits so: the service time is
+    # remembered afterwards. The price: a first burst into a model that takes seconds per request
+    # waits for those completions before more replicas start.
+    return (window.service_time_s is None and window.stable_arrival_rate is not None
+            and fleet.ready + fleet.starting > 0 and state.desired > 0)
+
+
 def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple[Decision, PolicyState]:
     # Precondition: nothing was ever reported. No metric-driven change; only the floor and ceiling
     # apply, so a new entity with a reserved floor of 2 starts its 2 replicas before any traffic.
@@ -113,31 +159,41 @@ def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple
     return Decision(desired, state.desired, tuple(why)), state._replace(desired=desired)
 
 
-def _target(window: WindowReading, spec: AutoscalingSpec) -> tuple[int, int]:
+def _target(window: WindowReading, spec: AutoscalingSpec) -> Targets:
     # Replicas (stable, panic) needed so that each carries at most C x utilization concurrent
     # requests: 37.0 concurrent / (4 x 0.7 = 2.8) = 13.2 -> 14 replicas. A tiny epsilon keeps
     # 5.6 / 2.8 at 2 rather than 3 when floating point lands a hair above.
     per_replica = spec.container_concurrency * spec.target_utilization
-    return (math.ceil(window.stable_concurrency / per_replica - 1e-9),
-            math.ceil(window.panic_concurrency / per_replica - 1e-9))
+    service_s = window.service_time_s
+    if service_s is None or window.stable_arrival_rate is None or window.panic_arrival_rate is None:
+        stable_figure, panic_figure = window.stable_concurrency, window.panic_concurrency
+        drain_aware = False
+    else:
+        # Drain-aware: the concurrency the arrivals bring (Little's law: 150 req/s x 0.1 s = 15), and
+        # in the panic figure what clears the backlog in time besides (200 queued x 0.1 s / 5 s = 4):
+        # (15 + 4) / 2.8 -> 7 replicas, where 200 queued counted as concurrency would ask for 77.
+        backlog = window.queued * service_s / spec.backlog_drain_s
+        stable_figure = window.stable_arrival_rate * service_s + backlog
+        panic_figure = window.panic_arrival_rate * service_s + backlog
+        drain_aware = True
+    return Targets(math.ceil(stable_figure / per_replica - 1e-9),
+                   math.ceil(panic_figure / per_replica - 1e-9), stable_figure, panic_figure, drain_aware)
 
 
 def _panic_or_stable(
-    targets: tuple[int, int],
+    targets: Targets,
     window: WindowReading,
     spec: AutoscalingSpec,
     state: PolicyState,
     now: float,
     fleet: Fleet,
-) -> tuple[int, float | None, int, list[Why]]:
-    """(desired, panic_last_over_at, panic_peak, why)."""
+) -> tuple[int, float | None, int, tuple[tuple[float, int], ...], list[Why]]:
+    """(desired, panic_last_over_at, panic_peak, recent_panic_targets, why)."""
     # Panic when the panic window asks for >= threshold x the ready replicas (at least 1, so a burst
-    # into an entity at zero can panic too): 14 wanted / 3 ready = 4.7 >= 2 -> panic. In panic the
-    # count follows the panic window and never goes down; panic ends once a full stable window has
-    # passed without the threshold being crossed again.
-    stable_target, panic_target = targets
+    # into an entity at zero can panic too): 14 wanted / 3 ready = 4.7 >= 2 -> panic. Panic ends once
+    # a full stable window has passed without the threshold being crossed again.
     ready_basis = max(1, fleet.ready)
-    over_threshold = panic_target / ready_basis >= spec.panic_threshold
+    over_threshold = targets.panic / ready_basis >= spec.panic_threshold
     panic_last_over_at = state.panic_last_over_at
     panic_peak = state.panic_peak
     if over_threshold:
@@ -147,16 +203,66 @@ def _panic_or_stable(
     elif panic_last_over_at is not None and now - panic_last_over_at >= spec.stable_window_s:
         panic_last_over_at = None
         panic_peak = 0
+    if targets.drain_aware:
+        desired, recent_panic, reasons = _drain_aware(targets, window, spec, state, now, fleet)
+        return desired, panic_last_over_at, 0, recent_panic, reasons
+    # Knative: in panic the count follows the panic window and never goes down (the peak is held).
     if panic_last_over_at is not None:
-        desired = max(panic_target, panic_peak)
-        why: list[Why] = [(_PANIC, (window.panic_concurrency, spec.panic_window_s, fleet.ready, desired))]
-        if desired > panic_target:
+        desired = max(targets.panic, panic_peak)
+        why: list[Why] = [_panic_reason(targets, window, spec, fleet)]
+        if desired > targets.panic:
             why.append(("holding panic peak {}, no scale-down while panicking", (panic_peak,)))
-        return desired, panic_last_over_at, desired, why
-    why = [(_STABLE, (window.stable_concurrency, spec.stable_window_s, fleet.ready, stable_target))]
+        return desired, panic_last_over_at, desired, (), why
+    why = [(_STABLE, (targets.stable_figure, spec.stable_window_s, fleet.ready, targets.stable))]
     if state.panicking:
         why.insert(0, ("panic over after {:g} s calm", (spec.stable_window_s,)))
-    return stable_target, None, 0, why
+    return targets.stable, None, 0, (), why
+
+
+def _drain_aware(
+    targets: Targets,
+    window: WindowReading,
+    spec: AutoscalingSpec,
+    state: PolicyState,
+    now: float,
+    fleet: Fleet,
+) -> tuple[int, tuple[tuple[float, int], ...], list[Why]]:
+    # Up on the panic window, down on the stable one: the count is the larger of the stable target
+    # and the highest panic target of the last panic window. A burst gets its replicas within a poke
+    # of the backlog forming; once the backlog is drained and the arrivals ease, the panic window's
+    # extra replicas go after one panic window (6 s), not a whole stable window; and a panic figure
+    # that wobbles around a boundary does not start and stop a replica every few seconds.
+    held, recent_panic = _sliding_max(state.recent_panic_targets, now, spec.panic_window_s, targets.panic)
+    if held <= targets.stable:
+        service_ms = (window.service_time_s or 0.0) * 1000
+        return targets.stable, recent_panic, [(_STABLE_RATE, (
+            window.stable_arrival_rate, service_ms, targets.stable_figure, spec.stable_window_s, fleet.ready,
+            targets.stable))]
+    why = [_panic_reason(targets, window, spec, fleet)]
+    if held > targets.panic:
+        why.append(("the last {:g} s asked for {}", (spec.panic_window_s, held)))
+    return held, recent_panic, why
+
+
+def _sliding_max(
+    recent: tuple[tuple[float, int], ...], now: float, horizon_s: float, value: int
+) -> tuple[int, tuple[tuple[float, int], ...]]:
+    """The highest value of the last ``horizon_s`` seconds, ``value`` (now) included, and the entries
+    that can still matter: strictly decreasing, so their number is bounded by the largest value."""
+    kept = [(at, old) for at, old in recent if now - at < horizon_s and old > value]
+    entries = (*kept, (now, value))
+    return entries[0][1], entries
+
+
+def _panic_reason(targets: Targets, window: WindowReading, spec: AutoscalingSpec, fleet: Fleet) -> Why:
+    if not targets.drain_aware:
+        return _PANIC, (targets.panic_figure, spec.panic_window_s, fleet.ready, targets.panic)
+    service_ms = (window.service_time_s or 0.0) * 1000
+    if window.queued:
+        return _PANIC_DRAIN, (window.panic_arrival_rate, service_ms, window.queued, spec.backlog_drain_s,
+                              targets.panic_figure, spec.panic_window_s, fleet.ready, targets.panic)
+    return _PANIC_RATE, (window.panic_arrival_rate, service_ms, targets.panic_figure, spec.panic_window_s,
+                         fleet.ready, targets.panic)
 
 
 def _rate_limits(desired: int, spec: AutoscalingSpec, fleet: Fleet, why: list[Why]) -> int:
@@ -195,10 +301,7 @@ def _scale_down_delay(
     # seconds: with a 30 s delay, recommendations 6 (t=0), 3 (t=10) give 6 until t=30, then 3.
     if spec.scale_down_delay_s <= 0:
         return desired, ()
-    kept = [(at, value) for at, value in state.recent_recommendations
-            if now - at < spec.scale_down_delay_s and value > desired]
-    recent = (*kept, (now, desired))
-    highest = recent[0][1]
+    highest, recent = _sliding_max(state.recent_recommendations, now, spec.scale_down_delay_s, desired)
     if highest > desired:
         why.append(("scale-down delay {:g} s holds {}", (spec.scale_down_delay_s, highest)))
     return highest, recent

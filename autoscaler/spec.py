@@ -68,6 +68,8 @@ class AutoscalingSpec:
     panic_window_pct: float = 10.0
     # Panic when the panic-window figure asks for at least this many times the ready replicas.
     panic_threshold: float = 2.0
+    # The drain-aware estimate adds the replicas that clear a queued backlog within this time.
+    backlog_drain_s: float = 5.0
     max_scale_up_rate: float = 1000.0
     max_scale_down_rate: float = 2.0
     scale_down_delay_s: float = 0.0
@@ -97,6 +99,7 @@ class AutoscalingSpec:
         _require(0.0 < self.panic_window_pct <= 100.0, "panic_window_pct", "must be in (0, 100]",
                  self.panic_window_pct)
         _require(self.panic_threshold >= 1.0, "panic_threshold", "must be >= 1.0", self.panic_threshold)
+        _require(self.backlog_drain_s > 0, "backlog_drain_s", "must be > 0", self.backlog_drain_s)
         _require(self.max_scale_up_rate > 1.0, "max_scale_up_rate", "must be > 1.0", self.max_scale_up_rate)
         _require(self.max_scale_down_rate > 1.0, "max_scale_down_rate", "must be > 1.0",
                  self.max_scale_down_rate)
@@ -113,6 +116,7 @@ class AutoscalingSpec:
         _require(self.max_queue >= 0, "max_queue", "must be >= 0", self.max_queue)
         _require(self.queue_timeout_s > 0, "queue_timeout_s", "must be > 0", self.queue_timeout_s)
         for name in ("target_utilization", "stable_window_s", "panic_window_pct", "panic_threshold",
+                     "backlog_drain_s",
                      "max_scale_up_rate", "max_scale_down_rate", "scale_down_delay_s",
                      "scale_to_zero_grace_s", "queue_timeout_s"):
             _require(math.isfinite(getattr(self, name)), name, "must be finite", getattr(self, name))

@@ -4,8 +4,9 @@ Each trace (steady, diurnal, a spike from idle, a sawtooth that tempts oscillati
 arrival process with a time-varying rate; requests take ``--service-ms`` each, a replica serves
 ``C`` = 4 at once, requests beyond the fleet's capacity wait in the activator queue, and a new
 replica takes ``--cold-start-s`` to become ready. The scaling decisions come from the real
-``autoscaler.policy.decide`` over the real ``MetricsWindow``, ticking every 2 s plus the poke on a
-request at zero — the same calls the loop makes. Three fleets, side by side:
+``autoscaler.policy.decide`` over the real ``MetricsWindow``, ticking every 2 s plus the poke of a
+request that has to wait (at most every 0.1 s) — the same calls the loop and the balancer make.
+Fleets side by side:
 
 * ``zeroserve``: the defaults (60 s stable / 6 s panic window, 2x panic, 2x scale-down, 30 s grace);
 * ``no-panic/no-window``: the same policy reacting to the last tick only (2 s window, panic off);
@@ -34,6 +35,7 @@ from autoscaler.policy import Fleet, PolicyState, decide
 from autoscaler.spec import AutoscalingSpec
 
 TICK_S = 2.0
+POKE_INTERVAL_S = 0.1  # router.balancer's default
 CONCURRENCY = 4
 
 DEFAULTS = AutoscalingSpec(container_concurrency=CONCURRENCY, max_provisioned_concurrency=4000)
@@ -109,12 +111,13 @@ _ARRIVAL, _DONE, _READY, _TICK = range(4)
 
 
 def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, service_s: float,
-             cold_start_s: float, seed: int) -> Result:
+             cold_start_s: float, seed: int, counts: bool = True) -> Result:
     """One trace through one fleet, event by event. ``spec`` None: a fixed fleet of ``fixed_replicas``.
 
     The router's side is modelled exactly: a request goes to the least loaded ready replica with a free
     slot or waits in the FIFO activator queue; concurrency (in flight + queued) is reported to the
-    window on every change; a request arriving while nothing is ready or starting pokes the policy.
+    window on every change; a request that has to wait pokes the policy (at most every 0.1 s), as the
+    balancer does.
     """
     rng = np.random.default_rng(seed)
     result = Result()
@@ -126,6 +129,8 @@ def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, se
     last_direction = 0
     events: list[tuple[float, int, int, int]] = []  # (time, order, kind, replica id)
     order = iter(range(1 << 62))
+    arrived = completed = 0
+    last_poke = -math.inf
 
     def push(at: float, kind: int, replica_id: int = -1) -> None:
         heapq.heappush(events, (at, next(order), kind, replica_id))
@@ -165,6 +170,13 @@ def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, se
                 if replica.in_flight == 0:
                     del replicas[rid]
 
+    def report(now: float) -> None:
+        in_flight = sum(r.in_flight for r in replicas.values())
+        if counts:
+            window.report(now, in_flight, len(queue), arrivals=arrived, completions=completed)
+        else:
+            window.report(now, in_flight, len(queue))
+
     def dispatch(now: float) -> None:
         while queue:
             free = [(r.in_flight, rid) for rid, r in replicas.items()
@@ -190,12 +202,20 @@ def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, se
         result.replica_seconds += len(replicas) * (now - previous_time)
         previous_time = now
         if kind == _ARRIVAL:
+            arrived += 1
             queue.append(now)
-            if spec is not None and not live():
-                window.poke(now)  # the activator's poke: scale from zero now, not at the next tick
+            dispatch(now)
+            # The balancer's poke: a request that must wait asks the autoscaler to decide now (at
+            # most every POKE_INTERVAL_S while they keep coming), not at the next tick; the activator
+            # reports its counts first.
+            if spec is not None and queue and (len(queue) <= 1 or now - last_poke >= POKE_INTERVAL_S):
+                last_poke = now
+                report(now)
+                window.poke(now)
                 run_policy(now)
         elif kind == _DONE:
             replica = replicas.get(rid)
+            completed += 1
             if replica is not None:
                 replica.in_flight -= 1
                 if replica.draining and replica.in_flight == 0:
@@ -205,7 +225,7 @@ def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, se
             push(now + TICK_S, _TICK)
         dispatch(now)
         if spec is not None:
-            window.report(now, in_flight=sum(r.in_flight for r in replicas.values()), queued=len(queue))
+            report(now)
     result.replica_seconds += len(replicas) * (trace.duration_s - previous_time)
     return result
 
@@ -263,13 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for trace in traces(scale):
         peak_replicas = math.ceil(trace.peak_rps * service_s / (CONCURRENCY * DEFAULTS.target_utilization))
-        fleets: list[tuple[str, AutoscalingSpec | None]] = [
-            ("zeroserve", DEFAULTS),
-            ("no-panic/no-window", NO_WINDOWS),
-            (f"fixed-peak ({peak_replicas})", None),
+        fleets: list[tuple[str, AutoscalingSpec | None, bool]] = [
+            ("zeroserve", DEFAULTS, True),
+            ("previous (KPA)", DEFAULTS, False),
+            ("no-panic/no-window", NO_WINDOWS, False),
+            (f"fixed-peak ({peak_replicas})", None, False),
         ]
-        results = [(name, simulate(trace, spec, peak_replicas, service_s, args.cold_start_s, args.seed))
-                   for name, spec in fleets]
+        results = [(name, simulate(trace, spec, peak_replicas, service_s, args.cold_start_s, args.seed,
+                                   counts)) for name, spec, counts in fleets]
         fixed_cost = results[-1][1].replica_seconds
         for name, result in results:
             print(f"{trace.name:<16} {name:<20} {result.starts:>7} {result.replica_seconds:>10.0f} "

@@ -179,3 +179,122 @@ def _brute_force(levels: dict[str, list[tuple[int, int]]], until: int, ttl: floa
     for second in range(until + 1):
         per_second.setdefault(second, 0.0)
     return per_second
+
+
+# --- arrival and completion counts: rates and the service time (Little's law) ---------------------
+
+
+def steady_traffic(window: MetricsWindow, start: float, seconds: int, rate: int, service_s: float,
+                   source: str = "router", counts: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """``rate`` requests a second, each in service ``service_s``: the router's 1 s reports of a steady
+    load (in flight = rate x service time), with its cumulative counts. Returns the counts at the end."""
+    arrivals, completions = counts
+    for second in range(seconds):
+        window.report(start + second, in_flight=round(rate * service_s), queued=0, source=source,
+                      arrivals=arrivals, completions=completions)
+        arrivals += rate
+        completions += rate
+    return arrivals, completions
+
+
+def test_without_counts_there_is_no_rate_and_no_service_time() -> None:
+    window = MetricsWindow(retention_s=60)
+    for second in range(30):
+        window.report(float(second), in_flight=4, queued=0)
+    reading = read(window, 30.0)
+    assert (reading.stable_arrival_rate, reading.panic_arrival_rate, reading.service_time_s) == (None,) * 3
+
+
+def test_steady_counts_give_the_rate_and_the_service_time() -> None:
+    window = MetricsWindow(retention_s=60)
+    steady_traffic(window, 1000.0, 120, rate=50, service_s=0.2)  # 10 in flight
+    reading = read(window, 1119.0)
+    assert reading.stable_arrival_rate == pytest.approx(50.0, rel=0.02)
+    assert reading.panic_arrival_rate == pytest.approx(50.0, rel=0.02)
+    # 10 in flight / 50 completions a second = 0.2 s each.
+    assert reading.service_time_s == pytest.approx(0.2, rel=0.02)
+
+
+def test_queued_requests_are_not_in_service() -> None:
+    # 4 in flight and 20 queued, 20 completions a second: 0.2 s in service, whatever the queue.
+    window = MetricsWindow(retention_s=60)
+    arrivals = completions = 0
+    for second in range(30):
+        window.report(float(second), in_flight=4, queued=20, arrivals=arrivals, completions=completions)
+        arrivals += 20
+        completions += 20
+    reading = read(window, 30.0)
+    assert reading.service_time_s == pytest.approx(0.2, rel=0.05)
+    assert reading.stable_concurrency == pytest.approx(24.0, rel=0.05)
+
+
+def test_a_burst_shows_in_the_panic_rate_first() -> None:
+    window = MetricsWindow(retention_s=60)
+    counts = steady_traffic(window, 0.0, 60, rate=10, service_s=0.1)
+    steady_traffic(window, 60.0, 6, rate=100, service_s=0.1, counts=counts)
+    reading = read(window, 66.0)
+    assert reading.panic_arrival_rate == pytest.approx(100.0, rel=0.2)
+    assert reading.stable_arrival_rate is not None and reading.stable_arrival_rate < 25.0
+
+
+def test_rates_of_several_routers_add_up() -> None:
+    window = MetricsWindow(retention_s=60)
+    steady_traffic(window, 0.0, 60, rate=30, service_s=0.1, source="gateway-a")
+    steady_traffic(window, 0.0, 60, rate=20, service_s=0.1, source="gateway-b")
+    reading = read(window, 60.0)
+    assert reading.stable_arrival_rate == pytest.approx(50.0, rel=0.05)
+    assert reading.service_time_s == pytest.approx(0.1, rel=0.05)
+
+
+def test_a_router_restart_is_not_negative_traffic() -> None:
+    # The counts fall back to zero: what came after the restart counts, nothing is subtracted.
+    window = MetricsWindow(retention_s=60)
+    steady_traffic(window, 0.0, 30, rate=10, service_s=0.1, counts=(5000, 5000))
+    steady_traffic(window, 30.0, 30, rate=10, service_s=0.1)
+    reading = read(window, 60.0)
+    assert reading.stable_arrival_rate == pytest.approx(10.0, rel=0.1)
+
+
+def test_a_first_report_sets_the_baseline_not_a_burst() -> None:
+    # A gateway that served a million requests before the autoscaler heard of it is not a burst.
+    window = MetricsWindow(retention_s=60)
+    window.report(0.0, in_flight=0, queued=0, arrivals=1_000_000, completions=1_000_000)
+    window.report(1.0, in_flight=0, queued=0, arrivals=1_000_000, completions=1_000_000)
+    reading = read(window, 2.0)
+    assert reading.panic_arrival_rate == 0.0
+
+
+def test_too_few_completions_keep_the_last_service_time() -> None:
+    window = MetricsWindow(retention_s=60)
+    counts = steady_traffic(window, 0.0, 60, rate=10, service_s=0.3)
+    assert read(window, 60.0).service_time_s == pytest.approx(0.3, rel=0.05)
+    # Idle for ten minutes: the window is empty, the entity's service time is still known.
+    window.report(60.0, in_flight=0, queued=0, arrivals=counts[0], completions=counts[1])
+    window.report(660.0, in_flight=0, queued=0, arrivals=counts[0], completions=counts[1])
+    reading = read(window, 660.0)
+    assert reading.service_time_s == pytest.approx(0.3, rel=0.05)
+    assert reading.stable_arrival_rate == 0.0
+
+
+def test_no_service_time_before_enough_completions() -> None:
+    # Two requests done, 30 still in flight after a cold start: 2 says nothing of the service time.
+    window = MetricsWindow(retention_s=60)
+    window.report(0.0, in_flight=0, queued=32, arrivals=0, completions=0)
+    window.report(1.0, in_flight=4, queued=28, arrivals=32, completions=0)
+    window.report(1.5, in_flight=4, queued=26, arrivals=32, completions=2)
+    assert read(window, 1.5).service_time_s is None
+
+
+@pytest.mark.parametrize(("arrivals", "completions"), [(1, None), (None, 1), (-1, 0), (0, -1)])
+def test_counts_must_come_together_and_not_be_negative(arrivals: int | None, completions: int | None) -> None:
+    with pytest.raises(ValueError, match="counts"):
+        MetricsWindow(retention_s=60).report(0.0, 1, 0, arrivals=arrivals, completions=completions)
+
+
+def test_counts_after_a_long_silence_are_spread_over_it_and_stay_bounded() -> None:
+    # 3,600 requests reported after an hour of silence: one a second, mostly outside every window.
+    window = MetricsWindow(retention_s=60)
+    window.report(0.0, in_flight=0, queued=0, arrivals=0, completions=0)
+    window.report(3600.0, in_flight=0, queued=0, arrivals=3600, completions=3600)
+    assert window.retained_buckets <= 62
+    assert read(window, 3600.0).stable_arrival_rate == pytest.approx(1.0, rel=0.05)
