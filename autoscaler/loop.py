@@ -171,11 +171,15 @@ class Autoscaler:
         state = self._get(entity)
         return [r.info for r in state.replicas.values() if r.state is ReplicaState.READY and r.info]
 
-    def report(self, entity: EntityKey, in_flight: int, queued: int, source: str = "router") -> None:
-        """A concurrency sample from a router; reports for unknown entities (just removed) are dropped."""
+    def report(self, entity: EntityKey, in_flight: int, queued: int, source: str = "router", *,
+               arrivals: int | None = None, completions: int | None = None) -> None:
+        """A concurrency sample from a router, with its cumulative counts of the entity's requests that
+        arrived and completed when it keeps them; reports for unknown entities (just removed) are
+        dropped."""
         state = self._entities.get(entity)
         if state is not None:
-            state.window.report(self._clock.now(), in_flight, queued, source)
+            state.window.report(self._clock.now(), in_flight, queued, source, arrivals=arrivals,
+                                completions=completions)
 
     def poke(self, entity: EntityKey) -> None:
         """A request is waiting at an entity with no ready replica: decide now, not at the next tick."""

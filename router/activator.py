@@ -35,8 +35,10 @@ class ScaleRequester(Protocol):
     def poke(self, entity: EntityKey) -> Any:
         """Requests are waiting for ``entity``: evaluate its scale now, not at the next tick."""
 
-    def report(self, entity: EntityKey, in_flight: int, queued: int) -> Any:
-        """One concurrency sample for ``entity``'s stable and panic windows."""
+    def report(self, entity: EntityKey, in_flight: int, queued: int, *, arrivals: int | None = None,
+               completions: int | None = None) -> Any:
+        """One concurrency sample for ``entity``'s stable and panic windows, with this router's
+        cumulative counts of the entity's requests that arrived and completed."""
 
 
 class Clock(Protocol):
@@ -250,14 +252,18 @@ class Activator:
         scaler = self._scaler
         if scaler is None:
             return
-        in_flight, queued = self._balancer.concurrency(entity)
         try:
-            self._settle(scaler.report(entity, in_flight, queued))
+            self._report(scaler, entity)
             self._settle(scaler.poke(entity))
         except ZeroserveError as exc:  # e.g. the autoscaler does not (or no longer) know the entity
             logger.warning("poking the autoscaler for %s failed: %s", entity, exc.message)
         except Exception:  # the autoscaler's trouble must not fail the request that poked it
             logger.exception("poking the autoscaler for %s failed", entity)
+
+    def _report(self, scaler: ScaleRequester, entity: EntityKey) -> None:
+        in_flight, queued = self._balancer.concurrency(entity)
+        arrivals, completions = self._balancer.counts(entity)
+        self._settle(scaler.report(entity, in_flight, queued, arrivals=arrivals, completions=completions))
 
     def _settle(self, result: object) -> None:
         # The autoscaler may implement poke/report as coroutines; run them without blocking the request.
@@ -294,8 +300,7 @@ class Activator:
             if scaler is None:
                 continue
             for entity in self._balancer.entities():
-                in_flight, queued = self._balancer.concurrency(entity)
                 try:
-                    self._settle(scaler.report(entity, in_flight, queued))
+                    self._report(scaler, entity)
                 except Exception:
                     logger.exception("reporting concurrency of %s failed", entity)

@@ -93,7 +93,8 @@ class Waiter:
 class EntityQueue:
     """The state of one served entity."""
 
-    __slots__ = ("entity", "failed_reason", "in_flight", "last_poke", "ready", "replicas", "waiters")
+    __slots__ = ("arrivals", "completions", "entity", "failed_reason", "in_flight", "last_poke", "ready",
+                 "replicas", "waiters")
 
     def __init__(self, entity: EntityKey) -> None:
         self.entity = entity
@@ -101,6 +102,11 @@ class EntityQueue:
         self.ready: list[ReplicaSlot] = []  # the accepting replicas, rebuilt when one changes state
         self.waiters: dict[int, Waiter] = {}  # insertion-ordered: FIFO with O(1) removal
         self.in_flight = 0
+        # Requests that came for the entity and requests a replica finished, since this process began
+        # (per gateway: each reports its own, and the autoscaler's window adds them up). They give
+        # the autoscaler the arrival rate and, with the in-flight level, the service time.
+        self.arrivals = 0
+        self.completions = 0
         self.failed_reason: str | None = None
         self.last_poke = float("-inf")
 
@@ -165,6 +171,7 @@ class Balancer:
         the waiter is queued and a later ``Dispatch``/``Reject`` action names it.
         """
         queue = self._queue(waiter.entity)
+        queue.arrivals += 1
         if not queue.waiters:
             slot = self._pick(queue, waiter.exclude)
             if slot is not None:
@@ -197,12 +204,14 @@ class Balancer:
             return None
         slot = self._pick(queue, _NO_EXCLUSIONS)
         if slot is not None:
+            queue.arrivals += 1
             _take(slot)
         return slot
 
     def give_back(self, slot: ReplicaSlot) -> list[Action]:
         """A slot from ``try_dispatch`` that carried no request after all: free it, counting neither a
         success nor a failure of its replica."""
+        slot.queue.arrivals -= 1  # it carried no request: not an arrival after all
         return self._release(slot)
 
     def cancel(self, waiter: Waiter) -> list[Action]:
@@ -218,6 +227,7 @@ class Balancer:
     def release(self, slot: ReplicaSlot, *, failed: bool = False) -> list[Action]:
         """A request to ``slot`` finished; ``failed`` means the replica did not answer (transport error
         or timeout), which counts toward ejecting it."""
+        slot.queue.completions += 1
         actions = self._release(slot)
         if failed:
             slot.consecutive_failures += 1
@@ -327,6 +337,14 @@ class Balancer:
         if queue is None:
             return 0, 0
         return queue.in_flight, len(queue.waiters)
+
+    def counts(self, entity: EntityKey) -> tuple[int, int]:
+        """(arrivals, completions) of ``entity`` since this balancer began: cumulative, for the
+        autoscaler's rates."""
+        queue = self._queues.get(entity)
+        if queue is None:
+            return 0, 0
+        return queue.arrivals, queue.completions
 
     def replicas(self, entity: EntityKey) -> list[ReplicaSlot]:
         queue = self._queues.get(entity)

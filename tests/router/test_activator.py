@@ -27,12 +27,15 @@ class FakeScaler:
     def __init__(self) -> None:
         self.pokes: list[EntityKey] = []
         self.reports: list[tuple[EntityKey, int, int]] = []
+        self.counts: list[tuple[int | None, int | None]] = []
 
     def poke(self, entity: EntityKey) -> None:
         self.pokes.append(entity)
 
-    def report(self, entity: EntityKey, in_flight: int, queued: int) -> None:
+    def report(self, entity: EntityKey, in_flight: int, queued: int, *, arrivals: int | None = None,
+               completions: int | None = None) -> None:
         self.reports.append((entity, in_flight, queued))
+        self.counts.append((arrivals, completions))
 
 
 class AsyncScaler(FakeScaler):
@@ -52,6 +55,7 @@ async def test_waiter_is_woken_when_a_replica_becomes_ready() -> None:
     await asyncio.sleep(0.01)
     assert not task.done()
     assert scaler.pokes == [A] and scaler.reports == [(A, 0, 1)]
+    assert scaler.counts == [(1, 0)]  # the poke carries the counts the drain-aware estimate needs
     activator.replica_ready(replica())
     slot = await asyncio.wait_for(task, 1)
     assert activator.concurrency(A) == (1, 0)
@@ -212,6 +216,7 @@ async def test_reporter_samples_concurrency_for_the_autoscaler() -> None:
         activator.release(slot)
     await asyncio.sleep(0.05)
     assert scaler.reports[-1] == (A, 0, 0)
+    assert scaler.counts[-1] == (2, 2)
     await activator.aclose()
 
 

@@ -365,3 +365,28 @@ def test_repr_reads_the_same_state() -> None:
     assert "ep/a: replicas=1 ready=1 in_flight=1 queued=1" in text
     assert "ep/b: replicas=0 ready=0 in_flight=0 queued=0 failed='boom'" in text
     assert repr(h.balancer.replicas(A)[0]) == "<ReplicaSlot r1 1/1>"
+
+
+def test_arrivals_and_completions_are_counted_for_the_autoscaler() -> None:
+    h = Harness()
+    assert h.balancer.counts(A) == (0, 0)
+    first = h.request()  # queued at zero: an arrival all the same (offered load)
+    h.do(h.balancer.add_replica(replica("r1", capacity=1)))
+    second = h.request()  # queued behind the first
+    h.request(max_queue=1)  # refused (queue full): still an arrival
+    assert h.balancer.counts(A) == (3, 0)
+    assert first.slot is not None
+    h.do(h.balancer.release(first.slot))
+    assert second.slot is not None
+    h.do(h.balancer.release(second.slot, failed=True))  # a failed request has left the replica too
+    assert h.balancer.counts(A) == (3, 2)
+    # The path without a task: a slot that carried nothing after all is not an arrival.
+    slot = h.balancer.try_dispatch(A)
+    assert slot is not None and h.balancer.counts(A) == (4, 2)
+    h.do(h.balancer.give_back(slot))
+    assert h.balancer.counts(A) == (3, 2)
+    slot = h.balancer.try_dispatch(A)
+    assert slot is not None
+    h.do(h.balancer.release(slot))
+    assert h.balancer.counts(A) == (4, 3)
+    assert h.balancer.counts(B) == (0, 0)

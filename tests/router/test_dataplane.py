@@ -40,7 +40,8 @@ class Poker:
     def poke(self, entity: EntityKey) -> None:
         self.pokes.append(entity)
 
-    def report(self, entity: EntityKey, in_flight: int, queued: int) -> None:
+    def report(self, entity: EntityKey, in_flight: int, queued: int, *, arrivals: int | None = None,
+               completions: int | None = None) -> None:
         pass
 
 
