@@ -206,7 +206,8 @@ class Autoscaler:
         reading = entity.window.reading(now, scaling.stable_window_s, scaling.panic_window_s)
         fleet = Fleet(ready=len(entity.current(ReplicaState.READY)),
                       starting=len(entity.current(ReplicaState.STARTING)))
-        decision, entity.policy = decide(reading, scaling, entity.policy, now, fleet)
+        decision, entity.policy = decide(reading, scaling, entity.policy, now, fleet,
+                                         self._clock.wall() if scaling.prewarm else None)
         entity.window.clear_poke()
         if decision.changed:
             logger.info("%s: %s", entity.key, decision.reason)

@@ -69,6 +69,9 @@ _INDEX, _AREA, _SERVED, _ARRIVALS, _COMPLETIONS = range(5)
 # after a cold start carries the whole in-flight area of the requests still running): the last good
 # estimate stands instead.
 MIN_COMPLETIONS_FOR_SERVICE_TIME = 8
+# A burst's rate is averaged over at least this long: the first tenth of a second of 150 req/s holds
+# some 15 requests, too few to size a fleet on.
+SHORTEST_BURST_S = 0.5
 
 
 class MetricsWindow:
@@ -134,7 +137,7 @@ class MetricsWindow:
             # A source's first counts cover a past of unknown length: they only set its baseline.
         concurrency = float(in_flight + queued)
         if concurrency > 0:
-            self._mark_busy(now)
+            self._mark_busy(now, previous.since if previous is not None else now)
         self._levels[source] = _SourceLevel(concurrency, queued, now, arrivals, completions)
         self._evict(now)
 
@@ -142,14 +145,15 @@ class MetricsWindow:
         """A request is waiting for an entity that has no replica: demand, before any report says so."""
         if self._first_seen is None:
             self._first_seen = now
-        self._mark_busy(now)
+        self._mark_busy(now, now)
         self._poked = True
 
-    def _mark_busy(self, now: float) -> None:
+    def _mark_busy(self, now: float, since: float) -> None:
+        """Busy at ``now``, and maybe since ``since`` (the previous report of the source)."""
         last_busy_at = self._last_busy_at
         idle_s = now - (last_busy_at if last_busy_at is not None else (self._first_seen or now))
         if last_busy_at is None or (idle_s > 0 and not self._busy_levels(now)):
-            self._busy_since = now
+            self._busy_since = max(since, last_busy_at if last_busy_at is not None else since)
             self._idle_before_s = idle_s if last_busy_at is not None else float("inf")
         self._last_busy_at = now
 
@@ -214,11 +218,13 @@ class MetricsWindow:
                 busy_since = self._busy_since
                 if (busy_since is not None and busy_since > panic_start
                         and self._idle_before_s >= panic_window_s and self._buckets):
-                    # A burst after a panic window or more of silence is averaged from its own start
-                    # (at least a bucket): the calm before it says nothing of its rate, and averaging
-                    # it in would halve the estimate just when replicas must start.
-                    burst_s = max(now - busy_since, BUCKET_S)
-                    panic_rate = self._sums_since(busy_since)[2] / burst_s
+                    # A burst after a panic window or more of silence is averaged from its own start:
+                    # the calm before it says nothing of its rate, and averaging it in would halve the
+                    # estimate just when replicas must start. The burst's start is the report
+                    # before the one that turned busy: counts are spread over the interval between.
+                    burst_start = busy_since
+                    panic_rate = (self._sums_since(burst_start)[2]
+                                  / max(now - burst_start, SHORTEST_BURST_S))
         # A zero duration: the very first report is happening now, and its level is the best estimate.
         return WindowReading(
             stable_area / stable_duration if stable_duration > 0 else current,

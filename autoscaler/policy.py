@@ -103,12 +103,19 @@ class Targets(NamedTuple):
 
 
 def decide(
-    window: WindowReading | NoData, spec: AutoscalingSpec, state: PolicyState, now: float, fleet: Fleet
+    window: WindowReading | NoData,
+    spec: AutoscalingSpec,
+    state: PolicyState,
+    now: float,
+    fleet: Fleet,
+    wall: float | None = None,
 ) -> tuple[Decision, PolicyState]:
-    """One scaling decision for one served entity. Pure: same inputs, same outputs."""
+    """One scaling decision for one served entity. Pure: same inputs, same outputs. ``wall`` is the
+    Unix time that goes with ``now``, for the scheduled warm-up windows (None: none applies)."""
+    scheduled = _scheduled_minimum(spec, wall)
     if isinstance(window, NoData):
-        return _no_data(window, spec, state)
-    if _idle_at_zero(window, spec, state, fleet):
+        return _no_data(window, spec, state, scheduled)
+    if scheduled is None and _idle_at_zero(window, spec, state, fleet):
         return Decision(0, 0, ((_STABLE, (0.0, spec.stable_window_s, 0, 0)),)), state
     if _await_service_time(window, state, fleet):
         why: list[Why] = [("{} ready, {} starting: holding {} until the first requests served say how "
@@ -119,6 +126,7 @@ def decide(
         targets, window, spec, state, now, fleet)
     desired = _rate_limits(desired, spec, fleet, why)
     desired = _floor_ceiling(desired, spec, why)
+    desired = _prewarm(desired, scheduled, why)
     desired, recent = _scale_down_delay(desired, spec, state, now, why)
     desired = _scale_to_zero_gate(desired, window, spec, state, now, fleet, why)
     desired = _cold_start(desired, window, fleet, why)
@@ -149,14 +157,45 @@ def _await_service_time(window: WindowReading, state: PolicyState, fleet: Fleet)
             and fleet.ready + fleet.starting > 0 and state.desired > 0)
 
 
-def _no_data(window: NoData, spec: AutoscalingSpec, state: PolicyState) -> tuple[Decision, PolicyState]:
+def _no_data(
+    window: NoData, spec: AutoscalingSpec, state: PolicyState, scheduled: _Scheduled | None
+) -> tuple[Decision, PolicyState]:
     # Precondition: nothing was ever reported. No metric-driven change; only the floor and ceiling
-    # apply, so a new entity with a reserved floor of 2 starts its 2 replicas before any traffic.
+    # apply, so a new entity with a reserved floor of 2 starts its 2 replicas before any traffic (and
+    # a scheduled warm-up its replicas before its first request).
     desired = min(max(state.desired, spec.floor_replicas), spec.ceiling_replicas)
     why: list[Why] = [("no data ({}): hold {}", (window.reason, state.desired))]
     if desired != state.desired:
         why.append(("floor {}, ceiling {} -> {}", (spec.floor_replicas, spec.ceiling_replicas, desired)))
+    desired = _prewarm(desired, scheduled, why)
     return Decision(desired, state.desired, tuple(why)), state._replace(desired=desired)
+
+
+class _Scheduled(NamedTuple):
+    replicas: int
+    start: str
+    end: str
+
+
+def _scheduled_minimum(spec: AutoscalingSpec, wall: float | None) -> _Scheduled | None:
+    """The largest warm-up minimum in force at ``wall``, or None."""
+    if not spec.prewarm or wall is None:
+        return None
+    best: _Scheduled | None = None
+    for window in spec.prewarm:
+        if window.covers(wall) and (best is None or window.min_replicas > best.replicas):
+            best = _Scheduled(window.min_replicas, window.start, window.end)
+    return best
+
+
+def _prewarm(desired: int, scheduled: _Scheduled | None, why: list[Why]) -> int:
+    # Precondition: a warm-up window is in force and asks for more than the steps so far: 3 replicas
+    # from 08:30 to 10:00 UTC, ready before the morning ramp's first requests instead of cold on them.
+    # Within the ceiling (the spec checks the window's minimum against it).
+    if scheduled is None or desired >= scheduled.replicas:
+        return desired
+    why.append(("scheduled warm-up {}-{} UTC holds {}", (scheduled.start, scheduled.end, scheduled.replicas)))
+    return scheduled.replicas
 
 
 def _target(window: WindowReading, spec: AutoscalingSpec) -> Targets:

@@ -51,6 +51,43 @@ class WorkloadSize(enum.Enum):
 
 _WORKLOAD_SIZE_MAX_CONCURRENCY = {WorkloadSize.SMALL: 4, WorkloadSize.MEDIUM: 16, WorkloadSize.LARGE: 64}
 
+_DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmWindow:
+    """Predictive warm-up: from ``start`` to ``end`` (UTC, "HH:MM") every day, keep at least
+    ``min_replicas`` — started before the usual morning ramp instead of cold on its first requests.
+    A window may pass midnight ("22:00" to "02:00")."""
+
+    start: str
+    end: str
+    min_replicas: int
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            _clock_seconds(getattr(self, name), f"prewarm.{name}")
+        _require(self.start != self.end, "prewarm", "start and end must differ", (self.start, self.end))
+        _require(isinstance(self.min_replicas, int) and self.min_replicas >= 1, "prewarm.min_replicas",
+                 "must be an integer >= 1", self.min_replicas)
+
+    def covers(self, unix_s: float) -> bool:
+        """True when the UTC time of day of ``unix_s`` is inside the window (start included)."""
+        of_day = unix_s % _DAY_S
+        start = _clock_seconds(self.start, "prewarm.start")
+        end = _clock_seconds(self.end, "prewarm.end")
+        if start < end:
+            return start <= of_day < end
+        return of_day >= start or of_day < end
+
+
+def _clock_seconds(value: str, field_name: str) -> int:
+    hours, _, minutes = str(value).partition(":")
+    valid = (len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+             and int(hours) < 24 and int(minutes) < 60)
+    _require(valid, field_name, "must be a UTC time of day as HH:MM", value)
+    return int(hours) * 3600 + int(minutes) * 60
+
 
 @dataclass(frozen=True, slots=True)
 class AutoscalingSpec:
@@ -83,6 +120,8 @@ class AutoscalingSpec:
     # queue_timeout_s (then 503 with Retry-After); a full queue answers 429 at once.
     max_queue: int = 256
     queue_timeout_s: float = 30.0
+    # Scheduled warm-up windows (off when empty): each holds a minimum number of replicas.
+    prewarm: tuple[PrewarmWindow, ...] = ()
     # Derived in __post_init__: the policy reads them for every entity on every tick.
     _floor: int = field(init=False, repr=False, compare=False)
     _ceiling: int = field(init=False, repr=False, compare=False)
@@ -91,6 +130,10 @@ class AutoscalingSpec:
         if isinstance(self.workload_size, str):
             # Frozen dataclass: the documented way to normalise a field in __post_init__.
             object.__setattr__(self, "workload_size", WorkloadSize.parse(self.workload_size))
+        # The API gives the windows as mappings; the spec holds them as values (hashable, comparable).
+        windows = (window if isinstance(window, PrewarmWindow) else _prewarm_window(window)
+                   for window in self.prewarm)
+        object.__setattr__(self, "prewarm", tuple(windows))
         _require(self.container_concurrency >= 1, "container_concurrency", "must be >= 1",
                  self.container_concurrency)
         _require(0.0 < self.target_utilization <= 1.0, "target_utilization", "must be in (0, 1]",
@@ -127,6 +170,9 @@ class AutoscalingSpec:
         object.__setattr__(self, "_floor", floor)
         ceiling = max(floor, math.ceil(self.max_concurrency / self.container_concurrency))
         object.__setattr__(self, "_ceiling", ceiling)
+        for window in self.prewarm:
+            _require(window.min_replicas <= ceiling, "prewarm.min_replicas",
+                     f"must be <= the ceiling of {ceiling} replicas", window.min_replicas)
 
     @property
     def max_concurrency(self) -> int:
@@ -154,6 +200,16 @@ class AutoscalingSpec:
     def ceiling_replicas(self) -> int:
         """The most replicas ever run: ceil(max concurrency / C), at least the floor."""
         return self._ceiling
+
+
+def _prewarm_window(value: object) -> PrewarmWindow:
+    if not isinstance(value, Mapping) or set(value) - {"start", "end", "min_replicas"}:
+        raise InvalidParameterValue(
+            f"prewarm entries must be objects with start, end and min_replicas, got {value!r}")
+    try:
+        return PrewarmWindow(value["start"], value["end"], value["min_replicas"])
+    except KeyError as missing:
+        raise InvalidParameterValue(f"prewarm entries need {missing.args[0]}, got {dict(value)!r}") from None
 
 
 def _require(condition: bool, field_name: str, rule: str, value: object) -> None:

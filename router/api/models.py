@@ -56,12 +56,15 @@ class AutoscalingInput(_Lenient):
     stable_window_s: float | None = Field(default=None, gt=0, le=3600)
     panic_window_pct: float | None = Field(default=None, gt=0, le=100)
     panic_threshold: float | None = Field(default=None, ge=1)
+    backlog_drain_s: float | None = Field(default=None, gt=0, le=3600)
     max_scale_up_rate: float | None = Field(default=None, gt=1)
     max_scale_down_rate: float | None = Field(default=None, gt=1)
     scale_down_delay_s: float | None = Field(default=None, ge=0, le=3600)
     scale_to_zero_grace_s: float | None = Field(default=None, ge=0, le=86_400)
     max_queue: int | None = Field(default=None, ge=0, le=1_000_000)
     queue_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    # [{"start": "08:30", "end": "10:00", "min_replicas": 3}]: checked by the autoscaler's spec.
+    prewarm: list[dict[str, Any]] | None = Field(default=None, max_length=48)
 
     def given(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

@@ -15,7 +15,7 @@ import pytest
 
 from autoscaler.metrics_window import MetricsWindow, NoData, WindowReading
 from autoscaler.policy import Decision, Fleet, PolicyState, decide
-from autoscaler.spec import AutoscalingSpec, WorkloadSize
+from autoscaler.spec import AutoscalingSpec, PrewarmWindow, WorkloadSize
 
 NOW = 1000.0
 # Wide enough that the ceiling is not what the case is about (ceil(400 / 4) = 100 replicas).
@@ -42,6 +42,11 @@ class Case:
     reason: str = ""  # a substring the reason must contain
     exact_reason: str | None = None
     panicking: bool | None = None
+    # The routers' counts (None: they send none, and the policy is Knative's).
+    stable_rate: float | None = None
+    panic_rate: float | None = None  # None: same as stable_rate
+    service_s: float | None = None
+    wall: float | None = None
 
 
 def reading_for(case: Case) -> WindowReading:
@@ -54,12 +59,15 @@ def reading_for(case: Case) -> WindowReading:
         last_busy_at=case.last_busy_at,
         observed_since=case.observed_since,
         poked=case.poked,
+        stable_arrival_rate=case.stable_rate,
+        panic_arrival_rate=case.stable_rate if case.panic_rate is None else case.panic_rate,
+        service_time_s=case.service_s,
     )
 
 
 def expect_decision(case: Case) -> tuple[Decision, PolicyState]:
     decision, state = decide(reading_for(case), case.spec, case.state, case.now,
-                             Fleet(ready=case.ready, starting=case.starting))
+                             Fleet(ready=case.ready, starting=case.starting), case.wall)
     assert decision.desired == case.want, decision.reason
     assert state.desired == case.want
     assert decision.previous == case.state.desired
@@ -579,3 +587,147 @@ def test_reason_is_formatted_only_when_read() -> None:
                                        state=PolicyState(desired=3)))
     assert decision.why[0][0].startswith("panic: {:.1f} concurrent")
     assert decision.reason == "panic: 37.0 concurrent over 6 s, 3 ready -> 14"
+
+
+# --- drain-aware: arrival rate x service time, plus what drains the backlog ----------------------
+# Pairs: the same moment read with the counts (drain-aware) and without them (Knative's concurrency,
+# the previous policy), so the over-scaling it replaces stays written down.
+
+DRAIN_CASES = [
+    Case("kpa-counts-a-backlog-as-concurrency", want=15, stable=5.0, panic=40.0, queued=34, ready=1,
+         state=PolicyState(desired=1), panicking=True),
+    Case("drain-aware-same-backlog", want=3, stable=5.0, panic=40.0, queued=34, ready=1,
+         state=PolicyState(desired=1), stable_rate=20.0, panic_rate=60.0, service_s=0.1, panicking=True,
+         exact_reason="panic: 60.0 req/s x 100 ms + 34 queued drained in 5 s = 6.7 concurrent over 6 s, "
+                      "1 ready -> 3"),
+    Case("drain-aware-shorter-drain-time", want=4, stable=5.0, panic=40.0, queued=34, ready=1,
+         state=PolicyState(desired=1), stable_rate=20.0, panic_rate=60.0, service_s=0.1,
+         spec=replace(ROOMY, backlog_drain_s=1.0)),  # 6 + 34 x 0.1 / 1 = 9.4 -> 4
+    Case("drain-aware-steady", want=3, stable=6.0, ready=3, state=PolicyState(desired=3), stable_rate=60.0,
+         service_s=0.1, panicking=False,
+         exact_reason="stable: 60.0 req/s x 100 ms = 6.0 concurrent over 60 s, 3 ready -> 3"),
+    Case("drain-aware-up-on-the-panic-window", want=3, stable=2.0, ready=2, state=PolicyState(desired=2),
+         stable_rate=20.0, panic_rate=60.0, service_s=0.1, panicking=False, reason="panic: 60.0 req/s"),
+    Case("drain-aware-uses-rates-not-concurrency", want=1, stable=30.0, panic=30.0, ready=1,
+         state=PolicyState(desired=1), stable_rate=10.0, service_s=0.1),  # 1 concurrent -> 1
+    Case("kpa-holds-the-panic-peak", want=15, stable=3.0, panic=3.0, ready=15,
+         state=PolicyState(desired=15, panic_last_over_at=NOW - 10, panic_peak=15), panicking=True,
+         reason="holding panic peak 15"),
+    Case("drain-aware-follows-the-drain-down", want=7, stable=3.0, panic=3.0, ready=15,
+         state=PolicyState(desired=15, panic_last_over_at=NOW - 10, panic_peak=15), stable_rate=30.0,
+         panic_rate=60.0, service_s=0.1, panicking=True, reason="scale-down rate 2x of 15 ready holds 7"),
+    Case("drain-aware-holds-a-panic-target-one-panic-window", want=5, stable=2.0, panic=3.0, ready=5,
+         state=PolicyState(desired=5, recent_panic_targets=((NOW - 5.9, 5),)), stable_rate=20.0,
+         panic_rate=30.0, service_s=0.1, reason="the last 6 s asked for 5"),
+    Case("drain-aware-lets-it-go-after-one-panic-window", want=2, stable=2.0, panic=3.0, ready=3,
+         state=PolicyState(desired=3, recent_panic_targets=((NOW - 6.0, 3),)), stable_rate=20.0,
+         panic_rate=30.0, service_s=0.1),
+    Case("first-burst-waits-for-the-service-time", want=1, stable=2.0, panic=50.0, queued=50, starting=1,
+         state=PolicyState(desired=1), stable_rate=5.0, panic_rate=50.0, service_s=None,
+         exact_reason="0 ready, 1 starting: holding 1 until the first requests served say how long one "
+                      "takes"),
+    Case("first-burst-without-counts-is-kpa", want=18, stable=2.0, panic=50.0, queued=50, starting=1,
+         state=PolicyState(desired=1)),
+    Case("cold-start-needs-no-service-time", want=1, stable=0.0, poked=True, stable_rate=0.0, service_s=None,
+         reason="cold start"),
+    Case("remembered-service-time-sizes-a-burst-at-once", want=2, stable=0.5, panic=20.0, queued=20,
+         stable_rate=2.0, panic_rate=20.0, service_s=0.2, poked=True, panicking=True),
+]
+
+
+@run_cases(DRAIN_CASES)
+def test_drain_aware_estimate(case: Case) -> None:
+    expect_decision(case)
+
+
+def test_drain_aware_panic_memory_stays_bounded() -> None:
+    older = tuple((NOW - 5 + i * 0.01, 100 - i) for i in range(99))
+    state = PolicyState(desired=100, recent_panic_targets=older)
+    _, next_state = expect_decision(Case("m", want=100, stable=0.0, ready=100, state=state, stable_rate=0.0,
+                                         panic_rate=280.0, service_s=1.0))
+    # 280 req/s x 1 s / 2.8 = 100 now: every older, lower entry is dominated and dropped.
+    assert next_state.recent_panic_targets == ((NOW, 100),)
+
+
+def test_scenario_spike_from_idle_gets_what_it_needs_and_lets_it_go() -> None:
+    """A burst of 150 req/s at 100 ms into an entity at zero that served before: the drain-aware count
+    asks for ceil(15 / 2.8) = 6 (7 while the backlog drains), where counting the backlog asked for
+    dozens; when the burst ends the extra replicas go with the stable window, not after it."""
+    spec = ROOMY
+    window = MetricsWindow(retention_s=spec.stable_window_s, sample_ttl_s=10.0)
+    state = PolicyState()
+    arrivals = completions = 0
+    now = 0.0
+    for _ in range(30):  # an earlier minute at 10 req/s: the service time is known from then on
+        window.report(now, in_flight=1, queued=0, arrivals=arrivals, completions=completions)
+        arrivals += 20
+        completions += 20
+        _, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(state.desired))
+        now += 2.0
+    while state.desired:  # idle until it is back at zero; the router reports every second
+        window.report(now, in_flight=0, queued=0, arrivals=arrivals, completions=completions)
+        window.report(now + 1, in_flight=0, queued=0, arrivals=arrivals, completions=completions)
+        _, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(state.desired))
+        now += 2.0
+    history = []  # a second after the last idle report
+    # The burst: 300 requests a tick; the first report finds 150 queued at zero (a replica is starting).
+    window.report(now, in_flight=0, queued=150, arrivals=arrivals + 150, completions=completions)
+    window.poke(now)
+    decision, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(0))
+    window.clear_poke()
+    history.append(decision.desired)
+    arrivals += 150
+    for _ in range(60):  # two minutes at 150 req/s, 15 in flight
+        now += 2.0
+        arrivals += 300
+        completions += 300
+        window.report(now, in_flight=15, queued=0, arrivals=arrivals, completions=completions)
+        decision, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(state.desired))
+        history.append(decision.desired)
+    assert history[0] >= 6  # sized from the rate at once, not one replica at a time
+    assert max(history) <= 8
+    assert history[-1] == 6
+    peak = max(history)
+    for _ in range(40):  # the burst ends
+        now += 2.0
+        window.report(now, in_flight=0, queued=0, arrivals=arrivals, completions=completions)
+        decision, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(state.desired))
+        history.append(decision.desired)
+    after = history[61:]
+    assert after[3] < peak  # within a panic window and a tick, not a whole stable window
+    assert after[-1] <= 1
+
+
+# --- scheduled warm-up ------------------------------------------------------------------------------
+
+MORNING = replace(ROOMY, prewarm=(PrewarmWindow("08:30", "10:00", 3),))
+NIGHT = replace(ROOMY, prewarm=(PrewarmWindow("22:00", "02:00", 2), PrewarmWindow("23:00", "01:00", 4)))
+DAY = 86_400.0
+AT_9 = 20 * DAY + 9 * 3600
+AT_10 = 20 * DAY + 10 * 3600
+AT_0030 = 20 * DAY + 1800
+
+PREWARM_CASES = [
+    Case("idle-at-zero-warms-before-the-ramp", want=3, stable=0.0, last_busy_at=None, spec=MORNING, wall=AT_9,
+         exact_reason="stable: 0.0 concurrent over 60 s, 0 ready -> 0; scheduled warm-up 08:30-10:00 UTC "
+                      "holds 3"),
+    Case("traffic-above-the-schedule-wins", want=5, stable=14.0, ready=5, state=PolicyState(desired=5),
+         spec=MORNING, wall=AT_9),
+    Case("window-end-is-exclusive", want=0, stable=0.0, last_busy_at=None, spec=MORNING, wall=AT_10),
+    Case("no-wall-time-no-schedule", want=0, stable=0.0, last_busy_at=None, spec=MORNING),
+    Case("across-midnight-largest-minimum", want=4, stable=0.0, last_busy_at=None, spec=NIGHT, wall=AT_0030,
+         reason="scheduled warm-up 23:00-01:00 UTC holds 4"),
+    Case("after-the-window-the-gate-decides", want=0, stable=0.0, ready=1, state=PolicyState(desired=1),
+         last_busy_at=AT_9 - 3600, now=AT_10, spec=MORNING, wall=AT_10),
+]
+
+
+@run_cases(PREWARM_CASES)
+def test_scheduled_warm_up(case: Case) -> None:
+    expect_decision(case)
+
+
+def test_scheduled_warm_up_applies_before_any_report() -> None:
+    decision, state = decide(NoData(), MORNING, PolicyState(), NOW, Fleet(0), AT_9)
+    assert decision.desired == state.desired == 3
+    assert decision.reason.endswith("scheduled warm-up 08:30-10:00 UTC holds 3")

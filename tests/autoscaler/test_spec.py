@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec, WorkloadSize
+from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec, PrewarmWindow, WorkloadSize
 from runtime.errors import InvalidParameterValue
 
 
@@ -159,3 +160,33 @@ def test_replica_template_ignores_scaling_only() -> None:
     assert not base.same_replica_template(dataclasses.replace(base, optimization="off"))
     assert not base.same_replica_template(
         dataclasses.replace(base, autoscaling=AutoscalingSpec(container_concurrency=8)))
+
+
+@pytest.mark.parametrize(("prewarm", "message"), [
+    ([{"start": "8:30", "end": "10:00", "min_replicas": 1}], "prewarm.start must be a UTC time of day as "),
+    ([{"start": "08:30", "end": "24:00", "min_replicas": 1}], "prewarm.end must be a UTC time of day"),
+    ([{"start": "08:30", "end": "08:30", "min_replicas": 1}], "start and end must differ"),
+    ([{"start": "08:30", "end": "10:00", "min_replicas": 0}], "prewarm.min_replicas must be an integer >= 1"),
+    ([{"start": "08:30", "end": "10:00", "min_replicas": 2}], "must be <= the ceiling of 1 replicas"),
+    ([{"start": "08:30", "end": "10:00"}], "prewarm entries need min_replicas"),
+    ([{"start": "08:30", "end": "10:00", "min_replicas": 1, "tz": "CET"}], "prewarm entries must be objects"),
+    (["08:30-10:00"], "prewarm entries must be objects"),
+], ids=["short-hour", "hour-24", "empty-window", "zero-replicas", "over-ceiling", "missing-field",
+        "unknown-field", "not-an-object"])
+def test_prewarm_windows_are_checked(prewarm: list[object], message: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        AutoscalingSpec(prewarm=prewarm)  # type: ignore[arg-type]  # as the API hands them over
+
+
+def test_prewarm_windows_from_the_api_become_values() -> None:
+    spec = AutoscalingSpec(max_provisioned_concurrency=40,
+                           prewarm=[{"start": "08:30", "end": "10:00", "min_replicas": 3}])  # type: ignore[arg-type]
+    assert spec.prewarm == (PrewarmWindow("08:30", "10:00", 3),)
+    same = AutoscalingSpec(max_provisioned_concurrency=40, prewarm=(PrewarmWindow("08:30", "10:00", 3),))
+    assert spec == same
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf])
+def test_backlog_drain_time_must_be_positive_and_finite(value: float) -> None:
+    with pytest.raises(InvalidParameterValue, match="backlog_drain_s"):
+        AutoscalingSpec(backlog_drain_s=value)
