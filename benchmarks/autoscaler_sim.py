@@ -21,21 +21,18 @@ and scale direction changes; then the time to decide one tick for 10,000 served 
 from __future__ import annotations
 
 import argparse
-import heapq
 import math
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from autoscaler.metrics_window import MetricsWindow
 from autoscaler.policy import Fleet, PolicyState, decide
+from autoscaler.replay import TICK_S, ReplayResult, replay
 from autoscaler.spec import AutoscalingSpec
 
-TICK_S = 2.0
-POKE_INTERVAL_S = 0.1  # router.balancer's default
 CONCURRENCY = 4
 
 DEFAULTS = AutoscalingSpec(container_concurrency=CONCURRENCY, max_provisioned_concurrency=4000)
@@ -79,25 +76,6 @@ def traces(scale: float) -> list[Trace]:
     ]
 
 
-@dataclass
-class _Replica:
-    ready_at: float
-    in_flight: int = 0
-    draining: bool = False
-
-
-@dataclass
-class Result:
-    starts: int = 0
-    replica_seconds: float = 0.0
-    waits: list[float] = field(default_factory=list)
-    direction_changes: int = 0
-
-    @property
-    def p99_wait_ms(self) -> float:
-        return float(np.percentile(self.waits, 99)) * 1000 if self.waits else 0.0
-
-
 def arrivals(trace: Trace, rng: np.random.Generator) -> np.ndarray:
     """Arrival times of a Poisson process with rate ``trace.rate(t)`` (thinning at the peak rate)."""
     expected = int(trace.peak_rps * trace.duration_s * 1.1) + 100
@@ -107,127 +85,15 @@ def arrivals(trace: Trace, rng: np.random.Generator) -> np.ndarray:
     return candidates[keep]
 
 
-_ARRIVAL, _DONE, _READY, _TICK = range(4)
-
-
 def simulate(trace: Trace, spec: AutoscalingSpec | None, fixed_replicas: int, service_s: float,
-             cold_start_s: float, seed: int, counts: bool = True) -> Result:
-    """One trace through one fleet, event by event. ``spec`` None: a fixed fleet of ``fixed_replicas``.
-
-    The router's side is modelled exactly: a request goes to the least loaded ready replica with a free
-    slot or waits in the FIFO activator queue; concurrency (in flight + queued) is reported to the
-    window on every change; a request that has to wait pokes the policy (at most every 0.1 s), as the
-    balancer does.
-    """
+             cold_start_s: float, seed: int, counts: bool = True) -> ReplayResult:
+    """One trace through one fleet (``autoscaler.replay``); the same seed, the same requests for every
+    fleet. ``spec`` None: a fixed fleet of ``fixed_replicas``."""
     rng = np.random.default_rng(seed)
-    result = Result()
-    replicas: dict[int, _Replica] = {}
-    ids = iter(range(1 << 30))
-    queue: deque[float] = deque()  # arrival times of waiting requests
-    window = MetricsWindow(retention_s=spec.stable_window_s if spec else TICK_S)
-    state = PolicyState()
-    last_direction = 0
-    events: list[tuple[float, int, int, int]] = []  # (time, order, kind, replica id)
-    order = iter(range(1 << 62))
-    arrived = completed = 0
-    last_poke = -math.inf
-
-    def push(at: float, kind: int, replica_id: int = -1) -> None:
-        heapq.heappush(events, (at, next(order), kind, replica_id))
-
-    def start_replicas(count: int, now: float) -> None:
-        for _ in range(count):
-            replica_id = next(ids)
-            delay = cold_start_s if spec else 0.0
-            replicas[replica_id] = _Replica(ready_at=now + delay)
-            push(now + delay, _READY, replica_id)
-        if spec:
-            result.starts += count
-
-    def live() -> list[tuple[int, _Replica]]:
-        return [(rid, r) for rid, r in replicas.items() if not r.draining]
-
-    def run_policy(now: float) -> None:
-        nonlocal state, last_direction
-        assert spec is not None
-        current = live()
-        ready = sum(1 for _, r in current if r.ready_at <= now)
-        reading = window.reading(now, spec.stable_window_s, spec.panic_window_s)
-        decision, state = decide(reading, spec, state, now, Fleet(ready, len(current) - ready))
-        window.clear_poke()
-        if decision.changed:
-            direction = 1 if decision.desired > decision.previous else -1
-            if last_direction and direction != last_direction:
-                result.direction_changes += 1
-            last_direction = direction
-        if len(current) < decision.desired:
-            start_replicas(decision.desired - len(current), now)
-        elif len(current) > decision.desired:
-            # Newest first: a replica still starting is the cheapest to give up.
-            for rid, replica in sorted(current, key=lambda item: -item[1].ready_at)[
-                    : len(current) - decision.desired]:
-                replica.draining = True
-                if replica.in_flight == 0:
-                    del replicas[rid]
-
-    def report(now: float) -> None:
-        in_flight = sum(r.in_flight for r in replicas.values())
-        if counts:
-            window.report(now, in_flight, len(queue), arrivals=arrived, completions=completed)
-        else:
-            window.report(now, in_flight, len(queue))
-
-    def dispatch(now: float) -> None:
-        while queue:
-            free = [(r.in_flight, rid) for rid, r in replicas.items()
-                    if not r.draining and r.ready_at <= now and r.in_flight < CONCURRENCY]
-            if not free:
-                return
-            _, rid = min(free)
-            result.waits.append(now - queue.popleft())
-            replicas[rid].in_flight += 1
-            push(now + rng.exponential(service_s), _DONE, rid)
-
-    if spec is None:
-        start_replicas(fixed_replicas, 0.0)
-    else:
-        push(0.0, _TICK)
-    for arrival in arrivals(trace, rng):
-        push(float(arrival), _ARRIVAL)
-    previous_time = 0.0
-    while events:
-        now, _, kind, rid = heapq.heappop(events)
-        if now > trace.duration_s:
-            break
-        result.replica_seconds += len(replicas) * (now - previous_time)
-        previous_time = now
-        if kind == _ARRIVAL:
-            arrived += 1
-            queue.append(now)
-            dispatch(now)
-            # The balancer's poke: a request that must wait asks the autoscaler to decide now (at
-            # most every POKE_INTERVAL_S while they keep coming), not at the next tick; the activator
-            # reports its counts first.
-            if spec is not None and queue and (len(queue) <= 1 or now - last_poke >= POKE_INTERVAL_S):
-                last_poke = now
-                report(now)
-                window.poke(now)
-                run_policy(now)
-        elif kind == _DONE:
-            replica = replicas.get(rid)
-            completed += 1
-            if replica is not None:
-                replica.in_flight -= 1
-                if replica.draining and replica.in_flight == 0:
-                    del replicas[rid]
-        elif kind == _TICK:
-            run_policy(now)
-            push(now + TICK_S, _TICK)
-        dispatch(now)
-        if spec is not None:
-            report(now)
-    result.replica_seconds += len(replicas) * (trace.duration_s - previous_time)
-    return result
+    times = arrivals(trace, rng)
+    service_times = rng.exponential(service_s, len(times))
+    return replay(times, service_times, spec, duration_s=trace.duration_s, fixed_replicas=fixed_replicas,
+                  container_concurrency=CONCURRENCY, cold_start_s=cold_start_s, counts=counts, tick_s=TICK_S)
 
 
 def tick_cost(entities: int, seed: int) -> tuple[float, float]:
