@@ -17,7 +17,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -181,3 +181,23 @@ def replay(
             report(now)
     result.replica_seconds += len(replicas) * (duration_s - previous_time)
     return result
+
+
+def alternatives(spec: AutoscalingSpec) -> list[tuple[str, AutoscalingSpec]]:
+    """The settings as they are, then a few a user right-sizing the endpoint would weigh: another
+    utilization target, a reserved floor of one replica or none, scale to zero the other way."""
+    options = [("as configured", spec)]
+    for utilization in (0.5, 0.9):
+        if utilization != spec.target_utilization:
+            options.append((f"target utilization {utilization:g}",
+                            replace(spec, target_utilization=utilization)))
+    if spec.min_provisioned_concurrency == 0:
+        options.append((f"reserved floor of 1 replica (min concurrency {spec.container_concurrency})",
+                        replace(spec, min_provisioned_concurrency=spec.container_concurrency)))
+    else:
+        options.append(("no reserved floor", replace(spec, min_provisioned_concurrency=0)))
+    if spec.floor_replicas == 0:
+        options.append(("scale to zero off", replace(spec, scale_to_zero_enabled=False)))
+    elif spec.min_provisioned_concurrency == 0:
+        options.append(("scale to zero on", replace(spec, scale_to_zero_enabled=True)))
+    return options

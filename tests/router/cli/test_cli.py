@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from router.cli import apply, cli, endpoints, serve  # noqa: F401  (registers the commands)
+from router.cli import apply, cli, cost, endpoints, serve  # noqa: F401  (registers the commands)
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -158,3 +158,67 @@ def test_invoke_status_and_logs(gateway: GatewayProcess, model_uri: str) -> None
     build = run(gateway, "logs", "query-me", "m", "--build")
     assert "served entity m: model" in build.stdout
     run(gateway, "endpoints", "delete", "query-me")
+
+
+def test_endpoints_cost_replays_a_trace_against_the_settings(
+    gateway: GatewayProcess, model_uri: str, tmp_path: Path
+) -> None:
+    config = {"served_entities": [{
+        "entity_name": model_uri, "entity_version": "1", "name": "scored", "scale_to_zero_enabled": True,
+        "max_provisioned_concurrency": 40,
+        "autoscaling": {"backlog_drain_s": 2,
+                        "prewarm": [{"start": "08:30", "end": "10:00", "min_replicas": 2}]},
+    }]}
+    created = run(gateway, "endpoints", "create", "cost-ep", "--json", json.dumps(config), "--no-wait")
+    assert created.exit_code == 0, created.output
+    got = as_json(run(gateway, "endpoints", "get", "cost-ep", "-o", "json"))
+    entity = got["config"]["served_entities"][0]
+    assert entity["autoscaling"]["backlog_drain_s"] == 2
+    assert entity["autoscaling"]["prewarm"] == [{"start": "08:30", "end": "10:00", "min_replicas": 2}]
+
+    # Two minutes of traffic: 20 req/s of 50 ms, then a burst of 100 req/s for 20 s.
+    trace = tmp_path / "trace.csv"
+    lines = ["timestamp_ms,latency_ms,served_entity"]
+    start_ms = 1_750_000_000_000
+    for step in range(120 * 20):
+        at_ms = start_ms + step * 50
+        lines.append(f"{at_ms},50,scored")
+        if 60_000 <= step * 50 < 80_000:
+            lines += [f"{at_ms + offset},50,scored" for offset in (10, 20, 30, 40)]
+    lines.append(f"{start_ms},50,another-entity")
+    trace.write_text("\n".join(lines) + "\n")
+
+    report = as_json(run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(trace), "-o", "json"))
+    assert report["served_entity"] == "scored"
+    assert report["requests"] == 120 * 20 + 20 * 20 * 4  # the other entity's request is not counted
+    options = {row["option"]: row for row in report["options"]}
+    assert next(iter(options)) == "as configured"
+    assert {"target utilization 0.5", "target utilization 0.9", "scale to zero off"} <= set(options)
+    configured = options["as configured"]
+    assert 1 <= configured["replica_starts"] <= configured["peak_replicas"] + 2
+    # 100 req/s x 50 ms = 5 concurrent at the peak: 2 replicas at 2.8 each, 4 at most while it drains.
+    assert 2 <= configured["peak_replicas"] <= 4
+    assert configured["cost"] == pytest.approx(
+        configured["replica_seconds"] / 3600 * report["price_per_replica_hour"], abs=1e-4)
+    assert options["target utilization 0.5"]["replica_seconds"] > options["target utilization 0.9"][
+        "replica_seconds"]
+
+    text = run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(trace))
+    assert text.exit_code == 0, text.output
+    assert "as configured" in text.stdout and "p99 queue ms" in text.stdout
+
+    no_latency = tmp_path / "trace.jsonl"
+    no_latency.write_text('{"timestamp": 1750000000.0}\n{"timestamp": 1750000000.5}\n')
+    refused = run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(no_latency))
+    assert refused.exit_code == 2
+    assert "no latency_ms: give --service-ms" in refused.output
+    given = as_json(run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(no_latency),
+                        "--service-ms", "20", "-o", "json"))
+    assert given["requests"] == 2
+
+    early = [{"start": "8:30", "end": "10:00", "min_replicas": 1}]
+    bad = {"served_entities": [{**config["served_entities"][0], "autoscaling": {"prewarm": early}}]}
+    rejected = run(gateway, "endpoints", "update", "cost-ep", "--json", json.dumps(bad))
+    assert rejected.exit_code == 1
+    assert "prewarm.start must be a UTC time of day as HH:MM" in rejected.output
+    assert run(gateway, "endpoints", "delete", "cost-ep").exit_code == 0
