@@ -1,0 +1,284 @@
+"""A spike from idle, for real: the same trace through a gateway with the local backend and through the
+autoscaler simulation (``autoscaler.replay``), side by side, to show that the simulation holds.
+
+A model that takes ``--service-ms`` per call (a pyfunc that sleeps, so two cores can carry the load)
+is served by an endpoint that scales to zero, with a short stable window so that a run takes a minute or
+two. The entity first serves a little traffic (so, as in production, its service time is known), goes
+back to zero, then takes a Poisson burst of ``--rate`` requests a second for ``--burst-s`` seconds from
+an open-loop client (arrivals do not wait for answers), and goes back to zero again. The gateway's own
+figures give the replica starts (its scaling decisions) and replica-seconds (its cost ledger); the
+client gives the requests, errors and latencies. The simulation replays the same arrival times with the
+measured cold start; the previous policy (no drain-aware estimate) runs in the simulation alone.
+
+    python -m benchmarks.autoscaler_replay [--quick] [--rate RPS] [--burst-s S] [--service-ms MS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from autoscaler.replay import replay
+from autoscaler.spec import AutoscalingSpec
+
+ADMIN_TOKEN = "bench-admin-" + "r" * 32
+ENDPOINT = "spiky"
+SERVED = "slow-1"
+CONCURRENCY = 4
+STABLE_WINDOW_S = 20.0
+GRACE_S = 5.0
+_CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'; cli()"
+
+# A model from code: each call sleeps the service time (the GIL is free meanwhile), whatever its rows.
+_MODEL_CODE = """
+import os
+import time
+
+import mlflow
+import pandas as pd
+
+_SERVICE_S = float(os.environ["BENCH_SERVICE_MS"]) / 1000
+
+
+class Slow(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        time.sleep(_SERVICE_S)
+        return model_input["x"] * 2.0
+
+
+mlflow.models.set_model(Slow())
+"""
+
+
+@dataclass
+class Sent:
+    at: float  # seconds from the run's start
+    latency_s: float
+    status: int
+
+
+@dataclass
+class RealRun:
+    sent: list[Sent] = field(default_factory=list)
+    decisions: dict[tuple[int, int, int, str], None] = field(default_factory=dict)
+    replica_seconds: float = 0.0
+    duration_s: float = 0.0
+    cold_start_s: float = 0.0
+
+
+def make_model(directory: Path) -> Path:
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    code = directory / "slow_model.py"
+    code.write_text(_MODEL_CODE)
+    model = directory / "slow"
+    signature = ModelSignature(inputs=Schema([ColSpec("double", "x")]), outputs=Schema([ColSpec("double")]))
+    with warnings.catch_warnings():  # mlflow's own deprecation and style warnings while saving
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(str(model), python_model=str(code), signature=signature,
+                                 pip_requirements=["mlflow"])
+    return model
+
+
+def start_gateway(home: Path, service_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+    home.mkdir(parents=True)
+    env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+           "BENCH_SERVICE_MS": str(service_ms)}
+    env.pop("ZEROSERVE_URL", None)
+    log = open(home / "gateway.log", "ab")  # noqa: SIM115 - the process keeps it; closed with the process
+    process = subprocess.Popen([sys.executable, "-c", _CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}; see {home / 'gateway.log'}")
+        try:
+            info = json.loads((home / "gateway.json").read_text())
+            if info.get("pid") == process.pid and httpx.get(f"{info['url']}/readyz", timeout=2).is_success:
+                return process, str(info["url"])
+        except (OSError, ValueError, httpx.HTTPError):
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise TimeoutError("the gateway did not come up within 90 s")
+
+
+def create_endpoint(client: httpx.Client, model: Path) -> AutoscalingSpec:
+    autoscaling = {"container_concurrency": CONCURRENCY, "stable_window_s": STABLE_WINDOW_S,
+                   "scale_to_zero_grace_s": GRACE_S}
+    body = {"name": ENDPOINT, "config": {"served_entities": [{
+        "entity_name": model.as_uri(), "entity_version": "1", "name": SERVED, "scale_to_zero_enabled": True,
+        "max_provisioned_concurrency": 400, "optimization": "off", "autoscaling": autoscaling}]}}
+    client.post("/api/2.0/serving-endpoints", json=body).raise_for_status()
+    return AutoscalingSpec(scale_to_zero_enabled=True, max_provisioned_concurrency=400,
+                           container_concurrency=CONCURRENCY, stable_window_s=STABLE_WINDOW_S,
+                           scale_to_zero_grace_s=GRACE_S)
+
+
+def admin_client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+
+
+def entity_state(client: httpx.Client) -> dict[str, Any]:
+    endpoint = client.get(f"/api/2.0/serving-endpoints/{ENDPOINT}").raise_for_status().json()
+    state: dict[str, Any] = endpoint["config"]["served_entities"][0]["state"]
+    return state
+
+
+async def send_all(url: str, offsets: np.ndarray, run: RealRun, t0: float) -> None:
+    """Open loop: each request leaves at its offset from ``t0`` whatever the earlier ones are doing."""
+    body = json.dumps({"dataframe_records": [{"x": 1.0}]}).encode()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
+
+        async def one(offset: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+            started = time.monotonic()
+            try:
+                response = await client.post(f"/serving-endpoints/{ENDPOINT}/invocations", content=body)
+                status = response.status_code
+            except httpx.HTTPError:
+                status = 0
+            run.sent.append(Sent(started - t0, time.monotonic() - started, status))
+
+        await asyncio.gather(*(one(float(offset)) for offset in offsets))
+
+
+def wait_for_zero(client: httpx.Client, run: RealRun, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = entity_state(client)
+        collect(state, run)
+        replicas = state["replicas"]
+        if replicas["desired"] == 0 and replicas["ready"] + replicas["starting"] + replicas["draining"] == 0:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the endpoint did not scale back to zero within {timeout_s:g} s")
+
+
+def collect(state: dict[str, Any], run: RealRun) -> None:
+    for decision in state.get("scaling", []):
+        run.decisions[(decision["timestamp"], decision["from"], decision["to"], decision["reason"])] = None
+
+
+def poll_decisions(url: str, run: RealRun, stop: threading.Event) -> None:
+    with admin_client(url) as client:
+        while not stop.wait(0.5):
+            collect(entity_state(client), run)
+
+
+def real_run(scratch: Path, service_ms: float, warm_offsets: np.ndarray,
+             burst_offsets: np.ndarray) -> tuple[RealRun, AutoscalingSpec, float]:
+    process, url = start_gateway(scratch / "home", service_ms)
+    run = RealRun()
+    try:
+        with admin_client(url) as client:
+            spec = create_endpoint(client, make_model(scratch))
+            t0 = time.monotonic()
+            # The earlier traffic: the entity learns its service time, then goes back to zero.
+            asyncio.run(send_all(url, warm_offsets, run, t0))
+            wait_for_zero(client, run, timeout_s=120)
+            burst_at = time.monotonic() - t0 + 1.0
+            # The view keeps the last few decisions: a thread collects them while the burst runs.
+            stop = threading.Event()
+            watcher = threading.Thread(target=poll_decisions, args=(url, run, stop), daemon=True)
+            watcher.start()
+            asyncio.run(send_all(url, burst_offsets + burst_at, run, t0))
+            stop.set()
+            watcher.join()
+            wait_for_zero(client, run, timeout_s=180)
+            run.duration_s = time.monotonic() - t0
+            cost = entity_state(client).get("cost") or {}
+            run.replica_seconds = float(cost.get("replica_seconds", 0.0))
+            first = min((s for s in run.sent if s.at >= burst_at - 1e-3), key=lambda s: s.at)
+            run.cold_start_s = max(0.0, first.latency_s - service_ms / 1000)
+            return run, spec, burst_at
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def poisson(rate: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
+    gaps = rng.exponential(1.0 / rate, int(rate * duration_s * 1.5) + 20)
+    times = np.cumsum(gaps)
+    return times[times < duration_s]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a shorter, smaller burst")
+    parser.add_argument("--rate", type=float, help="burst requests per second [80; quick 40]")
+    parser.add_argument("--burst-s", type=float, help="burst length in seconds [40; quick 15]")
+    parser.add_argument("--service-ms", type=float, default=50.0, help="time the model takes per call")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    rate = args.rate or (40.0 if args.quick else 80.0)
+    burst_s = args.burst_s or (15.0 if args.quick else 40.0)
+    rng = np.random.default_rng(args.seed)
+    warm = poisson(5.0, 5.0, rng)
+    burst = poisson(rate, burst_s, rng)
+    print(f"spike from idle, real vs simulated: {rate:g} req/s for {burst_s:g} s, model "
+          f"{args.service_ms:g} ms per call, C={CONCURRENCY}, stable window {STABLE_WINDOW_S:g} s, "
+          f"grace {GRACE_S:g} s, seed {args.seed}")
+    with tempfile.TemporaryDirectory(prefix="zeroserve-replay-") as scratch:
+        try:
+            run, spec, burst_at = real_run(Path(scratch), args.service_ms, warm, burst)
+        except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+            print(f"real run failed: {error}")
+            return
+    sent = sorted(run.sent, key=lambda s: s.at)
+    burst_sent = [s for s in sent if s.at >= burst_at - 1e-3]
+    errors = sum(1 for s in sent if s.status != 200)
+    service_s = args.service_ms / 1000
+    real_waits = np.array([max(0.0, s.latency_s - service_s) for s in burst_sent])
+    starts = sum(max(0, to - before) for _, before, to, _ in run.decisions)
+    arrivals = np.array([s.at for s in sent])
+    service = np.full(len(arrivals), service_s)
+
+    def simulated(counts: bool) -> tuple[int, float, float]:
+        result = replay(arrivals, service, spec, duration_s=run.duration_s, cold_start_s=run.cold_start_s,
+                        counts=counts)
+        # Waits of the burst's requests only, as for the real run (the first len(warm) are the warm-up).
+        waits = np.array(result.waits)
+        burst_waits = waits[len(warm):] if len(waits) > len(warm) else waits
+        return result.starts, result.replica_seconds, float(np.percentile(burst_waits, 99)) * 1000
+
+    header = (f"{'run':<34} {'requests':>9} {'errors':>7} {'replica starts':>15} {'replica-s':>10} "
+              f"{'p99 wait ms':>12}")
+    print(f"measured cold start (the first burst request's latency less the service time): "
+          f"{run.cold_start_s:.3f} s")
+    print(header)
+    print("-" * len(header))
+    print(f"{'real: gateway + local backend':<34} {len(sent):>9} {errors:>7} {starts:>15} "
+          f"{run.replica_seconds:>10.1f} {float(np.percentile(real_waits, 99)) * 1000:>12.1f}")
+    for label, counts in (("simulated: zeroserve", True), ("simulated: previous (KPA)", False)):
+        sim_starts, sim_seconds, sim_p99 = simulated(counts)
+        print(f"{label:<34} {len(sent):>9} {'-':>7} {sim_starts:>15} {sim_seconds:>10.1f} {sim_p99:>12.1f}")
+    print("(real waits are latency less the model's service time: they include the gateway's own time)")
+
+
+if __name__ == "__main__":
+    main()
