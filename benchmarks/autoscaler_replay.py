@@ -46,13 +46,12 @@ _CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'
 
 # A model from code: each call sleeps the service time (the GIL is free meanwhile), whatever its rows.
 _MODEL_CODE = """
-import os
 import time
 
 import mlflow
 import pandas as pd
 
-_SERVICE_S = float(os.environ["BENCH_SERVICE_MS"]) / 1000
+_SERVICE_S = {service_s!r}
 
 
 class Slow(mlflow.pyfunc.PythonModel):
@@ -81,13 +80,13 @@ class RealRun:
     cold_start_s: float = 0.0
 
 
-def make_model(directory: Path) -> Path:
+def make_model(directory: Path, service_ms: float) -> Path:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     code = directory / "slow_model.py"
-    code.write_text(_MODEL_CODE)
+    code.write_text(_MODEL_CODE.format(service_s=service_ms / 1000))
     model = directory / "slow"
     signature = ModelSignature(inputs=Schema([ColSpec("double", "x")]), outputs=Schema([ColSpec("double")]))
     with warnings.catch_warnings():  # mlflow's own deprecation and style warnings while saving
@@ -97,10 +96,9 @@ def make_model(directory: Path) -> Path:
     return model
 
 
-def start_gateway(home: Path, service_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     home.mkdir(parents=True)
-    env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
-           "BENCH_SERVICE_MS": str(service_ms)}
+    env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("ZEROSERVE_URL", None)
     log = open(home / "gateway.log", "ab")  # noqa: SIM115 - the process keeps it; closed with the process
     process = subprocess.Popen([sys.executable, "-c", _CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
@@ -187,11 +185,11 @@ def poll_decisions(url: str, run: RealRun, stop: threading.Event) -> None:
 
 def real_run(scratch: Path, service_ms: float, warm_offsets: np.ndarray,
              burst_offsets: np.ndarray) -> tuple[RealRun, AutoscalingSpec, float]:
-    process, url = start_gateway(scratch / "home", service_ms)
+    process, url = start_gateway(scratch / "home")
     run = RealRun()
     try:
         with admin_client(url) as client:
-            spec = create_endpoint(client, make_model(scratch))
+            spec = create_endpoint(client, make_model(scratch, service_ms))
             t0 = time.monotonic()
             # The earlier traffic: the entity learns its service time, then goes back to zero.
             asyncio.run(send_all(url, warm_offsets, run, t0))
