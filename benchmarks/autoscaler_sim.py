@@ -1,14 +1,18 @@
 """Autoscaler simulation: request traces replayed through the real policy on a fake clock.
 
-Each trace (steady, diurnal, a spike from idle, a sawtooth that tempts oscillation) is a Poisson
-arrival process with a time-varying rate; requests take ``--service-ms`` each, a replica serves
+Each trace (steady, diurnal, a spike from idle into an entity that never served, the same spike into
+one that served a trickle earlier, a sawtooth that tempts oscillation) is a Poisson arrival process
+with a time-varying rate; requests take ``--service-ms`` each, a replica serves
 ``C`` = 4 at once, requests beyond the fleet's capacity wait in the activator queue, and a new
 replica takes ``--cold-start-s`` to become ready. The scaling decisions come from the real
 ``autoscaler.policy.decide`` over the real ``MetricsWindow``, ticking every 2 s plus the poke of a
 request that has to wait (at most every 0.1 s) — the same calls the loop and the balancer make.
 Fleets side by side:
 
-* ``zeroserve``: the defaults (60 s stable / 6 s panic window, 2x panic, 2x scale-down, 30 s grace);
+* ``zeroserve``: the defaults (60 s stable / 6 s panic window, 2x panic, 2x scale-down, 30 s grace),
+  with the routers' counts, so the drain-aware estimate applies;
+* ``previous (KPA)``: the same settings without the counts: Knative's concurrency target, queued
+  requests counted as concurrency and the panic peak held for a stable window;
 * ``no-panic/no-window``: the same policy reacting to the last tick only (2 s window, panic off);
 * ``fixed-peak``: a fixed fleet sized for the trace's peak (no cold starts, the cost ceiling).
 
@@ -64,6 +68,13 @@ def traces(scale: float) -> list[Trace]:
         start, end = 300 * scale, 420 * scale
         return 150.0 if start <= t < end else 0.0
 
+    def spike_after_traffic(t: float) -> float:
+        # The same spike into an entity that served a trickle (1 req/s) an earlier minute: what a
+        # production endpoint usually is. It knows its service time when the spike comes.
+        if t < 60 * scale:
+            return 1.0
+        return spike(t)
+
     def sawtooth(t: float) -> float:
         # 90 s ramps from 0 to 120 rps that fall off a cliff: up-down-up, forever.
         return 120.0 * ((t % 90.0) / 90.0)
@@ -72,6 +83,7 @@ def traces(scale: float) -> list[Trace]:
         Trace("steady", 1200 * scale, steady, 60.0),
         Trace("diurnal", 2400 * scale, diurnal, 95.0),
         Trace("spike-from-idle", 900 * scale, spike, 150.0),
+        Trace("spike-after-use", 900 * scale, spike_after_traffic, 150.0),
         Trace("sawtooth", 1200 * scale, sawtooth, 120.0),
     ]
 
