@@ -4,8 +4,9 @@ Each request arrives at its time and takes its service time on a replica; a repl
 ``container_concurrency`` requests at once; requests beyond the fleet's capacity wait in the activator
 queue (FIFO); a new replica is ready ``cold_start_s`` after it is asked for. The decisions come from the
 real ``autoscaler.policy.decide`` over the real ``MetricsWindow``, called as the loop and the balancer
-call them: every tick, and when a request has to wait (at most every ``poke_interval_s``), with the
-router's counts reported first. A fleet of ``fixed_replicas`` with no policy is the comparison point.
+call them: every tick, and when a request has to wait (at most every 0.1 s); the router reports its
+levels and counts every second and before each poke, as the activator does. A fleet of
+``fixed_replicas`` with no policy is the comparison point.
 
 Used by ``zeroserve endpoints cost`` (a recorded trace against an endpoint's settings and a few
 alternatives) and by ``benchmarks.autoscaler_sim`` (synthetic traces against other policies).
@@ -49,7 +50,8 @@ class _Replica:
     draining: bool = False
 
 
-_ARRIVAL, _DONE, _READY, _TICK = range(4)
+_ARRIVAL, _DONE, _READY, _TICK, _REPORT = range(5)
+REPORT_INTERVAL_S = 1.0  # router.activator's default
 
 
 def replay(
@@ -63,11 +65,14 @@ def replay(
     cold_start_s: float = 1.0,
     counts: bool = True,
     tick_s: float = TICK_S,
+    report_interval_s: float = REPORT_INTERVAL_S,
 ) -> ReplayResult:
     """One trace through one fleet, event by event. ``arrivals``: seconds from the trace's start, in
     order; ``service_times``: seconds each request takes on a replica. ``spec`` None: a fixed fleet of
     ``fixed_replicas`` serving ``container_concurrency`` each. ``counts`` False: the routers send no
-    counts, so the policy runs without its drain-aware estimate (the previous policy)."""
+    counts, so the policy runs without its drain-aware estimate (the previous policy). The router
+    reports every ``report_interval_s`` and before each poke, as the activator does; 0 reports on
+    every change (an exact window, kinder than the real router)."""
     if len(arrivals) != len(service_times):
         raise ValueError(f"{len(arrivals)} arrivals but {len(service_times)} service times")
     concurrency = spec.container_concurrency if spec is not None else (container_concurrency or 1)
@@ -145,6 +150,8 @@ def replay(
         start_replicas(fixed_replicas, 0.0)
     else:
         push(0.0, _TICK)
+        if report_interval_s > 0:
+            push(0.0, _REPORT)
     for index, arrival in enumerate(arrivals):
         push(float(arrival), _ARRIVAL, index)
     previous_time = 0.0
@@ -176,8 +183,11 @@ def replay(
         elif kind == _TICK:
             run_policy(now)
             push(now + tick_s, _TICK)
+        elif kind == _REPORT:
+            report(now)
+            push(now + report_interval_s, _REPORT)
         dispatch(now)
-        if spec is not None:
+        if spec is not None and report_interval_s == 0:
             report(now)
     result.replica_seconds += len(replicas) * (duration_s - previous_time)
     return result

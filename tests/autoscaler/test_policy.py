@@ -616,11 +616,11 @@ DRAIN_CASES = [
     Case("drain-aware-follows-the-drain-down", want=7, stable=3.0, panic=3.0, ready=15,
          state=PolicyState(desired=15, panic_last_over_at=NOW - 10, panic_peak=15), stable_rate=30.0,
          panic_rate=60.0, service_s=0.1, panicking=True, reason="scale-down rate 2x of 15 ready holds 7"),
-    Case("drain-aware-holds-a-panic-target-one-panic-window", want=5, stable=2.0, panic=3.0, ready=5,
-         state=PolicyState(desired=5, recent_panic_targets=((NOW - 5.9, 5),)), stable_rate=20.0,
-         panic_rate=30.0, service_s=0.1, reason="the last 6 s asked for 5"),
-    Case("drain-aware-lets-it-go-after-one-panic-window", want=2, stable=2.0, panic=3.0, ready=3,
-         state=PolicyState(desired=3, recent_panic_targets=((NOW - 6.0, 3),)), stable_rate=20.0,
+    Case("drain-aware-holds-a-panic-target-two-panic-windows", want=5, stable=2.0, panic=3.0, ready=5,
+         state=PolicyState(desired=5, recent_panic_targets=((NOW - 11.9, 5),)), stable_rate=20.0,
+         panic_rate=30.0, service_s=0.1, reason="the last 12 s asked for 5"),
+    Case("drain-aware-lets-it-go-after-two-panic-windows", want=2, stable=2.0, panic=3.0, ready=3,
+         state=PolicyState(desired=3, recent_panic_targets=((NOW - 12.0, 3),)), stable_rate=20.0,
          panic_rate=30.0, service_s=0.1),
     Case("first-burst-waits-for-the-service-time", want=1, stable=2.0, panic=50.0, queued=50, starting=1,
          state=PolicyState(desired=1), stable_rate=5.0, panic_rate=50.0, service_s=None,
@@ -694,7 +694,7 @@ def test_scenario_spike_from_idle_gets_what_it_needs_and_lets_it_go() -> None:
         decision, state = decide(window.reading(now, 60, 6), spec, state, now, Fleet(state.desired))
         history.append(decision.desired)
     after = history[61:]
-    assert after[3] < peak  # within a panic window and a tick, not a whole stable window
+    assert after[7] < peak  # within two panic windows and a tick, not a whole stable window
     assert after[-1] <= 1
 
 
