@@ -40,7 +40,6 @@ ADMIN_TOKEN = "bench-admin-" + "r" * 32
 ENDPOINT = "spiky"
 SERVED = "slow-1"
 CONCURRENCY = 4
-STABLE_WINDOW_S = 20.0
 GRACE_S = 5.0
 _CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'; cli()"
 
@@ -96,9 +95,12 @@ def make_model(directory: Path, service_ms: float) -> Path:
     return model
 
 
-def start_gateway(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(home: Path, tree: Path | None) -> tuple[subprocess.Popen[bytes], str]:
     home.mkdir(parents=True)
     env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN}
+    if tree is not None:
+        # The gateway, and the replicas it starts (they inherit the environment), from that tree.
+        env["PYTHONPATH"] = str(tree.resolve())
     env.pop("ZEROSERVE_URL", None)
     log = open(home / "gateway.log", "ab")  # noqa: SIM115 - the process keeps it; closed with the process
     process = subprocess.Popen([sys.executable, "-c", _CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
@@ -118,15 +120,15 @@ def start_gateway(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise TimeoutError("the gateway did not come up within 90 s")
 
 
-def create_endpoint(client: httpx.Client, model: Path) -> AutoscalingSpec:
-    autoscaling = {"container_concurrency": CONCURRENCY, "stable_window_s": STABLE_WINDOW_S,
+def create_endpoint(client: httpx.Client, model: Path, stable_window_s: float) -> AutoscalingSpec:
+    autoscaling = {"container_concurrency": CONCURRENCY, "stable_window_s": stable_window_s,
                    "scale_to_zero_grace_s": GRACE_S}
     body = {"name": ENDPOINT, "config": {"served_entities": [{
         "entity_name": model.as_uri(), "entity_version": "1", "name": SERVED, "scale_to_zero_enabled": True,
         "max_provisioned_concurrency": 400, "optimization": "off", "autoscaling": autoscaling}]}}
     client.post("/api/2.0/serving-endpoints", json=body).raise_for_status()
     return AutoscalingSpec(scale_to_zero_enabled=True, max_provisioned_concurrency=400,
-                           container_concurrency=CONCURRENCY, stable_window_s=STABLE_WINDOW_S,
+                           container_concurrency=CONCURRENCY, stable_window_s=stable_window_s,
                            scale_to_zero_grace_s=GRACE_S)
 
 
@@ -183,18 +185,19 @@ def poll_decisions(url: str, run: RealRun, stop: threading.Event) -> None:
             collect(entity_state(client), run)
 
 
-def real_run(scratch: Path, service_ms: float, warm_offsets: np.ndarray,
-             burst_offsets: np.ndarray) -> tuple[RealRun, AutoscalingSpec, float]:
-    process, url = start_gateway(scratch / "home")
+def real_run(scratch: Path, service_ms: float, stable_window_s: float, warm_offsets: np.ndarray,
+             burst_offsets: np.ndarray, tree: Path | None) -> tuple[RealRun, AutoscalingSpec, float]:
+    process, url = start_gateway(scratch / "home", tree)
     run = RealRun()
     try:
         with admin_client(url) as client:
-            spec = create_endpoint(client, make_model(scratch, service_ms))
+            spec = create_endpoint(client, make_model(scratch, service_ms), stable_window_s)
             t0 = time.monotonic()
             # The earlier traffic: the entity learns its service time, then goes back to zero.
             asyncio.run(send_all(url, warm_offsets, run, t0))
-            wait_for_zero(client, run, timeout_s=120)
-            burst_at = time.monotonic() - t0 + 1.0
+            wait_for_zero(client, run, timeout_s=stable_window_s * 3 + 60)
+            # Some seconds after the zero: the simulation's ticks fall elsewhere, and it must be at zero too.
+            burst_at = time.monotonic() - t0 + 5.0
             # The view keeps the last few decisions: a thread collects them while the burst runs.
             stop = threading.Event()
             watcher = threading.Thread(target=poll_decisions, args=(url, run, stop), daemon=True)
@@ -202,7 +205,7 @@ def real_run(scratch: Path, service_ms: float, warm_offsets: np.ndarray,
             asyncio.run(send_all(url, burst_offsets + burst_at, run, t0))
             stop.set()
             watcher.join()
-            wait_for_zero(client, run, timeout_s=180)
+            wait_for_zero(client, run, timeout_s=stable_window_s * 3 + 120)
             run.duration_s = time.monotonic() - t0
             cost = entity_state(client).get("cost") or {}
             run.replica_seconds = float(cost.get("replica_seconds", 0.0))
@@ -227,55 +230,71 @@ def poisson(rate: float, duration_s: float, rng: np.random.Generator) -> np.ndar
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a shorter, smaller burst")
+    parser.add_argument("--quick", action="store_true", help="a shorter, smaller burst and shorter windows")
     parser.add_argument("--rate", type=float, help="burst requests per second [80; quick 40]")
     parser.add_argument("--burst-s", type=float, help="burst length in seconds [40; quick 15]")
+    parser.add_argument("--stable-window-s", type=float, help="the entity's stable window [60; quick 30]")
     parser.add_argument("--service-ms", type=float, default=50.0, help="time the model takes per call")
+    parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="DIR",
+                        help="also run the gateway from this source tree (a checkout of an earlier commit)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     rate = args.rate or (40.0 if args.quick else 80.0)
     burst_s = args.burst_s or (15.0 if args.quick else 40.0)
+    stable_window_s = args.stable_window_s or (30.0 if args.quick else 60.0)
     rng = np.random.default_rng(args.seed)
     warm = poisson(5.0, 5.0, rng)
     burst = poisson(rate, burst_s, rng)
     print(f"spike from idle, real vs simulated: {rate:g} req/s for {burst_s:g} s, model "
-          f"{args.service_ms:g} ms per call, C={CONCURRENCY}, stable window {STABLE_WINDOW_S:g} s, "
+          f"{args.service_ms:g} ms per call, C={CONCURRENCY}, stable window {stable_window_s:g} s, "
           f"grace {GRACE_S:g} s, seed {args.seed}")
-    with tempfile.TemporaryDirectory(prefix="zeroserve-replay-") as scratch:
-        try:
-            run, spec, burst_at = real_run(Path(scratch), args.service_ms, warm, burst)
-        except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
-            print(f"real run failed: {error}")
-            return
+    header = (f"{'run':<36} {'requests':>9} {'errors':>7} {'replica starts':>15} {'replica-s':>10} "
+              f"{'p50 ms':>8} {'p99 ms':>9}")
+    lines = []
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    trees += [(f"baseline {tree.name}", tree) for tree in args.baseline]
+    for label, tree in trees:
+        with tempfile.TemporaryDirectory(prefix="zeroserve-replay-") as scratch:
+            try:
+                run, spec, burst_at = real_run(Path(scratch), args.service_ms, stable_window_s, warm, burst,
+                                               tree)
+            except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+                lines.append(f"{'real, ' + label:<36} failed: {error}")
+                continue
+        lines += _rows(label, run, spec, burst_at, len(warm), simulate=tree is None)
+    print(header)
+    print("-" * len(header))
+    print("\n".join(lines))
+    print("(latency as the client saw it: queueing, the gateway and the replica; the simulation's service "
+          "time is the real run's p50 once its fleet had settled, its cold start the real one's)")
+
+
+def _rows(label: str, run: RealRun, spec: AutoscalingSpec, burst_at: float, warm_count: int,
+          simulate: bool) -> list[str]:
     sent = sorted(run.sent, key=lambda s: s.at)
     burst_sent = [s for s in sent if s.at >= burst_at - 1e-3]
     errors = sum(1 for s in sent if s.status != 200)
-    service_s = args.service_ms / 1000
-    real_waits = np.array([max(0.0, s.latency_s - service_s) for s in burst_sent])
+    latencies = np.array([s.latency_s for s in burst_sent])
     starts = sum(max(0, to - before) for _, before, to, _ in run.decisions)
+    lines = [f"{'real, ' + label:<36} {len(sent):>9} {errors:>7} {starts:>15} {run.replica_seconds:>10.1f} "
+             f"{np.percentile(latencies, 50) * 1000:>8.1f} {np.percentile(latencies, 99) * 1000:>9.1f}"]
+    if not simulate:
+        return lines
+    lines[0] += f"   (cold start {run.cold_start_s:.2f} s)"
+    # What one request took once the fleet had settled: the burst's second half.
+    settled = latencies[len(latencies) // 2:]
+    service_s = float(np.percentile(settled, 50))
     arrivals = np.array([s.at for s in sent])
     service = np.full(len(arrivals), service_s)
-
-    def simulated(counts: bool) -> tuple[int, float, float]:
+    for name, counts in (("simulated, zeroserve", True), ("simulated, previous (KPA)", False)):
         result = replay(arrivals, service, spec, duration_s=run.duration_s, cold_start_s=run.cold_start_s,
                         counts=counts)
-        # Waits of the burst's requests only, as for the real run (the first len(warm) are the warm-up).
-        waits = np.array(result.waits)
-        burst_waits = waits[len(warm):] if len(waits) > len(warm) else waits
-        return result.starts, result.replica_seconds, float(np.percentile(burst_waits, 99)) * 1000
-
-    header = (f"{'run':<34} {'requests':>9} {'errors':>7} {'replica starts':>15} {'replica-s':>10} "
-              f"{'p99 wait ms':>12}")
-    print(f"measured cold start (the first burst request's latency less the service time): "
-          f"{run.cold_start_s:.3f} s")
-    print(header)
-    print("-" * len(header))
-    print(f"{'real: gateway + local backend':<34} {len(sent):>9} {errors:>7} {starts:>15} "
-          f"{run.replica_seconds:>10.1f} {float(np.percentile(real_waits, 99)) * 1000:>12.1f}")
-    for label, counts in (("simulated: zeroserve", True), ("simulated: previous (KPA)", False)):
-        sim_starts, sim_seconds, sim_p99 = simulated(counts)
-        print(f"{label:<34} {len(sent):>9} {'-':>7} {sim_starts:>15} {sim_seconds:>10.1f} {sim_p99:>12.1f}")
-    print("(real waits are latency less the model's service time: they include the gateway's own time)")
+        # The burst's requests only, as for the real run (the queue is FIFO: the first are the warm-up's).
+        waits = np.array(result.waits[warm_count:]) + service_s
+        lines.append(f"{name:<36} {len(sent):>9} {'-':>7} {result.starts:>15} "
+                     f"{result.replica_seconds:>10.1f} {np.percentile(waits, 50) * 1000:>8.1f} "
+                     f"{np.percentile(waits, 99) * 1000:>9.1f}")
+    return lines
 
 
 if __name__ == "__main__":
