@@ -166,7 +166,7 @@ def wait_for_zero(client: httpx.Client, run: RealRun, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = entity_state(client)
-        collect(state, run)
+        collect(client, run)
         replicas = state["replicas"]
         if replicas["desired"] == 0 and replicas["ready"] + replicas["starting"] + replicas["draining"] == 0:
             return
@@ -174,15 +174,18 @@ def wait_for_zero(client: httpx.Client, run: RealRun, timeout_s: float) -> None:
     raise TimeoutError(f"the endpoint did not scale back to zero within {timeout_s:g} s")
 
 
-def collect(state: dict[str, Any], run: RealRun) -> None:
-    for decision in state.get("scaling", []):
-        run.decisions[(decision["timestamp"], decision["from"], decision["to"], decision["reason"])] = None
+def collect(client: httpx.Client, run: RealRun) -> None:
+    """The gateway's last 50 scaling events (the endpoint view shows 5: a burst of pokes makes more)."""
+    events = client.get(f"/api/2.0/zeroserve/timeseries/{ENDPOINT}").raise_for_status().json()
+    for event in events.get("scaling_events", []):
+        key = (event["timestamp_ms"], event["previous"], event["desired"], event["reason"])
+        run.decisions[key] = None
 
 
 def poll_decisions(url: str, run: RealRun, stop: threading.Event) -> None:
     with admin_client(url) as client:
-        while not stop.wait(0.5):
-            collect(entity_state(client), run)
+        while not stop.wait(0.25):
+            collect(client, run)
 
 
 def real_run(scratch: Path, service_ms: float, stable_window_s: float, warm_offsets: np.ndarray,
