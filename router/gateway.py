@@ -316,10 +316,12 @@ def serve(
     )
     gateway.on_ready.extend(on_ready or [])
     if threading.current_thread() is threading.main_thread():
-        # uvicorn re-raises the SIGTERM it caught once it has shut down, with this handler back in place:
-        # the log lines still pending (they are written once per flush interval) go out before the
-        # process ends, where the default action would drop them (no atexit on death by a signal).
-        signal.signal(signal.SIGTERM, _flush_logs_then_terminate)
+        # uvicorn re-raises the SIGTERM or SIGINT (Ctrl-C) it caught once it has shut down, with these
+        # handlers back in place: the log lines still pending (written once per flush interval) go out,
+        # and the process exits 0 — the shutdown was orderly — instead of dying by the signal (143) or
+        # as click's "Aborted!" (1).
+        for orderly in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(orderly, _flush_logs_then_exit)
     server.run(sockets=[sock])
 
 
@@ -365,7 +367,6 @@ async def settle_gateway_heap(gateway: Gateway) -> None:
     settle_heap()
 
 
-def _flush_logs_then_terminate(signum: int, frame: object) -> None:
+def _flush_logs_then_exit(signum: int, frame: object) -> None:
     flush_logging()
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)  # the exit status still says: terminated by this signal
+    raise SystemExit(0)

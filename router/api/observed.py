@@ -7,6 +7,7 @@ The autoscaler knows replicas, the data plane knows requests; this module only r
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -72,11 +73,17 @@ class AutoscalerScaler:
             return "(the served entity is not running)"
         lines = [f"served entity {entity.served_entity}: model {status.spec.model_uri}"
                  f" (template generation {status.generation})"]
-        lines += [f"{record.at_unix_ms} {record.reason}" for record in status.history]
+        lines += [f"{_utc(record.at_unix_ms)} {record.reason}" for record in status.history]
         if status.failed_reason:
             lines.append(f"FAILED: {status.failed_reason}")
         lines += startup_sections(self.logs(entity))
         return "\n".join(lines)
+
+
+def _utc(unix_ms: int) -> str:
+    """2026-12-06T03:27:08.123Z: a time a person reads (and sorts), not epoch milliseconds."""
+    moment = datetime.datetime.fromtimestamp(unix_ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{unix_ms % 1000:03d}Z"
 
 
 def startup_sections(replica_logs: str) -> list[str]:

@@ -31,6 +31,7 @@ class GatewayError(click.ClickException):
         super().__init__(f"{code}: {message}" if code else message)
         self.status = status
         self.code = code
+        self.detail = message
 
 
 def gateway_file(home: Path) -> Path:
@@ -67,6 +68,7 @@ class GatewayClient:
     def __init__(self, url: str, token: str | None, timeout_s: float = 60.0) -> None:
         self.url = url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._has_token = bool(token)
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -81,9 +83,21 @@ class GatewayClient:
             raise click.ClickException(f"the gateway at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise click.ClickException(f"request to {self.url} failed: {exc}") from None
+        if response.status_code == 401:
+            raise self._unauthenticated(_error(response))
         if response.status_code >= 400:
             raise _error(response)
         return response
+
+    def _unauthenticated(self, error: GatewayError) -> GatewayError:
+        # Say what the CLI reads, not what the HTTP API wants: a person at a terminal sets a variable.
+        if self._has_token:
+            hint = ("the token was not accepted (wrong, revoked or expired): check ZEROSERVE_TOKEN or "
+                    "--token")
+        else:
+            hint = ("no token given: set ZEROSERVE_TOKEN or pass --token (the admin token "
+                    "`zeroserve up` printed on its first start; lost it? see the README)")
+        return GatewayError(error.status, error.code, f"{hint} (the gateway said: {error.detail})")
 
     def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         if body is not None:

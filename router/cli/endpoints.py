@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -62,6 +63,79 @@ def entity_options(command: Any) -> Any:
     return command
 
 
+# The served-entity fields a config update sends back as they are (the API's view adds state and more).
+_ENTITY_INPUT_FIELDS = ("entity_name", "entity_version", "name", "workload_size", "workload_type",
+                        "scale_to_zero_enabled", "min_provisioned_concurrency", "max_provisioned_concurrency",
+                        "environment_vars", "optimization")
+
+
+def _entity_changes(opts: dict[str, Any]) -> dict[str, Any]:
+    """The entity fields the options set (all but --model, --version and --served-name)."""
+    entity: dict[str, Any] = {}
+    if opts["workload_size"]:
+        entity["workload_size"] = opts["workload_size"].capitalize()
+    if opts["scale_to_zero"] is not None:
+        entity["scale_to_zero_enabled"] = opts["scale_to_zero"]
+    if opts["min_concurrency"] is not None:
+        entity["min_provisioned_concurrency"] = opts["min_concurrency"]
+    if opts["max_concurrency"] is not None:
+        entity["max_provisioned_concurrency"] = opts["max_concurrency"]
+    if opts["concurrency"] is not None:
+        entity["autoscaling"] = {"container_concurrency": opts["concurrency"]}
+    if opts["env"]:
+        entity["environment_vars"] = _key_values(opts["env"], "--env")
+    if opts["optimization"] is not None:
+        entity["optimization"] = opts["optimization"].lower()
+    return entity
+
+
+def config_from_current(client: GatewayClient, name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint's current config with the options' changes to one served entity (--served-name, or
+    the only one): ``update NAME --scale-to-zero`` needs no --model."""
+    from autoscaler.spec import AutoscalingSpec
+
+    changes = _entity_changes(opts)
+    if not changes:
+        raise click.UsageError("nothing to change: give --model, --json/--file, or a setting to change")
+    endpoint = client.call("GET", f"{API}/{name}")
+    config = endpoint.get("pending_config") or endpoint.get("config") or {}
+    entities = config.get("served_entities", [])
+    names = [entity["name"] for entity in entities]
+    target = opts["served_name"]
+    if target is None:
+        if len(entities) != 1:
+            raise click.UsageError(f"endpoint {name} serves {', '.join(names)}: name one with --served-name")
+        target = names[0]
+    elif target not in names:
+        raise click.UsageError(f"endpoint {name} has no served entity {target} (it has {', '.join(names)})")
+    # JSON has lists where the spec has tuples (prewarm): compare them as lists.
+    defaults = {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(AutoscalingSpec()).items()}
+    rebuilt = []
+    for entity in entities:
+        given = {key: entity[key] for key in _ENTITY_INPUT_FIELDS if entity.get(key) is not None}
+        # The view shows the effective autoscaling settings: send back only those not at their default.
+        autoscaling = {key: value for key, value in (entity.get("autoscaling") or {}).items()
+                       if key in defaults and not key.startswith("_") and value != defaults[key]
+                       and key not in ("scale_to_zero_enabled", "min_provisioned_concurrency",
+                                       "max_provisioned_concurrency", "workload_size")}
+        if autoscaling:
+            given["autoscaling"] = autoscaling
+        if entity["name"] == target:
+            autoscaling_change = changes.get("autoscaling", {})
+            given.update({key: value for key, value in changes.items() if key != "autoscaling"})
+            if autoscaling_change:
+                given["autoscaling"] = {**given.get("autoscaling", {}), **autoscaling_change}
+        rebuilt.append(given)
+    body: dict[str, Any] = {"served_entities": rebuilt}
+    if config.get("traffic_config"):
+        routes = [{"served_entity_name": route["served_entity_name"],
+                   "traffic_percentage": route["traffic_percentage"]}
+                  for route in config["traffic_config"].get("routes", [])]
+        body["traffic_config"] = {"routes": routes}
+    return body
+
+
 def config_from_options(opts: dict[str, Any]) -> dict[str, Any]:
     if opts["json_text"] is not None or opts["json_file"] is not None:
         if opts["model_uri"]:
@@ -77,20 +151,7 @@ def config_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         entity["entity_version"] = opts["model_version"]
     if opts["served_name"]:
         entity["name"] = opts["served_name"]
-    if opts["workload_size"]:
-        entity["workload_size"] = opts["workload_size"].capitalize()
-    if opts["scale_to_zero"] is not None:
-        entity["scale_to_zero_enabled"] = opts["scale_to_zero"]
-    if opts["min_concurrency"] is not None:
-        entity["min_provisioned_concurrency"] = opts["min_concurrency"]
-    if opts["max_concurrency"] is not None:
-        entity["max_provisioned_concurrency"] = opts["max_concurrency"]
-    if opts["concurrency"] is not None:
-        entity["autoscaling"] = {"container_concurrency": opts["concurrency"]}
-    if opts["env"]:
-        entity["environment_vars"] = _key_values(opts["env"], "--env")
-    if opts["optimization"] is not None:
-        entity["optimization"] = opts["optimization"].lower()
+    entity.update(_entity_changes(opts))
     return {"served_entities": [entity]}
 
 
@@ -159,8 +220,13 @@ def create(client: GatewayClient, output: str, name: str, tag: tuple[str, ...], 
 @entity_options
 @gateway_options
 def update(client: GatewayClient, output: str, name: str, **opts: Any) -> None:
-    """Replace the config of endpoint NAME (zero-downtime rollout)."""
-    endpoint = client.call("PUT", f"{API}/{name}/config", config_from_options(opts))
+    """Replace the config of endpoint NAME (zero-downtime rollout). Without --model or --json/--file,
+    change settings of its served entity (--served-name when it has several) and keep the rest."""
+    if opts["model_uri"] is None and opts["json_text"] is None and opts["json_file"] is None:
+        config = config_from_current(client, name, opts)
+    else:
+        config = config_from_options(opts)
+    endpoint = client.call("PUT", f"{API}/{name}/config", config)
     _finish(client, endpoint, output, opts["wait"], opts["timeout"])
 
 

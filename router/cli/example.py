@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -54,23 +55,48 @@ def example_config(model_dir: Path) -> dict[str, Any]:
     }
 
 
+# The example's query token, kept (owner-only) beside the state so that a restart prints the same one:
+# saved curls and scripts keep working. It may query the example endpoint and nothing else.
+EXAMPLE_TOKEN_FILE = "example-query-token"
+
+
 def example_query_token(gateway: Any) -> str | None:
-    """A fresh CAN_QUERY token for the example endpoint (earlier example tokens are revoked), or None
-    when auth is off."""
+    """The CAN_QUERY token for the example endpoint: the one an earlier start printed while it still
+    works, else a new one (earlier example tokens are revoked); None when auth is off."""
     from router.auth.permissions import AclEntry
     from router.auth.types import PermissionLevel
 
     front_door = gateway.front_door
     if not front_door.auth_enabled:
         return None
-    for info in front_door.tokens.list():
-        if info.principal == EXAMPLE_PRINCIPAL and info.comment == _TOKEN_COMMENT:
-            front_door.tokens.revoke(info.token_id)
-    token, _ = front_door.tokens.create(EXAMPLE_PRINCIPAL, comment=_TOKEN_COMMENT)
+    saved = gateway.settings.home / EXAMPLE_TOKEN_FILE
+    token = _read_saved(saved)
+    principal = front_door.tokens.authenticate(token) if token else None
+    if token is None or principal is None or principal.name != EXAMPLE_PRINCIPAL:
+        for info in front_door.tokens.list():
+            if info.principal == EXAMPLE_PRINCIPAL and info.comment == _TOKEN_COMMENT:
+                front_door.tokens.revoke(info.token_id)
+        token, _ = front_door.tokens.create(EXAMPLE_PRINCIPAL, comment=_TOKEN_COMMENT)
+        _save_owner_only(saved, token)
     record = gateway.store.get(EXAMPLE_ENDPOINT)
     entry = AclEntry("service_principal_name", EXAMPLE_PRINCIPAL, PermissionLevel.CAN_QUERY)
     front_door.permissions.update(record.id, [entry])
     return str(token)
+
+
+def _read_saved(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _save_owner_only(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+    os.replace(partial, path)
 
 
 async def deploy_example(gateway: Any, timeout_s: float = 300.0) -> list[str]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -135,6 +136,8 @@ async def test_logs_metrics_openapi_and_events(harness: Harness) -> None:
     assert "fake replica" in logs.json()["logs"]
     build = await harness.client.get(f"{API}/ep/served-models/propensity-1/build-logs")
     assert "model file:///models/propensity" in build.json()["logs"]
+    # Each event with a UTC time a person can read, not epoch milliseconds.
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S", build.json()["logs"], re.M)
     missing = await harness.client.get(f"{API}/ep/served-models/nope/logs")
     assert missing.status_code == 404
 

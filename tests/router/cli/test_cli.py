@@ -95,9 +95,33 @@ def test_errors_are_one_clear_line_and_exit_nonzero(
     assert "Traceback" not in result.output
 
 
+def test_update_changes_a_setting_without_repeating_the_model(
+    gateway: GatewayProcess, model_uri: str
+) -> None:
+    created = run(gateway, "endpoints", "create", "upd-ep", "--model", model_uri, "--version", "1",
+                  "--no-scale-to-zero", "--concurrency", "8")
+    assert created.exit_code == 0, created.output
+    updated = as_json(run(gateway, "endpoints", "update", "upd-ep", "--scale-to-zero", "--no-wait",
+                          "-o", "json"))
+    entity = (updated.get("pending_config") or updated["config"])["served_entities"][0]
+    assert entity["scale_to_zero_enabled"] is True
+    assert entity["entity_name"] == model_uri and entity["entity_version"] == "1"
+    assert entity["autoscaling"]["container_concurrency"] == 8  # the other settings are kept
+    nothing = run(gateway, "endpoints", "update", "upd-ep")
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    other = run(gateway, "endpoints", "update", "upd-ep", "--served-name", "nope", "--scale-to-zero")
+    assert other.exit_code == 2 and "has no served entity nope" in other.output
+    assert run(gateway, "endpoints", "delete", "upd-ep").exit_code == 0
+
+
 def test_bad_token_and_unreachable_gateway(gateway: GatewayProcess) -> None:
     denied = run(gateway, "endpoints", "list", token="zs_0000000000000000_wrong")
     assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.output
+    assert "the token was not accepted (wrong, revoked or expired): check ZEROSERVE_TOKEN" in denied.output
+    # No token at all: the CLI says what to set, not which HTTP header to send.
+    anonymous = run(gateway, "endpoints", "list", token="")
+    assert anonymous.exit_code == 1
+    assert "no token given: set ZEROSERVE_TOKEN or pass --token" in anonymous.output
     env = {"ZEROSERVE_URL": "http://127.0.0.1:9", "ZEROSERVE_TOKEN": ADMIN_TOKEN}
     unreachable = CliRunner().invoke(cli, ["status"], env=env)
     assert unreachable.exit_code == 1 and "cannot reach the gateway" in unreachable.output
