@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="DIR",
                         help="also run the gateway from this source tree (a checkout of an earlier commit)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--verbose", action="store_true", help="print each real run's scaling decisions")
     args = parser.parse_args(argv)
     rate = args.rate or (25.0 if args.quick else 40.0)
     burst_s = args.burst_s or (15.0 if args.quick else 40.0)
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
                 lines.append(f"{'real, ' + label:<36} failed: {error}")
                 continue
         lines += _rows(label, run, spec, burst_at, len(warm), simulate=tree is None)
+        if args.verbose:
+            first_ms = min(at for at, *_ in run.decisions) if run.decisions else 0
+            print(f"scaling decisions, real, {label} (seconds from the first):")
+            for at_ms, before, after, reason in sorted(run.decisions):
+                print(f"  {(at_ms - first_ms) / 1000:8.2f}  {before} -> {after}  {reason}")
     print(header)
     print("-" * len(header))
     print("\n".join(lines))
