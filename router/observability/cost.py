@@ -83,6 +83,9 @@ class _Account:
     since: float  # monotonic seconds of the last observation
     replica_seconds: float = 0.0
     cost: float = 0.0
+    # Inferences answered by earlier gateway processes (saved with the totals): cost per 1,000
+    # inferences divides the whole cost by the whole count, not by this process's alone.
+    carried_inferences: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +201,26 @@ class CostLedger:
         account = self._accounts.get(key)
         return account.cost if account else 0.0
 
-    # Totals survive a gateway restart (the state they describe does too); counts at the moment of
-    # saving do not: after a restart the autoscaler's sampling says what runs.
-    def save(self, path: Path) -> None:
+    def entities(self) -> list[EntityKey]:
+        return list(self._accounts)
+
+    def carried_inferences(self, key: EntityKey) -> int:
+        """Inferences of ``key`` answered before this process began (restored by ``load``)."""
+        account = self._accounts.get(key)
+        return account.carried_inferences if account else 0
+
+    # Totals survive a gateway restart (the state they describe does too): replica-seconds, cost and
+    # the inferences they bought, together, so that cost per 1,000 inferences means the same after a
+    # restart. Replica counts at the moment of saving do not: the autoscaler's sampling says what runs.
+    def save(self, path: Path, inferences: Mapping[EntityKey, int] | None = None) -> None:
+        """Write the totals; ``inferences``: each entity's inferences answered by this process."""
+        answered = inferences or {}
         data: dict[str, Any] = {
             f"{key.endpoint}/{key.served_entity}": {
                 "workload_type": account.workload_type,
                 "replica_seconds": account.replica_seconds,
                 "cost": account.cost,
+                "inferences": account.carried_inferences + answered.get(key, 0),
             }
             for key, account in self._accounts.items()
         }
@@ -224,8 +239,9 @@ class CostLedger:
         for name, saved in entities.items():
             endpoint, _, served_entity = name.partition("/")
             try:
-                account = _Account(str(saved["workload_type"]), 0, now,
-                                   float(saved["replica_seconds"]), float(saved["cost"]))
+                # "inferences" is absent from files written before it was kept: 0 (as it was).
+                account = _Account(str(saved["workload_type"]), 0, now, float(saved["replica_seconds"]),
+                                   float(saved["cost"]), int(saved.get("inferences", 0)))
             except (KeyError, TypeError, ValueError):
                 continue
             self._accounts[EntityKey(endpoint, served_entity)] = account

@@ -202,8 +202,12 @@ class Observability:
         return replica_counts(status) if status is not None else ReplicaCounts(0, 0, 0, 0)
 
     def inferences(self, keys: Sequence[EntityKey]) -> int:
-        """Requests a model answered successfully (2xx): what "cost per 1,000 inferences" divides by."""
-        return sum(by_class(self.hub.requests(key).by_status)["2xx"] for key in keys)
+        """Requests a model answered successfully (2xx), earlier gateway processes' included: what "cost
+        per 1,000 inferences" divides by."""
+        return sum(self._answered(key) + self.ledger.carried_inferences(key) for key in keys)
+
+    def _answered(self, key: EntityKey) -> int:
+        return by_class(self.hub.requests(key).by_status)["2xx"]
 
     def entity_cost(self, key: EntityKey) -> dict[str, Any]:
         """The ``cost`` extension object of a served entity's state."""
@@ -211,7 +215,9 @@ class Observability:
 
     def endpoint_cost(self, endpoint: str) -> dict[str, Any]:
         """The ``cost`` extension object of an endpoint's state (its entities summed)."""
-        keys = self.hub.entities(endpoint)
+        # The ledger's entities too: right after a restart it holds totals the hub has not seen yet.
+        keys = list(dict.fromkeys([*self.hub.entities(endpoint),
+                                   *(key for key in self.ledger.entities() if key.endpoint == endpoint)]))
         summary = self.ledger.endpoint_summary(endpoint)
         return cost_fields(summary, self.inferences(keys), self.ledger.currency)
 
@@ -270,7 +276,8 @@ class Observability:
             return
         self.ledger.settle(self.clock.now())
         try:
-            self.ledger.save(self._cost_path)
+            answered = {key: self._answered(key) for key in self.ledger.entities()}
+            self.ledger.save(self._cost_path, answered)
         except OSError as error:
             logger.warning("could not save accumulated cost to %s: %s", self._cost_path, error)
 

@@ -160,3 +160,26 @@ async def test_capture_follows_the_catalog(harness: Harness) -> None:
     await harness.run_for(1)
     assert harness.observability.tables.enabled("burst")
     assert not harness.observability.tables.enabled("idle")
+
+
+async def test_cost_replica_seconds_and_inferences_survive_a_restart_together(
+    harness: Harness, tmp_path: Path
+) -> None:
+    await harness.run_for(100)
+    for _ in range(500):
+        harness.stats.record(FLOOR, 200, 0.01)
+    before = harness.observability.endpoint_cost("floor")
+    assert before["inferences"] == 500
+    await harness.observability.close()  # saves the totals, as a gateway shutting down does
+
+    # A new gateway process: nothing answered yet in this one.
+    restarted = Observability(settings=ObservabilitySettings(), cost_settings=PRICES, stats=DataPlaneStats(),
+                              state_dir=tmp_path, clock=harness.clock)
+    restarted.bind(catalog=harness.catalog, autoscaler=harness.scaler)
+    after = restarted.endpoint_cost("floor")
+    assert after["replica_seconds"] == pytest.approx(before["replica_seconds"], rel=1e-3)
+    assert after["total"] == pytest.approx(before["total"], rel=1e-3)
+    # Cost per 1,000 inferences means the same after a restart: the count came back with the cost.
+    assert after["inferences"] == 500
+    assert after["per_1k_inferences"] == pytest.approx(before["per_1k_inferences"], rel=1e-3)
+    await restarted.close()
