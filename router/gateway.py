@@ -37,6 +37,7 @@ from router.api.openapi import gateway_openapi
 from router.auth.access import FrontDoorAccess
 from router.auth.directory import StoreDirectory
 from router.auth.frontdoor import FrontDoor
+from router.auth.middleware import DATABRICKS_DISCOVERY
 from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
 from router.db import Database
@@ -157,6 +158,7 @@ class Gateway:
             *dashboard_routes(self.observability),
             *self.mcp.routes(),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route(DATABRICKS_DISCOVERY, self.databricks_discovery, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
@@ -215,6 +217,11 @@ class Gateway:
     async def healthz(self, request: Request) -> Response:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
+
+    async def databricks_discovery(self, request: Request) -> Response:
+        """The Databricks SDK's host metadata: a self-hosted gateway has no account, workspace id or OIDC
+        issuer, so the SDK keeps the configuration it was given (host and token) and stays quiet."""
+        return JSONResponse({})
 
     async def readyz(self, request: Request) -> Response:
         """Readiness: state restored, endpoints re-applied."""

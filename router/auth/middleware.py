@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
     from router.auth.tokens import TokenStore
 
-ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz"})
+# The Databricks SDK asks its host for discovery metadata without a token when a client is created (and
+# warns on any failure, 401 or 404 alike): public, and it says nothing but that there is nothing to say.
+DATABRICKS_DISCOVERY = "/.well-known/databricks-config"
+ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz", DATABRICKS_DISCOVERY})
 V2_HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 

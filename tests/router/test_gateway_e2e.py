@@ -4,6 +4,7 @@ Databricks SDK, serving models kept in an S3-compatible store (moto) through rea
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +63,18 @@ def served_entity(uri: str, version: str, name: str, **fields: Any) -> Any:
 
     return ServedEntityInput(entity_name=uri, entity_version=version, name=name, workload_size="Small",
                              scale_to_zero_enabled=False, **fields)
+
+
+def test_the_databricks_sdk_creates_a_client_without_a_warning(
+    gateway: GatewayProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SDK asks /.well-known/databricks-config, without a token, on every client creation and warns
+    # when that fails (401 and 404 alike): the gateway answers it publicly with nothing to add.
+    with caplog.at_level(logging.DEBUG, logger="databricks.sdk"):
+        client = sdk(gateway)
+        assert client.config.host == gateway.url
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
+    assert httpx.get(f"{gateway.url}/.well-known/databricks-config", timeout=10).json() == {}
 
 
 def test_databricks_sdk_lifecycle(gateway: GatewayProcess, model_store: ModelStore) -> None:
