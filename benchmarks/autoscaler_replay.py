@@ -99,12 +99,15 @@ def start_gateway(home: Path, tree: Path | None) -> tuple[subprocess.Popen[bytes
     home.mkdir(parents=True)
     env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN}
     if tree is not None:
-        # The gateway, and the replicas it starts (they inherit the environment), from that tree.
+        # The gateway, and the replicas it starts (they inherit environment and working directory),
+        # from that tree: first on the path, and the working directory too, which `python -c` and
+        # `python -m` put before everything (this checkout would win otherwise).
         env["PYTHONPATH"] = str(tree.resolve())
     env.pop("ZEROSERVE_URL", None)
     log = open(home / "gateway.log", "ab")  # noqa: SIM115 - the process keeps it; closed with the process
     process = subprocess.Popen([sys.executable, "-c", _CLI, "serve", "--host", "127.0.0.1", "--port", "0"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+                               env=env, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=tree.resolve() if tree is not None else None)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
