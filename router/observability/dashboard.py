@@ -37,6 +37,9 @@ _ASSETS = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/dashboard/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    # Browsers ask for /favicon.ico on their own, without a token: answer it (401 read as a fault).
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 DASHBOARD_PUBLIC_PATHS = frozenset(_ASSETS)
 

@@ -122,6 +122,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/dashboard"): Row(Need.PUBLIC, 200),  # static page and assets; the data needs a token
     ("GET", "/dashboard/dashboard.js"): Row(Need.PUBLIC, 200),
     ("GET", "/dashboard/dashboard.css"): Row(Need.PUBLIC, 200),
+    ("GET", "/dashboard/favicon.svg"): Row(Need.PUBLIC, 200),
+    ("GET", "/favicon.ico"): Row(Need.PUBLIC, 200),  # browsers ask for it without a token
     # MCP: any token may talk to it; which tools it lists and runs is decided per endpoint inside.
     ("POST", "/mcp"): Row(Need.TOKEN, 400, body={}),  # not JSON-RPC
     # Without text/event-stream in Accept the stream is refused instead of held open.
@@ -129,6 +131,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("DELETE", "/mcp"): Row(Need.TOKEN, 405),  # stateless: no sessions to end
     ("GET", "/healthz"): Row(Need.PUBLIC, 200),
     ("GET", "/readyz"): Row(Need.PUBLIC, 200),
+    ("GET", "/.well-known/databricks-config"): Row(Need.PUBLIC, 200),  # the SDK asks it without a token
     ("GET", "/openapi.json"): Row(Need.TOKEN, 200),
 }
 
