@@ -168,9 +168,14 @@ def _no_data(
     # apply, so a new entity with a reserved floor of 2 starts its 2 replicas before any traffic (and
     # a scheduled warm-up its replicas before its first request).
     desired = min(max(state.desired, spec.floor_replicas), spec.ceiling_replicas)
-    why: list[Why] = [("no data ({}): hold {}", (window.reason, state.desired))]
-    if desired != state.desired:
-        why.append(("floor {}, ceiling {} -> {}", (spec.floor_replicas, spec.ceiling_replicas, desired)))
+    why: list[Why] = [("no traffic reported yet: holding {}", (state.desired,))]
+    if desired > state.desired and spec.min_provisioned_concurrency > 0:
+        why.append(("reserved capacity of {} concurrent requests keeps {} -> {}",
+                    (spec.min_provisioned_concurrency, desired, desired)))
+    elif desired > state.desired:
+        why.append(("scale to zero is off, so {} stays up -> {}", (desired, desired)))
+    elif desired < state.desired:
+        why.append(("at most {} (max provisioned concurrency) -> {}", (spec.ceiling_replicas, desired)))
     desired = _prewarm(desired, scheduled, why)
     return Decision(desired, state.desired, tuple(why)), state._replace(desired=desired)
 

@@ -12,9 +12,9 @@ const CHARTS = [
   { id: "latency", title: "latency", unit: "ms",
     lines: [{ field: "p50_ms", label: "p50", color: "#3ecf8e" },
             { field: "p99_ms", label: "p99", color: "#f5b942" }] },
-  { id: "errors", title: "error rate", unit: "%", scale: 100,
-    lines: [{ field: "error_rate", label: "5xx", color: "#ff6b6b" },
-            { field: "client_error_rate", label: "4xx", color: "#c792ea" }] },
+  { id: "errors", title: "errors, % of requests", unit: "%", scale: 100,
+    lines: [{ field: "error_rate", label: "server (5xx)", color: "#ff6b6b" },
+            { field: "client_error_rate", label: "client (4xx)", color: "#c792ea" }] },
   { id: "replicas", title: "replicas", unit: "", step: true, integer: true,
     lines: [{ field: "replicas_desired", label: "desired", color: "#8593a3" },
             { field: "replicas_ready", label: "ready", color: "#3ecf8e", area: true }] },
@@ -99,11 +99,22 @@ function fmtTime(seconds) {
 
 class AuthError extends Error {}
 
+// The axis says its unit: "250 ms", "1.5 s", "12%", "$0.02" — never a bare "5.4k".
+function fmtAxis(chart, value) {
+  if (chart.unit === "money") return fmtMoney(value);
+  if (chart.unit === "ms") return value >= 1000 ? (value / 1000).toFixed(1) + " s" : fmtNumber(value, 1) + " ms";
+  if (chart.unit === "%") return fmtNumber(value, 1) + "%";
+  return fmtNumber(value, chart.integer ? 0 : 1);
+}
+
 async function api(path) {
   // Without a token the gateway may still answer (local --insecure-no-auth mode); a 401 asks for one.
   const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
   const response = await fetch(path, { headers, cache: "no-store" });
-  if (response.status === 401) throw new AuthError("the token was not accepted");
+  if (response.status === 401) {
+    // Asked without a token (a first visit): sign in, no error. With one: say it was refused.
+    throw new AuthError(state.token ? "the token was not accepted (wrong, revoked or expired)" : "");
+  }
   if (!response.ok) {
     let message = response.status + " " + response.statusText;
     try { message = (await response.json()).message || message; } catch (_) { /* not JSON */ }
@@ -186,8 +197,7 @@ function drawChart(chart, times, series, windowStart, windowEnd) {
     const py = top + (1 - i / 3) * (height - top - bottom);
     grid.append(svg("line", { x1: left, x2: width - right, y1: py, y2: py }));
     const label = svg("text", { x: left - 4, y: py + 3, "text-anchor": "end" });
-    label.textContent = chart.unit === "money" ? fmtMoney(value)
-      : fmtNumber(value, chart.integer ? 0 : 1) + (chart.unit === "%" ? "%" : "");
+    label.textContent = fmtAxis(chart, value);
     axis.append(label);
   }
   for (const fraction of [0, 0.5, 1]) {
@@ -213,11 +223,15 @@ function drawChart(chart, times, series, windowStart, windowEnd) {
       points += data.filter((v) => v === 0).length;
       continue;
     }
-    // Split into runs of non-null values so that gaps (no traffic, no data) stay gaps.
+    // Runs of non-null values: a gap of one step (a sample that came late) is bridged, a longer one
+    // (no traffic, no data) stays a gap. A value on its own is a dot, not a speck of line.
     const runs = [];
     let run = [];
+    let missing = 0;
     data.forEach((value, index) => {
-      if (value === null || value === undefined) { if (run.length) runs.push(run); run = []; return; }
+      if (value === null || value === undefined) { missing += 1; return; }
+      if (missing > 1 && run.length) { runs.push(run); run = []; }
+      missing = 0;
       points += 1;
       const px = x(times[index]), py = y(value);
       if (chart.step && run.length) run.push([px, run[run.length - 1][1]]);
@@ -225,14 +239,18 @@ function drawChart(chart, times, series, windowStart, windowEnd) {
     });
     if (run.length) runs.push(run);
     for (const segment of runs) {
+      if (segment.length === 1) {
+        root.append(svg("circle", { class: "dot", fill: line.color, r: 2.5,
+          cx: segment[0][0].toFixed(1), cy: segment[0][1].toFixed(1) }));
+        continue;
+      }
       const d = segment.map(([px, py], i) => (i ? "L" : "M") + px.toFixed(1) + "," + py.toFixed(1)).join("");
-      if (line.area && segment.length > 1) {
+      if (line.area) {
         const base = y(0).toFixed(1);
         root.append(svg("path", { class: "area", fill: line.color,
           d: d + `L${segment[segment.length - 1][0].toFixed(1)},${base}L${segment[0][0].toFixed(1)},${base}Z` }));
       }
-      root.append(svg("path", { class: "line", stroke: line.color, d: segment.length > 1 ? d :
-        d + "h1.5" }));
+      root.append(svg("path", { class: "line", stroke: line.color, d }));
     }
   }
   if (!points) {
@@ -318,6 +336,7 @@ function schedule() {
 
 function showLogin(message) {
   $("main").hidden = true;
+  $("controls").hidden = true;
   $("login").hidden = false;
   $("login-error").hidden = !message;
   $("login-error").textContent = message || "";
@@ -327,6 +346,7 @@ function showLogin(message) {
 function showMain() {
   $("login").hidden = true;
   $("main").hidden = false;
+  $("controls").hidden = false;
 }
 
 $("login-form").addEventListener("submit", (event) => {

@@ -330,7 +330,12 @@ NO_DATA_CASES = [
 def test_no_data_is_no_change(state: PolicyState, spec: AutoscalingSpec, want: int) -> None:
     decision, next_state = decide(NoData(), spec, state, NOW, Fleet(ready=state.desired))
     assert decision.desired == want == next_state.desired
-    assert decision.reason.startswith("no data (no concurrency reports yet): hold")
+    assert decision.reason.startswith("no traffic reported yet: holding")
+    # Said in the user's terms: why a replica runs before any request came.
+    if want > state.desired:
+        assert ("reserved capacity" in decision.reason) is (spec.min_provisioned_concurrency > 0)
+        assert ("scale to zero is off" in decision.reason) is (spec.min_provisioned_concurrency == 0)
+    assert "None" not in decision.reason and not decision.reason.endswith(" 0 -> 0")
     assert decision.changed is (want != state.desired)
 
 

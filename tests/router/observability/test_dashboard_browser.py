@@ -4,7 +4,8 @@ traffic went through the real data plane, signs in with a token, and finds every
 The gateway here is assembled in the test from the real parts (data plane, activator, autoscaler loop,
 observability, token middleware) around a loopback HTTP replica; the autoscaler's backend is a small
 stand-in that hands out that replica instead of starting processes (the end-to-end gateway test covers
-real replica processes). A screenshot is kept in ``artifacts/dashboard.png``.
+real replica processes). Screenshots are kept in ``artifacts/``: ``dashboard-sign-in.png`` (a first
+visit) and ``dashboard.png`` (signed in, after traffic).
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ def drive_browser(url: str, token: str) -> dict[str, object]:
         wait = WebDriverWait(driver, 30)
         driver.get(f"{url}/dashboard")
         wait.until(expected_conditions.visibility_of_element_located((By.ID, "token")))
+        # A first visit, no token given yet: a sign-in form and nothing else — no error, no empty table,
+        # no buttons that act on a session there is not.
+        first_visit = driver.execute_script("""
+            const shown = (id) => getComputedStyle(document.getElementById(id)).display !== 'none';
+            return {error: shown('login-error'), main: shown('main'), controls: shown('controls'),
+                    placeholder: document.getElementById('token').placeholder,
+                    status: document.getElementById('status').innerText};
+        """)
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "dashboard-sign-in.png"))
         driver.find_element(By.ID, "token").send_keys(token)
         driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
         wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, FRAUD_ROW)))
@@ -121,7 +132,10 @@ def drive_browser(url: str, token: str) -> dict[str, object]:
             }
             const row = document.querySelector('tr[data-endpoint="fraud"]');
             const reasons = document.getElementById('reasons').innerText;
-            return {points, row: row ? row.innerText : '', reasons};
+            const latencyAxis = [...document.querySelectorAll('figure[data-chart="latency"] g.axis text')]
+                .map((text) => text.textContent);
+            const header = document.querySelector('table.overview thead').innerText;
+            return {points, row: row ? row.innerText : '', reasons, latencyAxis, header};
         """
 
         last_seen: list[object] = []
@@ -140,8 +154,9 @@ def drive_browser(url: str, token: str) -> dict[str, object]:
         assert page is not None  # until() returns only a true value
         stored = driver.execute_script("return sessionStorage.getItem('zeroserve.token')")
         paths = driver.execute_script("return document.querySelectorAll('figure.chart path.line').length")
-        ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+        favicon = driver.execute_script(
+            "return fetch('/favicon.ico').then((response) => response.status)")
         # The token outlives a reload (same tab), so the page goes straight to the data.
         driver.refresh()
         wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, FRAUD_ROW)))
@@ -149,8 +164,8 @@ def drive_browser(url: str, token: str) -> dict[str, object]:
         # The first load, before the token was given, gets 401s by design; anything else is a fault.
         errors = [entry for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"
                   and not (entry.get("source") == "network" and "status of 401" in str(entry.get("message")))]
-        return {**page, "stored": stored, "paths": paths,
-                "login_hidden": login_hidden, "errors": errors}
+        return {**page, "stored": stored, "paths": paths, "login_hidden": login_hidden, "errors": errors,
+                "first_visit": first_visit, "favicon": favicon}
     finally:
         driver.quit()
 
@@ -205,3 +220,12 @@ async def test_the_dashboard_shows_live_charts_after_traffic(tmp_path: Path) -> 
     assert "stable:" in str(result["reasons"]) or "panic:" in str(result["reasons"])
     assert int(str(result["paths"])) >= 5
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert result["first_visit"] == {"error": False, "main": False, "controls": False, "placeholder": "zs_…",
+                                     "status": "signed out"}
+    assert (ARTIFACTS / "dashboard-sign-in.png").stat().st_size > 5_000
+    assert result["favicon"] == 200
+    # The latency axis says its unit (time labels under the chart aside): "12.5 ms", "1.5 s", never "5.4k".
+    values = [label for label in result["latencyAxis"] if ":" not in label]  # type: ignore[attr-defined]
+    assert values and all(label.endswith((" ms", " s")) for label in values), values
+    # The overview's error column says what it counts.
+    assert "server errors" in str(result["header"]) and "5xx" in str(result["header"])
