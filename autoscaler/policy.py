@@ -84,9 +84,10 @@ class Decision(NamedTuple):
 
 _STABLE = "stable: {:.1f} concurrent over {:g} s, {} ready -> {}"
 _PANIC = "panic: {:.1f} concurrent over {:g} s, {} ready -> {}"
-_STABLE_RATE = "stable: {:.1f} req/s x {:.3g} ms = {:.1f} concurrent over {:g} s, {} ready -> {}"
-_PANIC_RATE = "panic: {:.1f} req/s x {:.3g} ms = {:.1f} concurrent over {:g} s, {} ready -> {}"
-_PANIC_DRAIN = ("panic: {:.1f} req/s x {:.3g} ms + {} queued drained in {:g} s = {:.1f} concurrent "
+# Rates and concurrency to three significant digits: 0.0167 req/s (one request a minute) is not "0.0".
+_STABLE_RATE = "stable: {:.3g} req/s x {:.3g} ms = {:.3g} concurrent over {:g} s, {} ready -> {}"
+_PANIC_RATE = "panic: {:.3g} req/s x {:.3g} ms = {:.3g} concurrent over {:g} s, {} ready -> {}"
+_PANIC_DRAIN = ("panic: {:.3g} req/s x {:.3g} ms + {} queued drained in {:g} s = {:.3g} concurrent "
                 "over {:g} s, {} ready -> {}")
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
@@ -295,8 +296,9 @@ def serve(
     from router.auth.tls import INSECURE_BANNER, insecure_bind_error
 
     security = security or SecuritySettings()
-    # Structured JSON logs, each line of a request carrying its x-request-id.
-    configure_logging(settings.log_level)
+    # Structured JSON logs, each line of a request carrying its x-request-id; plain lines at a terminal.
+    text = settings.log_format == "text" or (settings.log_format == "auto" and sys.stderr.isatty())
+    configure_logging(settings.log_level, text=text)
     if security.insecure_no_auth:
         refusal = insecure_bind_error(settings.host)
         if refusal is not None:

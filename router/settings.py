@@ -8,7 +8,7 @@ gateway when no ``--url`` is given.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,6 +28,9 @@ class GatewaySettings(BaseSettings):
     # Graceful shutdown: how long in-flight requests get to finish when the gateway stops.
     drain_timeout_s: float = Field(default=10.0, ge=0)
     log_level: str = "info"
+    # "json": one JSON object per line (for log collectors); "text": plain lines for a person; "auto":
+    # text when the gateway's stderr is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Host names clients reach the gateway under (comma-separated in the environment), e.g.
     # "serving.example.com" (any port) or "serving.example.com:8443"; "*" for any. /mcp answers only
     # these (DNS-rebinding protection); empty: loopback, the listen address and this machine's name.

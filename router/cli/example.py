@@ -121,11 +121,8 @@ async def deploy_example(gateway: Any, timeout_s: float = 300.0) -> list[str]:
     token = example_query_token(gateway)
     url = gateway.url or gateway.settings.local_url
     body = propensity_request(2)
-    lines = [f"[bold green]zeroserve is up[/] at {url}  (state in {home})"]
-    if gateway.admin_token:
-        lines.append(f"admin token (shown once, keep it): [bold]{gateway.admin_token}[/]")
-        lines.append(f"  export ZEROSERVE_TOKEN={gateway.admin_token}")
-    lines.append(f"endpoint [bold]{EXAMPLE_ENDPOINT}[/] is serving model {model_dir.as_uri()}")
+    # The URL and the admin token were printed when the gateway came up (router.cli.serve): not again.
+    lines = [f"endpoint [bold]{EXAMPLE_ENDPOINT}[/] is serving model {model_dir.as_uri()}"]
     if token:
         lines.append(f"query token for it (CAN_QUERY): {token}")
     lines.append("try it:")

@@ -68,6 +68,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {key: record.__dict__[key] for key in record.__dict__.keys() - _STANDARD_ATTRIBUTES}
+        # uvicorn's copy of the message with ANSI colour codes: noise in a log, the message has it all.
+        fields.pop("color_message", None)
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
@@ -190,14 +192,32 @@ class _BatchingStreamHandler(logging.StreamHandler):
 _handler: _BatchingStreamHandler | None = None
 
 
-def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> logging.Handler:
-    """Send every log line of the process to ``stream`` (stderr) as JSON; returns the handler."""
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: ``12:04:31 warning zeroserve.autoscaler: fraud/v3: ...``, the request
+    id in brackets when there is one. No extras, no colour codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        text = f"{clock} {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        if request_id is not None:
+            text += f" [{request_id}]"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging(
+    level: str | int = "INFO", *, stream: Any = None, text: bool = False
+) -> logging.Handler:
+    """Send every log line of the process to ``stream`` (stderr) as JSON, or as plain lines for a person
+    (``text``); returns the handler."""
     global _handler
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = _BatchingStreamHandler(stream or sys.stderr)
-    _handler.setFormatter(JsonFormatter())
+    _handler.setFormatter(TextFormatter() if text else JsonFormatter())
     atexit.register(flush_logging)
     root.addHandler(_handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

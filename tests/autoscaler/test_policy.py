@@ -603,16 +603,18 @@ DRAIN_CASES = [
          state=PolicyState(desired=1), panicking=True),
     Case("drain-aware-same-backlog", want=3, stable=5.0, panic=40.0, queued=34, ready=1,
          state=PolicyState(desired=1), stable_rate=20.0, panic_rate=60.0, service_s=0.1, panicking=True,
-         exact_reason="panic: 60.0 req/s x 100 ms + 34 queued drained in 5 s = 6.7 concurrent over 6 s, "
+         exact_reason="panic: 60 req/s x 100 ms + 34 queued drained in 5 s = 6.68 concurrent over 6 s, "
                       "1 ready -> 3"),
     Case("drain-aware-shorter-drain-time", want=4, stable=5.0, panic=40.0, queued=34, ready=1,
          state=PolicyState(desired=1), stable_rate=20.0, panic_rate=60.0, service_s=0.1,
          spec=replace(ROOMY, backlog_drain_s=1.0)),  # 6 + 34 x 0.1 / 1 = 9.4 -> 4
     Case("drain-aware-steady", want=3, stable=6.0, ready=3, state=PolicyState(desired=3), stable_rate=60.0,
          service_s=0.1, panicking=False,
-         exact_reason="stable: 60.0 req/s x 100 ms = 6.0 concurrent over 60 s, 3 ready -> 3"),
+         exact_reason="stable: 60 req/s x 100 ms = 6 concurrent over 60 s, 3 ready -> 3"),
     Case("drain-aware-up-on-the-panic-window", want=3, stable=2.0, ready=2, state=PolicyState(desired=2),
-         stable_rate=20.0, panic_rate=60.0, service_s=0.1, panicking=False, reason="panic: 60.0 req/s"),
+         stable_rate=20.0, panic_rate=60.0, service_s=0.1, panicking=False, reason="panic: 60 req/s"),
+    Case("one-request-a-minute-reads-as-such", want=1, stable=0.01, ready=1, state=PolicyState(desired=1),
+         stable_rate=1 / 60, service_s=0.05, reason="stable: 0.0167 req/s x 50 ms = 0.000833 concurrent"),
     Case("drain-aware-uses-rates-not-concurrency", want=1, stable=30.0, panic=30.0, ready=1,
          state=PolicyState(desired=1), stable_rate=10.0, service_s=0.1),  # 1 concurrent -> 1
     Case("kpa-holds-the-panic-peak", want=15, stable=3.0, panic=3.0, ready=15,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,3 +216,32 @@ def test_timestamps_are_utc_to_the_millisecond_across_second_boundaries() -> Non
     for _ in range(2):
         for created, text in expected.items():
             assert formatter._timestamp(created) == text
+
+
+def test_uvicorns_colour_copy_of_the_message_is_left_out() -> None:
+    record = logging.getLogger("uvicorn.error").makeRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (42,), None,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert entry["message"] == "Started server process [42]" and "color_message" not in entry
+
+
+def test_text_lines_for_a_person_at_a_terminal() -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream=stream, text=True)
+    try:
+        logging.getLogger("zeroserve.autoscaler").warning(
+            "fraud/v3: replica %s exited", "r1", extra={"color_message": "\x1b[31mred\x1b[0m"})
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("zeroserve.gateway").exception("tick failed")
+        flush_logging()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    expected = r"\d\d:\d\d:\d\d warning zeroserve\.autoscaler: fraud/v3: replica r1 exited"
+    assert re.fullmatch(expected, lines[0])
+    assert lines[1].endswith("error zeroserve.gateway: tick failed")
+    assert "RuntimeError: boom" in stream.getvalue()
+    assert "\x1b" not in stream.getvalue() and "{" not in lines[0]
