@@ -1,6 +1,7 @@
 """The example endpoint of ``zeroserve up --example``: a purchase-propensity model, trained locally the
 first time (``runtime.examples``), kept as a ``file://`` model under ``ZEROSERVE_HOME``, served by an
-endpoint with a floor of one replica so that the first query answers at once."""
+endpoint that scales to zero — the headline feature, shown: the deploy sends one query from zero and
+prints how long it took, and the banner says how long the endpoint idles before it goes back to zero."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from autoscaler.spec import AutoscalingSpec
 from router.api.lifecycle import ConfigUpdate
 
 EXAMPLE_ENDPOINT = "propensity"
@@ -49,7 +51,7 @@ def example_config(model_dir: Path) -> dict[str, Any]:
                 "entity_name": model_dir.as_uri(),
                 "entity_version": "1",
                 "workload_size": "Small",
-                "scale_to_zero_enabled": False,
+                "scale_to_zero_enabled": True,
             }
         ]
     }
@@ -82,6 +84,27 @@ def example_query_token(gateway: Any) -> str | None:
     entry = AclEntry("service_principal_name", EXAMPLE_PRINCIPAL, PermissionLevel.CAN_QUERY)
     front_door.permissions.update(record.id, [entry])
     return str(token)
+
+
+async def _timed_query(url: str, token: str | None, body: dict[str, Any], timeout_s: float) -> str:
+    """Query the example once and say how long the answer took (from zero: a cold start included)."""
+    import time
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    started = time.perf_counter()
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.post(f"{url}/serving-endpoints/{EXAMPLE_ENDPOINT}/invocations",
+                                         json=body, headers=headers)
+    except httpx.HTTPError as error:
+        return f"a first query failed: {error}"
+    elapsed_s = time.perf_counter() - started
+    if response.status_code != 200:
+        return f"a first query answered {response.status_code}: {response.text[:200]}"
+    return (f"its first query from zero just took {elapsed_s:.2f} s (a replica started for it; "
+            "`zeroserve status` shows the scaling)")
 
 
 def _read_saved(path: Path) -> str | None:
@@ -121,8 +144,15 @@ async def deploy_example(gateway: Any, timeout_s: float = 300.0) -> list[str]:
     token = example_query_token(gateway)
     url = gateway.url or gateway.settings.local_url
     body = propensity_request(2)
+    # One query from zero, timed: the replica it starts stays up for the newcomer's first curl, and the
+    # banner can say what a request after idling costs instead of promising it.
+    first = await _timed_query(url, token, body, timeout_s)
+    idle = AutoscalingSpec()
+    idle_s = idle.stable_window_s + idle.scale_to_zero_grace_s
     # The URL and the admin token were printed when the gateway came up (router.cli.serve): not again.
-    lines = [f"endpoint [bold]{EXAMPLE_ENDPOINT}[/] is serving model {model_dir.as_uri()}"]
+    lines = [f"endpoint [bold]{EXAMPLE_ENDPOINT}[/] is serving model {model_dir.as_uri()}",
+             f"  it scales to zero after {idle_s:g} s without traffic ({idle.stable_window_s:g} s window + "
+             f"{idle.scale_to_zero_grace_s:g} s grace); {first}"]
     if token:
         lines.append(f"query token for it (CAN_QUERY): {token}")
     lines.append("try it:")

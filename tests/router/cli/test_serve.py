@@ -76,6 +76,10 @@ def test_up_example_prints_a_working_query_that_survives_restarts(tmp_path: Path
         lines = first.lines
         assert re.search(r"zeroserve is up at http://127\.0\.0\.1:\d+", output)
         assert "admin token (shown once" in output
+        assert len(re.findall(r"zeroserve is up at", output)) == 1  # said once, not again by the example
+        # Scale to zero, shown: how long it idles, and what the first request from zero cost.
+        assert "it scales to zero after 90 s without traffic" in output
+        assert re.search(r"its first query from zero just took \d+\.\d\d s", output), output
         # Piped (not a terminal), the token lines must still be whole: one line each, pasteable.
         exports = [line.strip() for line in lines if "export ZEROSERVE_TOKEN" in line]
         assert exports and all(re.fullmatch(r"export ZEROSERVE_TOKEN=zs_\S{40,}", line) for line in exports)
