@@ -200,10 +200,16 @@ class DataPlane:
         raise NoCapacity("unreachable: the retry loop always returns or raises")
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, upstream_path: Callable[[EntityKey], str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream_path: Callable[[EntityKey], str],
+        answer: Callable[[UpstreamResponse, Scope], UpstreamResponse] | None = None,
     ) -> None:
         """Serve one query request (ASGI) for the endpoint named in the path; ``upstream_path`` gives the
-        replica's path for the chosen entity."""
+        replica's path for the chosen entity, ``answer`` (when given) what the client gets of the
+        replica's answer."""
         started = time.perf_counter()
         try:
             body = await _read_body(receive, self.max_body_bytes)
@@ -217,6 +223,8 @@ class DataPlane:
             response, entity = await self.query(scope, body, upstream_path, receive, started=started)
         except ClientGone:
             return
+        if answer is not None:
+            response = answer(response, scope)
         await _send_response(send, response, entity.served_entity)
 
     async def query(
@@ -537,11 +545,31 @@ class _Handler:
         await self._call(scope, receive, send)
 
 
-def _proxied(dataplane: DataPlane, upstream_path: Callable[[EntityKey], str]) -> _Handler:
+def _proxied(
+    dataplane: DataPlane,
+    upstream_path: Callable[[EntityKey], str],
+    answer: Callable[[UpstreamResponse, Scope], UpstreamResponse] | None = None,
+) -> _Handler:
     async def call(scope: Scope, receive: Receive, send: Send) -> None:
-        await dataplane.handle(scope, receive, send, upstream_path)
+        await dataplane.handle(scope, receive, send, upstream_path, answer)
 
     return _Handler(call)
+
+
+def _as_requested_model(response: UpstreamResponse, scope: Scope) -> UpstreamResponse:
+    """A replica's model metadata names the served entity it runs; the client asked for the endpoint's
+    model (``/v2/models/{name}``), and that is the name its OIP metadata must carry (tritonclient and
+    KServe clients check it). Which entity answered stays in the ``served-model-name`` header."""
+    if response.status != 200:
+        return response
+    try:
+        document = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return response
+    if not isinstance(document, dict) or "name" not in document:
+        return response
+    document["name"] = scope["path_params"]["name"]
+    return response._replace(body=orjson.dumps(document))
 
 
 def _v2_server_ready(_: Request) -> Response:
@@ -630,7 +658,7 @@ def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
     name is the endpoint name (and any version maps to the endpoint's current config)."""
     ready = _Handler(dataplane.handle_model_ready)
     model = dataplane.upstream_model_name
-    metadata = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}")
+    metadata = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}", _as_requested_model)
     infer = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}/infer")
     return [
         Route(

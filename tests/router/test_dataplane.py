@@ -194,7 +194,8 @@ async def test_open_inference_protocol_routes_map_the_endpoint_to_the_replica_mo
     assert infer.content == body  # binary tensor bytes untouched
     assert infer.headers["inference-header-content-length"] == str(len(header))
     assert infer.headers["x-path"] == "/v2/models/a/infer"
-    assert metadata.json() == {"name": "a"} and metadata.headers["served-model-name"] == "a"
+    # The model the client asked for, not the entity behind it (that one is in the header).
+    assert metadata.json() == {"name": "ep"} and metadata.headers["served-model-name"] == "a"
     assert ready.status_code == 200 and ready.headers["served-model-name"] == "a"
     assert server.status_code == 200
 

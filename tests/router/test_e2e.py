@@ -257,7 +257,7 @@ async def test_stock_tritonclient_infers_through_the_router(
 
         ready, metadata, probabilities = await asyncio.to_thread(call)
     assert ready
-    assert metadata["name"] == "a"
+    assert metadata["name"] == "ep"  # the model asked for (the endpoint), not the served entity
     assert probabilities.shape == (3, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
