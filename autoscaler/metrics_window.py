@@ -251,26 +251,30 @@ class MetricsWindow:
         # Only the part of the first bucket inside the window counts; areas and counts are assumed
         # spread evenly over a bucket (1 s against windows of 6 s and more).
         inside = min(1.0, ((first_index + 1) * BUCKET_S - start) / BUCKET_S)
+        # Four running sums written out rather than looped over: the loop reads two windows of every
+        # entity every tick (10,000 entities in well under 100 ms).
         if first_index - buckets[0][_INDEX] < buckets[-1][_INDEX] - first_index:
             # Most buckets are inside: the totals less what lies before the window.
-            sums = self._totals[:]
-            for bucket in buckets:
-                index = bucket[_INDEX]
+            _, area, served, arrivals, completions = self._totals
+            for index, bucket_area, bucket_served, bucket_arrivals, bucket_completions in buckets:
                 if index > first_index:
                     break
                 share = 1.0 if index < first_index else 1.0 - inside
-                for position in range(1, 5):
-                    sums[position] -= bucket[position] * share
-            return max(0.0, sums[1]), max(0.0, sums[2]), max(0.0, sums[3]), max(0.0, sums[4])
-        sums = [0.0, 0.0, 0.0, 0.0, 0.0]
-        for bucket in reversed(buckets):
-            index = bucket[_INDEX]
+                area -= bucket_area * share
+                served -= bucket_served * share
+                arrivals -= bucket_arrivals * share
+                completions -= bucket_completions * share
+            return max(0.0, area), max(0.0, served), max(0.0, arrivals), max(0.0, completions)
+        area = served = arrivals = completions = 0.0
+        for index, bucket_area, bucket_served, bucket_arrivals, bucket_completions in reversed(buckets):
             if index < first_index:
                 break
             share = inside if index == first_index else 1.0
-            for position in range(1, 5):
-                sums[position] += bucket[position] * share
-        return sums[1], sums[2], sums[3], sums[4]
+            area += bucket_area * share
+            served += bucket_served * share
+            arrivals += bucket_arrivals * share
+            completions += bucket_completions * share
+        return area, served, arrivals, completions
 
     def _integrate(self, level: _SourceLevel, until: float) -> None:
         """Add ``level`` held from ``level.since`` to ``until`` into the buckets it spans."""
