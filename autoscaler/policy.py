@@ -158,8 +158,11 @@ def _await_service_time(window: WindowReading, state: PolicyState, fleet: Fleet)
     # estimate takes over then. Only the first burst of an entity's life waits so: the service time is
     # remembered afterwards. The price: a first burst into a model that takes seconds per request
     # waits for those completions before more replicas start.
+    # Only while requests are waiting or running: an entity that served a handful and went quiet must
+    # still go back to zero (it may never see 8 completions).
     return (window.service_time_s is None and window.stable_arrival_rate is not None
-            and fleet.ready + fleet.starting > 0 and state.desired > 0)
+            and fleet.ready + fleet.starting > 0 and state.desired > 0
+            and (window.queued > 0 or window.current_concurrency > 0))
 
 
 def _no_data(

@@ -633,6 +633,11 @@ DRAIN_CASES = [
          state=PolicyState(desired=1), stable_rate=5.0, panic_rate=50.0, service_s=None,
          exact_reason="0 ready, 1 starting: holding 1 until the first requests served say how long one "
                       "takes"),
+    Case("a-few-requests-then-quiet-still-goes-to-zero", want=0, stable=0.0, panic=0.0, current=0.0,
+         ready=1, state=PolicyState(desired=1), stable_rate=0.05, service_s=None, last_busy_at=NOW - 200,
+         reason="scale to zero"),
+    Case("a-few-requests-then-quiet-scales-down", want=1, stable=0.0, panic=0.0, current=0.0, ready=3,
+         state=PolicyState(desired=3), stable_rate=0.05, service_s=None, last_busy_at=NOW - 10),
     Case("first-burst-without-counts-is-kpa", want=18, stable=2.0, panic=50.0, queued=50, starting=1,
          state=PolicyState(desired=1)),
     Case("cold-start-needs-no-service-time", want=1, stable=0.0, poked=True, stable_rate=0.0, service_s=None,
@@ -645,6 +650,26 @@ DRAIN_CASES = [
 @run_cases(DRAIN_CASES)
 def test_drain_aware_estimate(case: Case) -> None:
     expect_decision(case)
+
+
+def test_scenario_one_request_then_idle_goes_back_to_zero() -> None:
+    """One request, so never enough completions for a service time: the entity still scales to zero
+    (the wait for a service time holds a burst, not an idle replica)."""
+    spec = replace(ROOMY, stable_window_s=2.0, scale_to_zero_grace_s=0.0)
+    window = MetricsWindow(retention_s=spec.stable_window_s, sample_ttl_s=10.0)
+    window.report(0.0, in_flight=0, queued=1, arrivals=1, completions=0)
+    window.poke(0.0)
+    decision, state = decide(window.reading(0.0, 2.0, 0.2), spec, PolicyState(), 0.0, Fleet(0))
+    window.clear_poke()
+    assert decision.desired == 1
+    window.report(0.5, in_flight=1, queued=0, arrivals=1, completions=0)
+    window.report(0.6, in_flight=0, queued=0, arrivals=1, completions=1)
+    now = 0.6
+    for _ in range(10):
+        now += 1.0
+        window.report(now, in_flight=0, queued=0, arrivals=1, completions=1)
+        decision, state = decide(window.reading(now, 2.0, 0.2), spec, state, now, Fleet(state.desired))
+    assert state.desired == 0, decision.reason
 
 
 def test_drain_aware_panic_memory_stays_bounded() -> None:
