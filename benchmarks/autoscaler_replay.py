@@ -219,12 +219,17 @@ def real_run(scratch: Path, service_ms: float, stable_window_s: float, warm_offs
             run.cold_start_s = max(0.0, first.latency_s - service_ms / 1000)
             return run, spec, burst_at
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gateway(process)
+
+
+def stop_gateway(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the gateway drains and stops its replicas), SIGKILL if it is not gone in a minute."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def poisson(rate: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:

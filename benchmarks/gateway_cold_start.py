@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.autoscaler_replay import admin_client, start_gateway
+from benchmarks.autoscaler_replay import admin_client, start_gateway, stop_gateway
 
 
 @contextmanager
@@ -43,12 +41,7 @@ def gateway(home: Path, preload: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gateway(process)
 
 
 def at_zero(client: httpx.Client, timeout_s: float = 60.0) -> None:
