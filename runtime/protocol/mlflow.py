@@ -37,6 +37,11 @@ def media_type(content_type: str | None) -> str:
     return kind
 
 
+# orjson refuses deeper documents; Python's json would recurse until RecursionError. No model input is
+# nested anywhere near this deep: a body that is, is refused as such (400), never a 500.
+MAX_JSON_NESTING = 1024
+
+
 def loads(body: bytes) -> Any:
     """Parse JSON; NaN and Infinity literals (which MLflow's clients may send) take a slower path."""
     if not body.strip():
@@ -46,7 +51,11 @@ def loads(body: bytes) -> Any:
     except orjson.JSONDecodeError as fast_error:
         try:
             return json.loads(body)
+        except RecursionError:
+            raise InvalidInput(f"the JSON body is nested deeper than {MAX_JSON_NESTING} levels") from None
         except (ValueError, UnicodeDecodeError):
+            if "depth limit" in str(fast_error):
+                raise InvalidInput(f"the JSON body is nested deeper than {MAX_JSON_NESTING} levels") from None
             raise InvalidInput(f"malformed JSON: {fast_error}") from None
 
 

@@ -93,6 +93,8 @@ async def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(
 
 BAD_REQUESTS = [
     ("malformed JSON", b'{"inputs": [[1, 2', "application/json", 400, "malformed JSON"),
+    ("nested too deep", b'{"inputs": ' + b"[" * 2000 + b"]" * 2000 + b"}", "application/json", 400,
+     "nested deeper than 1024 levels"),
     ("empty body", b"", "application/json", 400, "body is empty"),
     ("wrong key", b'{"data": [[1]]}', "application/json", 400, "unknown key"),
     ("two input keys", b'{"inputs": [[1]], "instances": [[1]]}', "application/json", 400, "exactly one of"),

@@ -52,6 +52,9 @@ def test_csv_decodes_to_text_cells_with_missing_values() -> None:
         (b"", "body is empty"),
         (b"   ", "body is empty"),
         (b"{not json", "malformed JSON"),
+        # Deeper than orjson goes (and Python's json would recurse past its limit): 400, not 500.
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper than 1024 levels"),
+        (b'{"inputs": ' + b"[" * 1030 + b"1" + b"]" * 1030 + b"}", "nested deeper than 1024 levels"),
         (b"[1, 2]", "expected a JSON object"),
         (b"{}", "got none"),
         (b'{"inputs": [1], "instances": [1]}', "got \\['instances', 'inputs'\\]"),
