@@ -9,6 +9,7 @@ per control-plane change, which is rare enough not to matter.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,9 @@ class Database:
         self.path = Path(path) if str(path) != ":memory:" else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only from its first byte (it holds token hashes); SQLite gives its -wal and -shm
+            # files the same permissions.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
         self._conn = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=10.0

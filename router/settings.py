@@ -7,11 +7,14 @@ gateway when no ``--url`` is given.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8484
 
@@ -62,5 +65,14 @@ class GatewaySettings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     def ensure_home(self) -> Path:
-        self.home.mkdir(parents=True, exist_ok=True)
+        """The home, made owner-only when it is new (it holds token hashes, configs and models); an
+        existing one that others may read is left as it is, with a warning that says how to close it."""
+        if not self.home.exists():
+            self.home.mkdir(parents=True, mode=0o700)
+            self.home.chmod(0o700)  # mkdir's mode is filtered by the umask
+            return self.home
+        mode = self.home.stat().st_mode & 0o777
+        if mode & 0o077:
+            logger.warning("ZEROSERVE_HOME %s is open to other users (mode %o) and holds token hashes and "
+                           "endpoint configs: chmod 700 %s", self.home, mode, self.home)
         return self.home

@@ -63,3 +63,15 @@ def test_committed_write_survives_sigkill(tmp_path: Path) -> None:
     process.join(timeout=30)
     assert process.exitcode == -signal.SIGKILL
     assert [r[0] for r in Database(path).query("SELECT x FROM a")] == [42]
+
+
+def test_a_new_database_is_owner_only(tmp_path: Path) -> None:
+    # Token hashes and endpoint configs live in it: nobody else on the machine may read it.
+    db = Database(tmp_path / "state.db")
+    try:
+        with db.transaction() as conn:
+            conn.execute("CREATE TABLE t (x INTEGER)")
+        for name in ("state.db", "state.db-wal"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        db.close()
