@@ -84,7 +84,9 @@ class Gateway:
         self.db = Database(settings.db_path)
         self.store = EndpointStore(self.db)
         self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
-        self.dataplane = DataPlane()
+        # One body limit for the whole gateway (ZEROSERVE_MAX_BODY_BYTES): the data plane's own default
+        # (16 MiB) made raising the setting do nothing for queries.
+        self.dataplane = DataPlane(max_body_bytes=self.front_door.settings.max_body_bytes)
         self.observability = Observability(
             stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock
         )

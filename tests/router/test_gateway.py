@@ -52,3 +52,17 @@ def test_the_gateway_process_freezes_its_heap_once_started(tmp_path: Path) -> No
         if process.is_alive():
             process.kill()
             process.join(timeout=5)
+
+
+def test_the_body_limit_setting_reaches_the_data_plane(tmp_path: Path) -> None:
+    # Raising (or lowering) ZEROSERVE_MAX_BODY_BYTES must change what queries may send, not only what
+    # the control plane takes.
+    for limit in (1024, 200 * 1024 * 1024):
+        token = SecretStr("body-limit-token-" + "x" * 32)
+        security = SecuritySettings(admin_token=token, max_body_bytes=limit)
+        gateway = Gateway(GatewaySettings(home=tmp_path / str(limit)), security=security,
+                          backend=FakeBackend(FakeClock()))
+        try:
+            assert gateway.dataplane.max_body_bytes == limit
+        finally:
+            gateway.db.close()
