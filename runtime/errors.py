@@ -59,7 +59,7 @@ class PayloadTooLarge(ZeroserveError):
 
 class UnsupportedMediaType(ZeroserveError):
     status_code = 415
-    error_code = "BAD_REQUEST"
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
 
 
 class QueueFull(ZeroserveError):
