@@ -93,10 +93,28 @@ def _to_integer(value: Any, dtype: np.dtype[Any], what: str) -> Array:
     if kind in "fiub":
         return array.astype(dtype)
     if kind in "US":
-        return array.astype(dtype)  # CSV cells and numeric strings; raises ValueError on anything else
+        try:
+            return array.astype(dtype)  # CSV cells and numeric strings
+        except ValueError:
+            bad = next(str(item) for item in array.flat if not _integer_text(str(item)))
+            raise ValueError(f"got the text {bad!r}, not an integer") from None
     if kind == "O" and any(item is None for item in array.flat):
         raise ValueError("contains missing (null) values")
+    if kind == "O":
+        huge = next((item for item in array.flat
+                     if isinstance(item, int) and not isinstance(item, bool)), None)
+        if huge is not None:
+            # np.asarray keeps integers beyond 64 bits as Python objects.
+            raise ValueError(f"a {len(str(abs(huge)))}-digit integer is out of range for {dtype.name}")
     raise ValueError(f"got {_describe_kind(array)}")
+
+
+def _integer_text(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _to_bool(value: Any, what: str) -> Array:
@@ -249,12 +267,10 @@ def _conform_columns(payload: Payload, schema: ColumnSchema, allow_nan: bool) ->
         )
         if array.ndim == 0:
             array = array.reshape(1)
-        elif array.ndim == 2 and array.shape[1] == 1:
-            array = array.reshape(-1)
         elif array.ndim != 1:
-            raise InvalidInput(
-                f"column {spec.name!r} must be a list of values, got shape {list(array.shape)}"
-            )
+            # A list where one value is expected ([41], or [] for "age"): MLflow refuses it too.
+            held = "an empty list" if array.shape[-1] == 0 else f"a list of {array.shape[-1]}"
+            raise InvalidInput(f"column {spec.name!r} expects one {spec.type_name} value per row, got {held}")
         tensors[spec.name] = array
     return tensors, _common_rows(tensors)
 

@@ -180,3 +180,24 @@ def test_nan_is_accepted_when_allowed_or_the_column_is_optional() -> None:
     optional = ColumnSchema((ColumnSpec("x", np.dtype(np.float64), "double", required=False),))
     tensors, _ = conform(Payload(named={"x": [None, 1.0]}), optional, allow_nan=False)
     assert np.isnan(tensors["x"][0])
+
+
+GOOD_RECORD = {"age": 41, "income": 52000.0, "member": True, "city": "Lyon"}
+
+
+@pytest.mark.parametrize(
+    ("age", "message"),
+    [
+        ([41], "column 'age' expects one long value per row, got a list of 1"),  # MLflow refuses it too
+        ([], "column 'age' expects one long value per row, got an empty list"),
+        ("forty", "column 'age': got the text 'forty', not an integer"),
+        (int("9" * 400), "column 'age': a 400-digit integer is out of range for int64"),
+    ],
+    ids=["one-element-list", "empty-list", "text", "400-digit-integer"],
+)
+def test_a_wrong_value_is_named_in_the_users_terms(age: Any, message: str) -> None:
+    payload = Payload(named={key: [value] for key, value in {**GOOD_RECORD, "age": age}.items()})
+    with pytest.raises(InvalidInput) as refused:
+        conform(payload, COLUMNS, allow_nan=False)
+    assert refused.value.message.startswith(message), refused.value.message
+    assert "np.str_" not in refused.value.message and "mixed or missing" not in refused.value.message
