@@ -96,7 +96,9 @@ def _to_integer(value: Any, dtype: np.dtype[Any], what: str) -> Array:
         try:
             return array.astype(dtype)  # CSV cells and numeric strings
         except ValueError:
-            bad = next(str(item) for item in array.flat if not _integer_text(str(item)))
+            bad = next((str(item) for item in array.flat if not _integer_text(str(item))), None)
+            if bad is None:  # numpy refused what int() reads: its own message, still a 400
+                raise
             raise ValueError(f"got the text {bad!r}, not an integer") from None
     if kind == "O" and any(item is None for item in array.flat):
         raise ValueError("contains missing (null) values")
