@@ -13,8 +13,8 @@ expire after ``sample_ttl_s`` so that a dead router cannot hold replicas up fore
 A router may also send its cumulative counts of requests that arrived and completed. From them the
 window derives what the drain-aware estimate needs (``autoscaler.policy``): the arrival rate over each
 window, and the mean service time by Little's law (the area under the in-flight level, queued requests
-excluded, divided by the completions in the same window). Counts land in the bucket of the report that
-carries them, so a rate is exact to the routers' report interval (1 s).
+excluded, divided by the completions in the same window). Counts are spread evenly over the interval
+since the router's previous report, so a rate is exact to the routers' report interval (1 s).
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ MIN_COMPLETIONS_FOR_SERVICE_TIME = 8
 SHORTEST_BURST_S = 0.5
 
 
+def _since(count: int, before: int) -> int:
+    """What a cumulative count grew by; lower than before: the router restarted and counts from zero."""
+    return count - before if count >= before else count
+
+
 class MetricsWindow:
     """Per-entity aggregation of router reports. Not thread-safe: the autoscaler's event loop owns it."""
 
@@ -125,15 +130,11 @@ class MetricsWindow:
         if arrivals is not None and completions is not None:
             self._counted = True
             if previous is not None and previous.arrivals is not None and previous.completions is not None:
-                # A count lower than the last one: the router restarted and counts from zero again.
-                new_arrivals = arrivals - previous.arrivals if arrivals >= previous.arrivals else arrivals
-                new_completions = (completions - previous.completions if completions >= previous.completions
-                                   else completions)
-                # They happened since its last report: spread over that time, as its level is.
-                if (new_arrivals or new_completions) and now > previous.since:
+                new_arrivals = _since(arrivals, previous.arrivals)
+                new_completions = _since(completions, previous.completions)
+                if new_arrivals or new_completions:
+                    # They happened since its last report: spread over that time, as its level is.
                     self._spread(previous.since, now, 0.0, 0.0, new_arrivals, new_completions)
-                elif new_arrivals or new_completions:
-                    self._add(math.floor(now / BUCKET_S), 0.0, 0.0, new_arrivals, new_completions)
             # A source's first counts cover a past of unknown length: they only set its baseline.
         concurrency = float(in_flight + queued)
         if concurrency > 0:
@@ -222,9 +223,7 @@ class MetricsWindow:
                     # the calm before it says nothing of its rate, and averaging it in would halve the
                     # estimate just when replicas must start. The burst's start is the report
                     # before the one that turned busy: counts are spread over the interval between.
-                    burst_start = busy_since
-                    panic_rate = (self._sums_since(burst_start)[2]
-                                  / max(now - burst_start, SHORTEST_BURST_S))
+                    panic_rate = self._sums_since(busy_since)[2] / max(now - busy_since, SHORTEST_BURST_S)
         # A zero duration: the very first report is happening now, and its level is the best estimate.
         return WindowReading(
             stable_area / stable_duration if stable_duration > 0 else current,
@@ -285,8 +284,11 @@ class MetricsWindow:
     def _spread(self, start: float, end: float, concurrency: float, in_flight: float, arrivals: float,
                 completions: float) -> None:
         """Levels held from ``start`` to ``end``, and counts that happened evenly in between, into
-        the buckets they span."""
+        the buckets they span (all in ``end``'s bucket when the interval is empty)."""
         duration = end - start
+        if duration <= 0:
+            self._add(math.floor(end / BUCKET_S), 0.0, 0.0, arrivals, completions)
+            return
         # What lies before the retention falls out of every window: not stored (a router silent for
         # an hour would otherwise fill 3,600 buckets only to evict them).
         position = max(start, end - self._retention_s - BUCKET_S)
