@@ -24,12 +24,6 @@ from router.cli._client import GatewayClient, gateway_options, print_json
 from router.cli._render import console
 from router.cli.endpoints import API, endpoints
 
-_SPEC_FIELDS = {"container_concurrency", "target_utilization", "stable_window_s", "panic_window_pct",
-                "panic_threshold", "backlog_drain_s", "max_scale_up_rate", "max_scale_down_rate",
-                "scale_down_delay_s", "scale_to_zero_grace_s", "scale_to_zero_enabled",
-                "min_provisioned_concurrency", "max_provisioned_concurrency", "workload_size", "max_queue",
-                "queue_timeout_s", "prewarm"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Trace:
@@ -77,15 +71,16 @@ def load_trace(path: Path, served: str | None, service_ms: float | None) -> Trac
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise click.BadParameter(f"{path} is not a file", param_hint="--trace")
+    if not path.exists():
+        raise click.BadParameter(f"{path} does not exist", param_hint="--trace")
     suffix = path.suffix.lower()
+    # An inference table is a folder of date-partitioned Parquet files: pyarrow reads it whole.
     if suffix == ".parquet" or path.is_dir():
         try:
             import pyarrow.parquet as parquet
         except ImportError:
             raise click.UsageError("reading a Parquet trace needs pyarrow (pip install pyarrow)") from None
-        table = parquet.read_table(path, columns=None)
+        table = parquet.read_table(path)
         wanted = [name for name in ("timestamp_ms", "timestamp", "latency_ms", "served_entity")
                   if name in table.column_names]
         return table.select(wanted).to_pylist()
@@ -138,7 +133,9 @@ def cost(client: GatewayClient, output: str, name: str, trace_path: Path, served
 
     endpoint = client.call("GET", f"{API}/{name}")
     entity = _entity(endpoint, served)
-    settings = {key: value for key, value in (entity.get("autoscaling") or {}).items() if key in _SPEC_FIELDS}
+    # The view shows every effective setting (and derived ones): the spec takes those it is built from.
+    accepted = {field.name for field in dataclasses.fields(AutoscalingSpec) if field.init}
+    settings = {key: value for key, value in (entity.get("autoscaling") or {}).items() if key in accepted}
     spec = AutoscalingSpec(**settings)
     trace = load_trace(trace_path, entity["name"], service_ms)
     prices = CostSettings()

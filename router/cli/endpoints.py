@@ -93,6 +93,7 @@ def config_from_current(client: GatewayClient, name: str, opts: dict[str, Any]) 
     """The endpoint's current config with the options' changes to one served entity (--served-name, or
     the only one): ``update NAME --scale-to-zero`` needs no --model."""
     from autoscaler.spec import AutoscalingSpec
+    from router.api.models import AutoscalingInput
 
     changes = _entity_changes(opts)
     if not changes:
@@ -116,9 +117,7 @@ def config_from_current(client: GatewayClient, name: str, opts: dict[str, Any]) 
         given = {key: entity[key] for key in _ENTITY_INPUT_FIELDS if entity.get(key) is not None}
         # The view shows the effective autoscaling settings: send back only those not at their default.
         autoscaling = {key: value for key, value in (entity.get("autoscaling") or {}).items()
-                       if key in defaults and not key.startswith("_") and value != defaults[key]
-                       and key not in ("scale_to_zero_enabled", "min_provisioned_concurrency",
-                                       "max_provisioned_concurrency", "workload_size")}
+                       if key in AutoscalingInput.model_fields and value != defaults[key]}
         if autoscaling:
             given["autoscaling"] = autoscaling
         if entity["name"] == target:

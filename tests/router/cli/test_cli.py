@@ -227,6 +227,27 @@ def test_endpoints_cost_replays_a_trace_against_the_settings(
     assert options["target utilization 0.5"]["replica_seconds"] > options["target utilization 0.9"][
         "replica_seconds"]
 
+    # An inference table as the gateway writes it: a folder of date-partitioned Parquet files.
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    with trace.open() as handle:
+        table_rows = [row for row in csv.DictReader(handle)]
+    table = tmp_path / "inference" / "cost-ep"
+    for day, half in (("2025-06-15", table_rows[: len(table_rows) // 2]),
+                      ("2025-06-16", table_rows[len(table_rows) // 2:])):
+        (table / f"date={day}").mkdir(parents=True)
+        parquet.write_table(pa.table({
+            "timestamp_ms": [int(row["timestamp_ms"]) for row in half],
+            "latency_ms": [float(row["latency_ms"]) for row in half],
+            "served_entity": [row["served_entity"] for row in half],
+        }), table / f"date={day}" / "part-0.parquet")
+    from_table = as_json(run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(table), "-o", "json"))
+    assert from_table["requests"] == report["requests"]
+    assert from_table["options"][0] == report["options"][0]
+
     text = run(gateway, "endpoints", "cost", "cost-ep", "--trace", str(trace))
     assert text.exit_code == 0, text.output
     assert "as configured" in text.stdout and "p99 queue ms" in text.stdout
