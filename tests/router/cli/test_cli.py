@@ -234,7 +234,7 @@ def test_endpoints_cost_replays_a_trace_against_the_settings(
     import pyarrow.parquet as parquet
 
     with trace.open() as handle:
-        table_rows = [row for row in csv.DictReader(handle)]
+        table_rows = list(csv.DictReader(handle))
     table = tmp_path / "inference" / "cost-ep"
     for day, half in (("2025-06-15", table_rows[: len(table_rows) // 2]),
                       ("2025-06-16", table_rows[len(table_rows) // 2:])):
