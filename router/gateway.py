@@ -41,7 +41,6 @@ from router.auth.frontdoor import FrontDoor
 from router.auth.middleware import DATABRICKS_DISCOVERY
 from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
-from router.db import Database
 from router.mcp import McpMount
 from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
@@ -49,7 +48,8 @@ from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
-from router.state import EndpointStore
+from router.state.db import open_database
+from router.state.endpoints import EndpointStore
 from runtime.errors import ZeroserveError
 from runtime.server import settle_heap
 
@@ -81,7 +81,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         settings.ensure_home()
-        self.db = Database(settings.db_path)
+        self.db = open_database(settings.database_url, settings.db_path)
         self.store = EndpointStore(self.db)
         self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
         # One body limit for the whole gateway (ZEROSERVE_MAX_BODY_BYTES): the data plane's own default

@@ -24,6 +24,9 @@ class GatewaySettings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".zeroserve")
     host: str = "127.0.0.1"
+    # Shared state for several gateways: a postgresql:// URL. Unset: the embedded SQLite database under
+    # home (one gateway).
+    database_url: str | None = None
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     # How long a config update may take to bring its new served entities up before it is declared
     # failed (the previous config keeps serving).

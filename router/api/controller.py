@@ -32,7 +32,7 @@ from router.api.models import (
 )
 from router.api.specs import check_specs, routing_for
 from router.routing import EndpointRouting
-from router.state import EndpointRecord, EndpointStore
+from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import InvalidParameterValue
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from router.api.models import PatchTagsInput, parse_body
 from router.api.openapi import endpoint_openapi
 from router.api.views import StateOf, endpoint_detailed, endpoint_summary
 from router.auth.limits import loads_json
-from router.state import EndpointRecord
+from router.state.endpoints import EndpointRecord
 from runtime.errors import InvalidInput, InvalidParameterValue, NotFound
 
 PRINCIPAL_SCOPE_KEY = "zeroserve.principal"

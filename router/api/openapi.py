@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute
 
 from router.api.models import CreateEndpointInput, EndpointCoreConfigInput, PatchTagsInput
-from router.state import EndpointRecord
+from router.state.endpoints import EndpointRecord
 
 _SERVING = "/api/2.0/serving-endpoints"
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {

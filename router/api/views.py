@@ -16,7 +16,7 @@ from router.api.lifecycle import Deployment
 from router.api.models import EndpointConfig, ServedEntity
 from router.api.specs import entity_spec
 from router.observability.cost import sum_costs
-from router.state import ConfigVersion, EndpointRecord
+from router.state.endpoints import ConfigVersion, EndpointRecord
 
 
 @dataclass(frozen=True, slots=True)

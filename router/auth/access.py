@@ -21,7 +21,7 @@ from runtime.errors import PermissionDenied
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
-    from router.state import EndpointRecord
+    from router.state.endpoints import EndpointRecord
 
 T = TypeVar("T")
 Connection = Mapping[str, Any]

@@ -23,7 +23,7 @@ from runtime.errors import InvalidParameterValue, NotFound
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
-    from router.state import EndpointStore
+    from router.state.endpoints import EndpointStore
 
 TOKENS = "/api/2.0/zeroserve/tokens"
 PERMISSIONS = "/api/2.0/permissions/serving-endpoints/{endpoint_id}"

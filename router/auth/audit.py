@@ -21,7 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.auth.types import PRINCIPAL_SCOPE_KEY, Principal
-from router.db import Database
+from router.state.db import Database
 
 log = logging.getLogger("zeroserve.audit")
 
@@ -31,7 +31,7 @@ MAX_RECORDED_BODY = 64 * 1024
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_key|private_key|_key$", re.IGNORECASE)
 
-_MIGRATIONS = [
+MIGRATIONS = [
     """
     CREATE TABLE audit (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,7 +98,7 @@ class AuditLog:
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
-        db.migrate("audit", _MIGRATIONS)
+        db.migrate("audit", MIGRATIONS)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -13,7 +13,7 @@ from typing import Any
 
 from router.auth.ratelimit import rules_of
 from router.auth.types import EndpointRef
-from router.state import EndpointRecord, EndpointStore
+from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import NotFound
 
 

@@ -27,8 +27,8 @@ from router.auth.settings import SecuritySettings
 from router.auth.tls import trusted_proxy_app
 from router.auth.tokens import TokenStore
 from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
-from router.db import Database
-from router.state import EndpointStore
+from router.state.db import Database
+from router.state.endpoints import EndpointStore
 
 log = logging.getLogger("zeroserve.auth")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
-from router.db import Database
+from router.state.db import Database
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ T = TypeVar("T")
 # The Databricks ACL field for each kind of grantee, in the order responses list them.
 GRANTEE_FIELDS = ("user_name", "service_principal_name", "group_name")
 
-_MIGRATIONS = [
+MIGRATIONS = [
     """
     CREATE TABLE auth_endpoint_acl (
         endpoint_id TEXT NOT NULL,
@@ -93,7 +93,7 @@ class PermissionStore:
         self._monotonic = monotonic
         self._cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, tuple[AclEntry, ...]]] = {}
-        db.migrate("auth_permissions", _MIGRATIONS)
+        db.migrate("auth_permissions", MIGRATIONS)
 
     def entries(self, endpoint_id: str) -> tuple[AclEntry, ...]:
         now = self._monotonic()

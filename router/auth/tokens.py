@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from router.auth.types import Principal
-from router.db import Database
+from router.state.db import Database
 from runtime.errors import InvalidParameterValue, NotFound
 
 log = logging.getLogger("zeroserve.auth")
@@ -38,7 +38,7 @@ _NEGATIVE_CACHE_LIMIT = 10_000
 # Who ZEROSERVE_ADMIN_TOKEN authenticates as; one immutable instance, not one per request.
 _STATIC_ADMIN = Principal("admin", is_admin=True)
 
-_MIGRATIONS = [
+MIGRATIONS = [
     """
     CREATE TABLE auth_tokens (
         token_id TEXT PRIMARY KEY,
@@ -135,7 +135,7 @@ class TokenStore:
         # Token ids that matched no row recently: a flood of made-up tokens must not hit SQLite each time.
         self._unknown: dict[str, float] = {}
         self._static_admin_hash = hash_token(static_admin_token) if static_admin_token else None
-        db.migrate("auth_tokens", _MIGRATIONS)
+        db.migrate("auth_tokens", MIGRATIONS)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -17,7 +17,7 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to ``cli``.
-    from router.cli import apply, cost, endpoints, models, replica, serve, tokens  # noqa: F401
+    from router.cli import apply, cost, db, endpoints, models, replica, serve, tokens  # noqa: F401
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from router.api.views import StateOf
 from router.mcp.hosts import host_policy
 from router.mcp.signatures import SignatureCache
 from router.mcp.tools import ToolCatalog
-from router.state import EndpointStore
+from router.state.endpoints import EndpointStore
 
 if TYPE_CHECKING:
     from router.mcp.server import McpService

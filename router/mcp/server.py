@@ -60,7 +60,7 @@ from router.mcp.tools import (
     ToolCatalog,
     endpoint_of_tool,
 )
-from router.state import EndpointStore
+from router.state.endpoints import EndpointStore
 from runtime.errors import NotFound, PermissionDenied, ZeroserveError
 
 log = logging.getLogger("zeroserve.mcp")

@@ -14,7 +14,7 @@ from router.api.views import StateOf, endpoint_detailed, endpoint_summary
 from router.auth import PermissionLevel, authorize, filter_visible
 from router.auth.directory import endpoint_ref
 from router.mcp.tools import tool_name
-from router.state import EndpointRecord, EndpointStore
+from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import NotFound
 
 LIST_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}

@@ -21,7 +21,7 @@ from router.mcp.arguments import ArgumentChecker
 from router.mcp.schema import RECORDS, ToolSchema, tool_schema
 from router.mcp.signature import UNKNOWN, ModelSignature
 from router.mcp.signatures import SignatureCache
-from router.state import EndpointRecord, EndpointStore
+from router.state.endpoints import EndpointRecord, EndpointStore
 
 LIST_ENDPOINTS = "list_endpoints"
 GET_ENDPOINT_STATUS = "get_endpoint_status"

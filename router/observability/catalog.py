@@ -7,7 +7,7 @@ import dataclasses
 from autoscaler.types import EntityKey
 from router.api.views import EntityState, StateOf, endpoint_summary
 from router.observability.service import EndpointView, EntityView, Observability
-from router.state import EndpointRecord, EndpointStore
+from router.state.endpoints import EndpointRecord, EndpointStore
 
 
 class StoreCatalog:

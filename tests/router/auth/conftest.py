@@ -24,7 +24,7 @@ from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.auth.types import EndpointRef
-from router.db import Database
+from router.state.db import Database
 from tests._uvicorn import uvicorn_server
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789"
@@ -66,12 +66,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "state.db")
-    try:
-        yield database
-    finally:
-        database.close()
+def db(open_db: Callable[[], Database]) -> Database:
+    """The front door's stores run on SQLite and on PostgreSQL alike."""
+    return open_db()
 
 
 @pytest.fixture

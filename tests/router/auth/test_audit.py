@@ -13,7 +13,7 @@ from starlette.routing import Route
 from router.auth.audit import REDACTED, AuditLog, AuditMiddleware, redact
 from router.auth.middleware import AuthMiddleware
 from router.auth.tokens import TokenStore
-from router.db import Database
+from router.state.db import Database
 from tests.router.auth.conftest import FakeClock
 
 

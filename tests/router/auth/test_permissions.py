@@ -6,7 +6,7 @@ import pytest
 
 from router.auth.permissions import AclEntry, Authorizer, PermissionStore, parse_access_control_list
 from router.auth.types import EndpointRef, PermissionLevel, Principal
-from router.db import Database
+from router.state.db import Database
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 from tests.router.auth.conftest import FakeClock, FakeDirectory
 

@@ -7,7 +7,7 @@ import pytest
 
 from router.auth.tokens import TokenStore, parse_token_id
 from router.auth.types import Principal
-from router.db import Database
+from router.state.db import Database
 from runtime.errors import InvalidParameterValue, NotFound
 from tests.router.auth.conftest import FakeClock
 

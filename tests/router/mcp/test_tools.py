@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from router.api.models import EndpointConfig, Route, ServedEntity
-from router.db import Database
 from router.mcp.signature import ModelSignature
 from router.mcp.signatures import SignatureCache, load_from_store
 from router.mcp.tools import ToolCatalog, endpoint_of_tool, primary_entity, tool_name
-from router.state import EndpointStore
+from router.state.db import SqliteDatabase
+from router.state.endpoints import EndpointStore
 
 NO_FRONT_DOOR: dict[str, object] = {}  # a scope without the front door: every endpoint is visible
 
@@ -42,7 +42,7 @@ def config(*routes: tuple[ServedEntity, int]) -> EndpointConfig:
 
 @pytest.fixture
 def store(tmp_path: Path) -> EndpointStore:
-    return EndpointStore(Database(tmp_path / "state.db"))
+    return EndpointStore(SqliteDatabase(tmp_path / "state.db"))
 
 
 @pytest.fixture

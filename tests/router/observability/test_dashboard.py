@@ -19,9 +19,9 @@ from autoscaler.types import EntityKey
 from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
 from router.auth.tokens import TokenStore
 from router.dataplane import error_response
-from router.db import Database
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes, endpoint_metrics
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings
+from router.state.db import SqliteDatabase
 from runtime.errors import ZeroserveError
 
 KEY = EntityKey("fraud", "fraud-1")
@@ -51,7 +51,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     clock = FakeClock()
     observability = Observability(settings=ObservabilitySettings(), clock=clock)
     observability.bind(catalog=Catalog())
-    db = Database(tmp_path / "state.db")
+    db = SqliteDatabase(tmp_path / "state.db")
     tokens = TokenStore(db)
     token, _ = tokens.create("ops", is_admin=True)
 

@@ -28,10 +28,10 @@ from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
 from router.auth.tokens import TokenStore
 from router.dataplane import DataPlane, dataplane_routes, error_response
-from router.db import Database
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes
 from router.observability.logging import RequestIdMiddleware
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings
+from router.state.db import SqliteDatabase
 from runtime.errors import ZeroserveError
 from tests.router._servers import EchoReplica, echo_replica, serving
 
@@ -182,7 +182,7 @@ async def test_the_dashboard_shows_live_charts_after_traffic(tmp_path: Path) -> 
         autoscaler.apply(KEY, EntitySpec("file:///models/fraud", "fraud-1", autoscaling=AutoscalingSpec(
             stable_window_s=6.0, scale_to_zero_grace_s=30.0)))
         observability.bind(catalog=Catalog(), autoscaler=autoscaler, load=dataplane.activator)
-        db = Database(tmp_path / "state.db")
+        db = SqliteDatabase(tmp_path / "state.db")
         tokens = TokenStore(db)
         token, _ = tokens.create("operator", is_admin=True)
         app = Starlette(routes=[*dashboard_routes(observability), *dataplane_routes(dataplane)],

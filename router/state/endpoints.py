@@ -16,7 +16,7 @@ from typing import Any
 
 from router.api.lifecycle import ConfigUpdate, UpdateEvent, next_state
 from router.api.models import EndpointConfig
-from router.db import Database
+from router.state.db import Database
 from runtime.errors import AlreadyExists, NotFound
 
 MIGRATIONS = [

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from router.api.lifecycle import ConfigUpdate, ResourceConflict
 from router.api.models import EndpointConfig, Route, ServedEntity
-from router.db import Database
-from router.state import EndpointStore
+from router.state.db import Database
+from router.state.endpoints import EndpointStore
 from runtime.errors import AlreadyExists, NotFound
 
 
@@ -27,8 +27,8 @@ def make_config(*versions: str) -> EndpointConfig:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EndpointStore:
-    return EndpointStore(Database(tmp_path / "state.db"))
+def store(open_db: Callable[[], Database]) -> EndpointStore:
+    return EndpointStore(open_db())
 
 
 def test_create_then_promote(store: EndpointStore) -> None:
@@ -83,8 +83,8 @@ def test_finish_wrong_version_is_refused(store: EndpointStore) -> None:
         store.finish_update("ep", 7)
 
 
-def test_tags_delete_and_reopen(tmp_path: Path) -> None:
-    store = EndpointStore(Database(tmp_path / "state.db"))
+def test_tags_delete_and_reopen(open_db: Callable[[], Database]) -> None:
+    store = EndpointStore(open_db())
     store.create("ep", make_config("1", "2"))
     assert store.patch_tags("ep", {"a": "1", "b": None}, []) == {"a": "1", "b": None}
     assert store.patch_tags("ep", {"c": "3"}, ["a", "missing"]) == {"b": None, "c": "3"}
@@ -93,7 +93,7 @@ def test_tags_delete_and_reopen(tmp_path: Path) -> None:
     kinds = [e.kind for e in store.history("other")]
     assert kinds[-2:] == ["UPDATE_CANCELED", "DELETED"]
 
-    reopened = EndpointStore(Database(tmp_path / "state.db"))
+    reopened = EndpointStore(open_db())
     (record,) = reopened.list_all()
     assert record.name == "ep" and record.tags == {"b": None, "c": "3"}
     assert record.pending is not None and record.pending.config == make_config("1", "2")
