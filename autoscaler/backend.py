@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
@@ -83,4 +83,20 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Stop everything this backend started (replicas and any warm pool)."""
+        ...
+
+
+@runtime_checkable
+class HandoverBackend(Protocol):
+    """A backend whose replicas can outlive the process that started them, so that leadership moves
+    between gateways without restarting what runs (the local backend with detached replicas; pods)."""
+
+    async def adopt(self, replica: ReplicaInfo, pid: int | None) -> bool:
+        """Take charge of a replica another gateway's backend started; False when it is not running
+        (then forget it)."""
+        ...
+
+    async def detach(self) -> None:
+        """Let go of every replica without stopping it (another gateway adopts them); stop only what
+        belongs to this process alone (a warm pool)."""
         ...

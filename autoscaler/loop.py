@@ -21,7 +21,14 @@ from collections.abc import Coroutine
 from typing import Any
 
 from autoscaler._entity import LIVE, EntityRecord, ReplicaRecord
-from autoscaler.backend import Backend, Clock, MonotonicClock, ReplicaHealth, ReplicaStartError
+from autoscaler.backend import (
+    Backend,
+    Clock,
+    HandoverBackend,
+    MonotonicClock,
+    ReplicaHealth,
+    ReplicaStartError,
+)
 from autoscaler.lifecycle import ReplicaEvent, ReplicaLifecycle
 from autoscaler.metrics_window import MetricsWindow
 from autoscaler.policy import Fleet, decide
@@ -53,8 +60,11 @@ class Autoscaler:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         history_size: int = 100,
+        replica_prefix: str = "",
     ) -> None:
         self._backend = backend
+        # Replica ids are unique across gateways that lead in turn: each leader names its own.
+        self._replica_prefix = replica_prefix
         self._clock: Clock = clock or MonotonicClock()
         self._listener = listener
         self._tick_s = tick_s
@@ -92,6 +102,45 @@ class Autoscaler:
         await asyncio.gather(*(self._shut_down(entity) for entity in self._entities.values()))
         await self.settle()
         await self._backend.close()
+
+    async def relinquish(self) -> None:
+        """Stop deciding without stopping any replica (another gateway leads now and adopts them):
+        the loop and timers end, starts in flight are cancelled, every entity is forgotten."""
+        self._started = False
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for timer in list(self._timers):
+            timer.cancel()
+        starting = [r.task for e in self._entities.values() for r in e.replicas.values()
+                    if r.state is ReplicaState.STARTING and r.task is not None]
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
+        self._entities.clear()
+        if isinstance(self._backend, HandoverBackend):
+            await self._backend.detach()
+        else:
+            await self._backend.close()
+
+    async def adopt(self, replica: ReplicaInfo, pid: int | None) -> bool:
+        """A ready replica of an applied entity, started by a previous leader, becomes this autoscaler's
+        (before ``start``, so that the first decisions count it and start nothing it already is).
+        False when the entity is not applied, the backend cannot adopt, or the replica is gone."""
+        state = self._entities.get(replica.entity)
+        if state is None or not isinstance(self._backend, HandoverBackend):
+            return False
+        if not await self._backend.adopt(replica, pid):
+            return False
+        record = ReplicaRecord(replica.replica_id, state.generation, state.spec,
+                               ReplicaLifecycle(replica.replica_id), info=replica)
+        record.lifecycle.handle(ReplicaEvent.PROBE_OK)
+        state.replicas[replica.replica_id] = record
+        state.ever_ready = True
+        state.optimization = state.optimization or replica.optimization
+        return True
 
     def set_listener(self, listener: ReplicaListener | None) -> None:
         self._listener = listener
@@ -236,7 +285,8 @@ class Autoscaler:
                 self._retire(entity, replica)
 
     def _start(self, entity: EntityRecord) -> None:
-        replica_id = f"{entity.key.endpoint}-{entity.key.served_entity}-{next(self._ids)}"
+        key = entity.key
+        replica_id = f"{key.endpoint}-{key.served_entity}-{self._replica_prefix}{next(self._ids)}"
         replica = ReplicaRecord(replica_id, entity.generation, entity.spec, ReplicaLifecycle(replica_id))
         entity.replicas[replica_id] = replica
         replica.task = self._spawn(entity, self._run_start(entity, replica))

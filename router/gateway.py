@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -19,10 +20,12 @@ import signal
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,16 +34,28 @@ from starlette.routing import BaseRoute, Route
 
 from autoscaler.backend import Backend, Clock
 from autoscaler.loop import Autoscaler
+from autoscaler.types import EntityKey, ReplicaListener
 from router.api.controller import EndpointController
 from router.api.handlers import ControlPlane, JSONResponse
+from router.api.lifecycle import Deployment
 from router.api.observed import AutoscalerScaler
 from router.api.openapi import gateway_openapi
-from router.auth.access import FrontDoorAccess
+from router.api.views import EntityState
+from router.auth.access import FrontDoorAccess, require_admin
 from router.auth.directory import StoreDirectory
 from router.auth.frontdoor import FrontDoor
 from router.auth.middleware import DATABRICKS_DISCOVERY
 from router.auth.settings import SecuritySettings
 from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
+from router.fleet.member import (
+    INTERNAL_PREFIX,
+    LIVE_HEARTBEATS,
+    SECRET_HEADER,
+    FleetMember,
+    LeaderLink,
+    RegistryPublisher,
+)
+from router.fleet.store import FleetStore
 from router.mcp import McpMount
 from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
@@ -48,7 +63,7 @@ from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
-from router.state.db import open_database
+from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
 from runtime.errors import ZeroserveError
 from runtime.server import settle_heap
@@ -57,6 +72,8 @@ if TYPE_CHECKING:
     import uvicorn
 
 logger = logging.getLogger(__name__)
+
+FLEET_STATUS = "/api/2.0/zeroserve/fleet"
 
 ReadyHook = Callable[["Gateway"], Awaitable[None]]
 
@@ -83,6 +100,9 @@ class Gateway:
         settings.ensure_home()
         self.db = open_database(settings.database_url, settings.db_path)
         self.store = EndpointStore(self.db)
+        # Several gateways share the state when it is in PostgreSQL: one leads the autoscaler at a time.
+        self.fleet_enabled = self.db.dialect == "postgresql"
+        self.gateway_id = uuid.uuid4().hex[:12]
         self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
         # One body limit for the whole gateway (ZEROSERVE_MAX_BODY_BYTES): the data plane's own default
         # (16 MiB) made raising the setting do nothing for queries.
@@ -91,13 +111,22 @@ class Gateway:
             stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock
         )
         self.dataplane.capture = self.observability.tables
-        self.backend = backend if backend is not None else _local_backend(settings)
+        self.backend = backend if backend is not None else _local_backend(settings, self.fleet_enabled)
         # Observability sits between the autoscaler and the activator to see cold starts.
-        listener = self.observability.listener(self.dataplane.listener)
-        self.autoscaler = Autoscaler(self.backend, clock, listener)
+        listener: ReplicaListener = self.observability.listener(self.dataplane.listener)
+        self.fleet: FleetMember | None = None
+        self.publisher: RegistryPublisher | None = None
+        if self.fleet_enabled:
+            # The leader writes its replicas to the registry the followers route by.
+            self.fleet_store = FleetStore(self.db)
+            pid_of = getattr(self.backend, "pid", lambda replica_id: None)
+            self.publisher = RegistryPublisher(self.fleet_store, listener, self.gateway_id, pid_of,
+                                               follower_poll_s=settings.fleet_poll_s)
+        self.autoscaler = Autoscaler(self.backend, clock, self.publisher or listener,
+                                     replica_prefix=f"{self.gateway_id[:6]}-" if self.fleet_enabled else "")
         self.dataplane.activator.set_scaler(self.autoscaler)
         self.scaler = AutoscalerScaler(self.autoscaler)
-        self.catalog = StoreCatalog(self.store, self.scaler.entity_state)
+        self.catalog = StoreCatalog(self.store, self.entity_state)
         self.observability.bind(catalog=self.catalog,
                                 autoscaler=self.autoscaler, load=self.dataplane.activator,
                                 cache_counters=self._cache_counters)
@@ -106,11 +135,20 @@ class Gateway:
         )
         # Grants are keyed by endpoint id: a deleted endpoint's go with it.
         self.controller.on_deleted.append(lambda record: self.front_door.permissions.forget(record.id))
+        if self.fleet_enabled:
+            self.fleet = FleetMember(
+                self.fleet_store, gateway_id=self.gateway_id, lease_s=settings.fleet_lease_s,
+                poll_s=settings.fleet_poll_s, on_change=self._changed, on_lead=self._lead,
+                on_follow=self._follow, listener=listener, statuses=self._statuses,
+            )
+            self.link = LeaderLink(self.fleet)
+            self.front_door.limiter.share = lambda: self.fleet.live_gateways if self.fleet else 1
+            self.front_door.extra_public |= {f"{INTERNAL_PREFIX}/load", f"{INTERNAL_PREFIX}/logs"}
         self.control_plane = ControlPlane(
             controller=self.controller,
-            state_of=with_cost(self.scaler.entity_state, self.observability),
-            logs_of=self.scaler.logs,
-            build_logs_of=self.scaler.build_logs,
+            state_of=with_cost(self.entity_state, self.observability),
+            logs_of=self.logs,
+            build_logs_of=self.build_logs,
             metrics_of=self.endpoint_metrics,
             access=FrontDoorAccess(self.front_door),
         )
@@ -164,6 +202,16 @@ class Gateway:
             Route(DATABRICKS_DISCOVERY, self.databricks_discovery, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route(FLEET_STATUS, self.fleet_status, methods=["GET"]),
+            *self._internal_routes(),
+        ]
+
+    def _internal_routes(self) -> list[BaseRoute]:
+        if not self.fleet_enabled:
+            return []
+        return [
+            Route(f"{INTERNAL_PREFIX}/load", self.fleet_load, methods=["POST"], include_in_schema=False),
+            Route(f"{INTERNAL_PREFIX}/logs", self.fleet_logs, methods=["GET"], include_in_schema=False),
         ]
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -171,8 +219,17 @@ class Gateway:
     async def start(self) -> None:
         self.admin_token = self.front_door.startup()
         await self.dataplane.start()
-        await self.autoscaler.start()
-        await self.controller.restore()
+        if self.fleet is None:
+            await self.autoscaler.start()
+            await self.controller.restore()
+        else:
+            # A follower until the lease says otherwise: route every endpoint, run no replica.
+            self.controller.leading = False
+            self.dataplane.activator.set_scaler(self.link)
+            await self.controller.restore()
+            if self.settings.advertise_url:
+                self.fleet.url = self.settings.advertise_url
+            await self.fleet.start()
         await self.observability.start()
         self.ready = True
         for hook in self.on_ready:
@@ -186,7 +243,19 @@ class Gateway:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.mcp.aclose()  # ends MCP requests before the data plane they query goes away
         await self.controller.aclose()
-        await self.autoscaler.stop()  # drains and stops every replica, closes the backend
+        others = self.fleet is not None and await self.fleet.others_alive()
+        if self.fleet is not None and self.fleet.leading and others:
+            # A rolling restart: the replicas keep serving, the next leader adopts them at once.
+            await self.fleet.aclose(hand_over=True)
+            await self.autoscaler.relinquish()
+        else:
+            if self.fleet is not None and not self.fleet.leading and not others:
+                await self._last_out()
+            if self.fleet is not None:
+                await self.fleet.aclose(hand_over=False)
+            await self.autoscaler.stop()  # drains and stops every replica, closes the backend
+        if self.fleet is not None:
+            await self.link.aclose()
         await self.observability.close()  # writes captured requests and the cost so far
         await self.dataplane.aclose()
         self.db.close()
@@ -202,6 +271,8 @@ class Gateway:
     def announce(self, url: str) -> None:
         """Record where this gateway listens, for the CLI on this machine (``gateway.json``)."""
         self.url = url
+        if self.fleet is not None and not self.settings.advertise_url:
+            self.fleet.url = url
         path = self.settings.home / "gateway.json"
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"url": url, "pid": os.getpid()}))
@@ -214,6 +285,147 @@ class Gateway:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
+
+    # ---- several gateways ----------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.fleet is None or self.fleet.leading
+
+    async def _changed(self) -> None:
+        """Another gateway (or this one) changed the shared state: drop what is cached, re-route."""
+        self.front_door.invalidate()
+        if self.ready:
+            self.controller.sync()
+
+    async def _lead(self) -> None:
+        assert self.fleet is not None and self.publisher is not None
+        self.publisher.enabled = True
+        self.controller.lead()
+        # The replicas a previous leader started keep serving: adopt them rather than start others.
+        adopted = 0
+        for registered in self.fleet_store.replicas():
+            info = registered.info
+            if registered.state == "READY" and await self.autoscaler.adopt(info, registered.pid):
+                self.fleet_store.register(info, "READY", self.gateway_id, registered.pid)
+                adopted += 1
+                continue
+            # Gone, draining when its manager died, or of an endpoint deleted meanwhile: stop it.
+            self.fleet_store.unregister(info.replica_id)
+            await _stop_orphan(registered.pid)
+            self.dataplane.listener.replica_gone(info)
+        if adopted:
+            logger.info("adopted %d running replica(s)", adopted)
+        await self.autoscaler.start()
+        self.dataplane.activator.set_scaler(self.autoscaler)
+        self.controller.resume_rollouts()
+
+    async def _last_out(self) -> None:
+        """The last gateway of the fleet stops: the replicas a leader handed over go with it, unless a
+        gateway that died still holds the lease (then they keep running for the next one to adopt)."""
+        assert self.fleet is not None
+        try:
+            lease = self.fleet_store.acquire(self.gateway_id, int(self.fleet.lease_s * 1000))
+            if lease.holder != self.gateway_id:
+                logger.info("the autoscaler lease is still %s's: its replicas keep running", lease.holder)
+                return
+            registered = self.fleet_store.replicas()
+            await asyncio.gather(*(_stop_orphan(r.pid) for r in registered))
+            for replica in registered:
+                self.fleet_store.unregister(replica.info.replica_id)
+            self.fleet_store.release(self.gateway_id)
+        except DatabaseUnavailable as error:
+            logger.warning("could not stop the fleet's replicas on the way out: %s", error.message)
+
+    async def _follow(self) -> None:
+        assert self.publisher is not None
+        self.publisher.enabled = False
+        self.dataplane.activator.set_scaler(self.link)
+        await self.controller.follow()
+        await self.autoscaler.relinquish()
+
+    def _statuses(self) -> dict[EntityKey, tuple[dict[str, Any], str | None]]:
+        statuses = {}
+        for key in self.autoscaler.entities():
+            state = self.scaler.entity_state(key)
+            if state is not None:
+                view = dataclasses.asdict(state)
+                view["deployment"] = state.deployment.value
+                statuses[key] = (view, self.scaler.failure(key))
+        return statuses
+
+    def entity_state(self, key: EntityKey) -> EntityState | None:
+        """What runs for a served entity: this gateway's autoscaler knows when it leads; otherwise the
+        leader's view as it published it (each heartbeat)."""
+        if self.leading:
+            return self.scaler.entity_state(key)
+        assert self.fleet is not None
+        published = self.fleet.published.get(key)
+        if published is None:
+            return None
+        view = dict(published[0])
+        view["deployment"] = Deployment(view["deployment"])
+        return EntityState(**view)
+
+    async def logs(self, key: EntityKey) -> str:
+        return self.scaler.logs(key) if self.leading else await self.link.logs(key, build=False)
+
+    async def build_logs(self, key: EntityKey) -> str:
+        return self.scaler.build_logs(key) if self.leading else await self.link.logs(key, build=True)
+
+    async def fleet_status(self, request: Request) -> Response:
+        """The gateways sharing this state, which one leads the autoscaler, and since when (admin)."""
+        require_admin(request)
+        if self.fleet is None:
+            return JSONResponse({"shared_state": False, "database": self.db.location, "gateways": [
+                {"gateway_id": self.gateway_id, "url": self.url, "leader": True}]})
+        lease = self.fleet_store.lease()
+        gateways = self.fleet_store.gateways()
+        window_ms = int(LIVE_HEARTBEATS * self.fleet.heartbeat_s * 1000) + 1000
+        now_ms = self.fleet_store.now_ms()
+        return JSONResponse({
+            "shared_state": True,
+            "database": self.db.location,
+            "lease_seconds": self.fleet.lease_s,
+            "leader": None if lease is None or lease.expires_ms <= now_ms else {
+                "gateway_id": lease.holder, "since": lease.since_ms, "expires": lease.expires_ms},
+            "gateways": [
+                {"gateway_id": g.gateway_id, "url": g.url, "host": g.host, "pid": g.pid,
+                 "started": g.started_ms, "last_seen": g.seen_ms, "live": now_ms - g.seen_ms <= window_ms,
+                 "leader": lease is not None and lease.holder == g.gateway_id and lease.expires_ms > now_ms,
+                 "this": g.gateway_id == self.gateway_id}
+                for g in gateways
+            ],
+        })
+
+    async def fleet_load(self, request: Request) -> Response:
+        """A follower's load reports and pokes (internal: the fleet's shared secret, not a token)."""
+        assert self.fleet is not None
+        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
+                                status_code=403)
+        if not self.fleet.leading:
+            return JSONResponse({"error_code": "NOT_LEADER", "message": "this gateway does not lead"},
+                                status_code=409)
+        body = orjson.loads(await request.body())
+        source = f"gateway:{body.get('gateway')}"
+        for item in body.get("reports", []):
+            self.autoscaler.report(EntityKey(item["endpoint"], item["served_entity"]), int(item["in_flight"]),
+                                   int(item["queued"]), source, arrivals=item.get("arrivals"),
+                                   completions=item.get("completions"))
+        for item in body.get("pokes", []):
+            with contextlib.suppress(ZeroserveError):  # not applied here yet: the next sync does
+                self.autoscaler.poke(EntityKey(item["endpoint"], item["served_entity"]))
+        return JSONResponse({})
+
+    async def fleet_logs(self, request: Request) -> Response:
+        assert self.fleet is not None
+        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
+                                status_code=403)
+        key = EntityKey(request.query_params["endpoint"], request.query_params["served_entity"])
+        build = request.query_params.get("build") == "1"
+        return JSONResponse({"logs": self.scaler.build_logs(key) if build else self.scaler.logs(key)})
 
     # ---- operational routes ------------------------------------------------------------------
 
@@ -253,11 +465,18 @@ class Gateway:
         return self.observability.endpoint_metrics(self.catalog.view(record))
 
 
-def _local_backend(settings: GatewaySettings) -> Backend:
+def _local_backend(settings: GatewaySettings, detached: bool) -> Backend:
     from autoscaler.backends.local import LocalBackend
 
-    backend: Backend = LocalBackend()
+    backend: Backend = LocalBackend(detached=detached)
     return backend
+
+
+async def _stop_orphan(pid: int | None) -> None:
+    """Stop a replica process nobody manages any more (its gateway died while it drained)."""
+    from autoscaler.backends.local import terminate_pid
+
+    await terminate_pid(pid, 5.0)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

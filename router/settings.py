@@ -27,6 +27,12 @@ class GatewaySettings(BaseSettings):
     # Shared state for several gateways: a postgresql:// URL. Unset: the embedded SQLite database under
     # home (one gateway).
     database_url: str | None = None
+    # With a shared database: how long the autoscaler's lease lasts (a dead leader is replaced within
+    # it), how often each gateway looks for changes (a change is in force everywhere within it), and
+    # the URL the other gateways reach this one at (default: where it listens).
+    fleet_lease_s: float = Field(default=15.0, ge=1.0, le=300.0)
+    fleet_poll_s: float = Field(default=0.25, gt=0, le=5.0)
+    advertise_url: str | None = None
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     # How long a config update may take to bring its new served entities up before it is declared
     # failed (the previous config keeps serving).

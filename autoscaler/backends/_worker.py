@@ -9,19 +9,25 @@ Two ways in:
 * ``-- ARGV``: a plain start, ``python -m runtime ARGV`` with the parent-death guard below.
 
 Either way the process asks the kernel to SIGTERM it when the backend that started it dies, so a
-crashed gateway leaves no orphaned replicas behind. This module imports only the standard library
-until it knows what it is for: a plain start must cost what ``python -m runtime`` costs.
+crashed gateway leaves no orphaned replicas behind; unless it is detached
+(``ZEROSERVE_REPLICA_DETACHED``): then it outlives that gateway and the next leading gateway adopts it.
+This module imports only the standard library until it knows what it is for: a plain start must
+cost what ``python -m runtime`` costs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import signal
 import sys
+from typing import Any
 
 IDLE_MARKER = "ZEROSERVE_POOL_IDLE"
+# Set by a backend whose replicas must outlive it (several gateways, one leading at a time).
+DETACHED_ENV = "ZEROSERVE_REPLICA_DETACHED"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -66,8 +72,33 @@ def pool_worker(flavors: list[str]) -> int:
     return run_replica(list(assignment["argv"]))
 
 
+class _Unbreakable:
+    """A stream whose writes are dropped once its reader is gone: a detached replica's gateway may die
+    (its leadership moves), and a log line must not then end the replica that serves."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(arguments: list[str]) -> int:
-    die_with_parent()
+    if os.environ.get(DETACHED_ENV) == "1":
+        sys.stdout = _Unbreakable(sys.stdout)
+        sys.stderr = _Unbreakable(sys.stderr)
+    else:
+        die_with_parent()
     if arguments[:1] == ["--pool"]:
         flavors: list[str] = []
         if arguments[1:2] == ["--preload"] and len(arguments) > 2:

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
 from collections import OrderedDict
@@ -27,6 +28,7 @@ import httpx
 
 from autoscaler.backend import ReplicaHealth, ReplicaStartError
 from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
+from autoscaler.backends._worker import DETACHED_ENV
 from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
 from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
@@ -86,6 +88,27 @@ class _LocalReplica:
         assert self.url is not None
         return ReplicaInfo(self.replica_id, self.entity, self.url, self.capacity, self.optimization,
                            self.unix_socket)
+
+
+@dataclass(frozen=True, slots=True)
+class _AdoptedReplica:
+    info: ReplicaInfo
+    pid: int | None
+
+
+async def terminate_pid(pid: int | None, timeout_s: float) -> None:
+    """SIGTERM a process that is not our child (an adopted replica), SIGKILL it after ``timeout_s``."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pid_alive(pid):
+        if asyncio.get_running_loop().time() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        await asyncio.sleep(0.05)
 
 
 SOCKET_DIR_PREFIX = "zeroserve-"
@@ -152,17 +175,25 @@ class LocalBackend:
         environment: Mapping[str, str] | None = None,
         probe_timeout_s: float = 2.0,
         unix_sockets: bool | None = None,
+        detached: bool = False,
     ) -> None:
-        """Unset arguments come from ``settings`` (by default read from ``ZEROSERVE_*`` variables)."""
+        """Unset arguments come from ``settings`` (by default read from ``ZEROSERVE_*`` variables).
+
+        ``detached``: replicas outlive this process (several gateways, one leading at a time: the next
+        leader adopts them) instead of dying with it. They then listen on TCP only, since the socket
+        folder is named after this process and swept once it is gone."""
         settings = settings or LocalBackendSettings()
         self._host = host if host is not None else settings.replica_host
         self._unix_sockets = settings.replica_unix_sockets if unix_sockets is None else unix_sockets
+        self._unix_sockets = self._unix_sockets and not detached
         # Where replicas put their Unix sockets: a short private directory (socket paths are limited to
         # ~100 bytes), made on open and removed on close; its name carries this process's pid, so that
         # the directory of a gateway that died without closing can be recognised and removed later.
         self._socket_dir: str | None = None
         self._socket_ids = itertools.count(1)
         self._environment = dict(os.environ if environment is None else environment)
+        if detached:
+            self._environment[DETACHED_ENV] = "1"
         pool_size = warm_pool_size if warm_pool_size is not None else settings.warm_pool_size
         pool_preload = preload if preload is not None else settings.preload
         self._log_lines = settings.replica_log_lines
@@ -171,6 +202,8 @@ class LocalBackend:
         self._kept_logs = settings.kept_replica_logs
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}
+        # Replicas another gateway's backend started, taken over when this gateway began to lead.
+        self._adopted: dict[str, _AdoptedReplica] = {}
         self._gone: OrderedDict[str, ProcessOutput] = OrderedDict()
         self._client: httpx.AsyncClient | None = None
         # Model-cache counters announced by replicas when ready (hits, misses, bytes fetched), summed.
@@ -243,6 +276,10 @@ class LocalBackend:
         return replica.info()
 
     async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
+        adopted = self._adopted.pop(replica_id, None)
+        if adopted is not None:
+            await terminate_pid(adopted.pid, timeout_s + 1.0)
+            return
         replica = self._replicas.get(replica_id)
         if replica is None:
             return
@@ -252,6 +289,12 @@ class LocalBackend:
         await self._retire(replica)
 
     async def health(self, replica_id: str) -> ReplicaHealth:
+        adopted = self._adopted.get(replica_id)
+        if adopted is not None:
+            if adopted.pid is not None and not pid_alive(adopted.pid):
+                del self._adopted[replica_id]
+                return ReplicaHealth.EXITED
+            return ReplicaHealth.HEALTHY if await self._probe(adopted.info.url) else ReplicaHealth.UNHEALTHY
         replica = self._replicas.get(replica_id)
         if replica is None:
             return ReplicaHealth.EXITED
@@ -265,10 +308,14 @@ class LocalBackend:
         return ReplicaHealth.HEALTHY if await self._probe(replica.url) else ReplicaHealth.UNHEALTHY
 
     def list_replicas(self) -> list[ReplicaInfo]:
-        return [replica.info() for replica in self._replicas.values()
-                if replica.url is not None and replica.process.returncode is None]
+        started = [replica.info() for replica in self._replicas.values()
+                   if replica.url is not None and replica.process.returncode is None]
+        return started + [adopted.info for adopted in self._adopted.values()]
 
     def logs(self, replica_id: str) -> str:
+        if replica_id in self._adopted:
+            return (f"(replica {replica_id} was adopted from the gateway that led before; its output"
+                    " went to that gateway)\n")
         replica = self._replicas.get(replica_id)
         output = replica.output if replica is not None else self._gone.get(replica_id)
         return output.text() if output is not None else ""
@@ -277,7 +324,10 @@ class LocalBackend:
         if self._pool is not None:
             await self._pool.close()
         replicas = list(self._replicas.values())
-        await asyncio.gather(*(terminate(r.process, 5.0) for r in replicas), return_exceptions=True)
+        adopted = list(self._adopted.values())
+        self._adopted.clear()
+        await asyncio.gather(*(terminate(r.process, 5.0) for r in replicas),
+                             *(terminate_pid(a.pid, 5.0) for a in adopted), return_exceptions=True)
         for replica in replicas:
             await self._retire(replica)
         if self._client is not None:
@@ -290,8 +340,38 @@ class LocalBackend:
     # --- extras for tests and the CLI ---
 
     def pid(self, replica_id: str) -> int | None:
+        adopted = self._adopted.get(replica_id)
+        if adopted is not None:
+            return adopted.pid
         replica = self._replicas.get(replica_id)
         return replica.process.pid if replica is not None else None
+
+    # --- handing replicas over between gateways (HandoverBackend) ---
+
+    async def adopt(self, replica: ReplicaInfo, pid: int | None) -> bool:
+        if replica.replica_id in self._replicas or replica.replica_id in self._adopted:
+            return True
+        if pid is not None and not pid_alive(pid):
+            return False
+        if not await self._probe(replica.url):
+            return False
+        self._adopted[replica.replica_id] = _AdoptedReplica(replica, pid)
+        logger.info("adopted replica %s of %s at %s (pid %s)", replica.replica_id, replica.entity,
+                    replica.url, pid)
+        return True
+
+    async def detach(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        for replica in list(self._replicas.values()):
+            # Its output is not read any more; the replica carries on (its writes to the closed pipe
+            # are dropped: autoscaler.backends._worker).
+            await replica.output.aclose()
+        self._replicas.clear()
+        self._adopted.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def started_from_pool(self, replica_id: str) -> bool:
         replica = self._replicas.get(replica_id)

@@ -77,6 +77,7 @@ class WarmPool:
         return [worker.process.pid for worker in self._idle]
 
     def start(self) -> None:
+        self._closed = False  # a backend that detached (closing its pool) may lead again later
         self._refill()
 
     def take(self) -> PoolWorker | None:

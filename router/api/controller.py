@@ -9,6 +9,10 @@ endpoint reports ``UPDATE_FAILED`` with the reason.
 
 Every step is idempotent, so a gateway killed at any point resumes on restart (``restore``): it applies
 the active configs, routes them, and restarts the rollouts that were in progress.
+
+With several gateways (``router.fleet``) only the leading one applies configs to its autoscaler and
+runs rollouts (``leading``); every gateway routes the active configs, and ``sync`` brings a gateway in
+line with changes another one made (an endpoint created, promoted or deleted there).
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ class EndpointController:
         self.rollout_timeout_s = rollout_timeout_s
         self.poll_interval_s = poll_interval_s
         self._rollouts: dict[str, asyncio.Task[None]] = {}
+        # Whether this gateway's autoscaler runs the replicas (always, unless several gateways share
+        # the state and another one leads).
+        self.leading = True
+        # The active config this gateway routes (and, leading, has applied), per endpoint.
+        self._known: dict[str, tuple[int, EndpointConfig]] = {}
         # Entity removals in the background, per endpoint: a re-created endpoint of the same name waits
         # for them so that its entities never collide with the old ones still draining.
         self._removals: dict[str, set[asyncio.Task[None]]] = {}
@@ -102,7 +111,8 @@ class EndpointController:
             tags={tag.key: tag.value for tag in request.tags},
             extras=_extras(request),
         )
-        self._start_rollout(record)
+        if self.leading:
+            self._start_rollout(record)
         return record
 
     async def update_config(self, name: str, body: Any, principal: str | None = None) -> EndpointRecord:
@@ -110,7 +120,8 @@ class EndpointController:
         config = normalize_config(parse_body(EndpointCoreConfigInput, body, ""), prefix="")
         check_specs(config, "served_entities")
         record = self.store.submit_config(name, config, principal)
-        self._start_rollout(record)
+        if self.leading:
+            self._start_rollout(record)
         return record
 
     async def delete(self, name: str, principal: str | None = None) -> None:
@@ -121,8 +132,10 @@ class EndpointController:
             with contextlib.suppress(asyncio.CancelledError):
                 await rollout
         self.routing.remove_endpoint(name)
-        keys = {EntityKey(name, e.name) for e in _entities(record.config, record.pending)}
-        self._remove_later(name, keys)
+        self._known.pop(name, None)
+        if self.leading:
+            keys = {EntityKey(name, e.name) for e in _entities(record.config, record.pending)}
+            self._remove_later(name, keys)
         for hook in self.on_deleted:
             hook(record)
 
@@ -130,13 +143,55 @@ class EndpointController:
 
     async def restore(self) -> None:
         """Bring back every stored endpoint after a (re)start, resuming interrupted rollouts."""
-        for record in self.store.list_all():
-            if record.config is not None:
-                self._apply(record.name, record.config.config)
-                self._route(record.name, record.config.config)
-            if record.pending is not None:
+        self.sync()
+        logger.info("restored %d endpoint(s)", len(self._known))
+
+    def sync(self) -> None:
+        """Match the stored endpoints: route each one's active config (and apply it, leading), forget
+        the deleted ones, and (leading) run the rollouts of pending configs not yet running."""
+        records = {record.name: record for record in self.store.list_all()}
+        for name, (_, config) in list(self._known.items()):
+            if name not in records:  # deleted through another gateway
+                del self._known[name]
+                self.routing.remove_endpoint(name)
+                if self.leading:
+                    self._remove_later(name, _keys(name, config))
+        for name, record in records.items():
+            active = record.config
+            known = self._known.get(name)
+            if active is not None and (known is None or known[0] != active.version):
+                if self.leading:
+                    self._apply(name, active.config)
+                    if known is not None:
+                        self._remove_later(name, _keys(name, known[1]) - _keys(name, active.config))
+                self._route(name, active.config)
+                self._known[name] = (active.version, active.config)
+            if self.leading and record.pending is not None and name not in self._rollouts:
                 self._start_rollout(record)
-        logger.info("restored %d endpoint(s)", len(self.store.list_all()))
+
+    def lead(self) -> None:
+        """This gateway's autoscaler runs the replicas from now on: apply every active config (before
+        the autoscaler starts, so that it can adopt the replicas already running). ``resume_rollouts``
+        once it has started."""
+        self.leading = True
+        for name, record in ((r.name, r) for r in self.store.list_all()):
+            if record.config is not None:
+                self._apply(name, record.config.config)
+                self._route(name, record.config.config)
+                self._known[name] = (record.config.version, record.config.config)
+
+    def resume_rollouts(self) -> None:
+        self.sync()
+
+    async def follow(self) -> None:
+        """Another gateway leads: stop the rollouts here (the store still says IN_PROGRESS, so the
+        leader resumes them) and apply nothing from now on."""
+        self.leading = False
+        tasks = list(self._rollouts.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._rollouts.clear()
 
     async def aclose(self) -> None:
         # Rollouts are not failed on shutdown: the store still says IN_PROGRESS, so they resume on restart.
@@ -189,9 +244,11 @@ class EndpointController:
             else:
                 # Nothing served before: keep the failed entities so that their state shows the reason.
                 self._route(name, new)
+                self._known[name] = (version, new)
             self.store.finish_update(name, version, failure=failure.reason)
             return
         self._route(name, new)
+        self._known[name] = (version, new)
         self.store.finish_update(name, version)
         self._remove_later(name, old_keys - new_keys)
         logger.info("config %d of %s is serving", version, name)

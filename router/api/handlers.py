@@ -8,7 +8,7 @@ the front door decides who may see, query or manage which endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,8 +59,9 @@ class JSONResponse(Response):
 class ControlPlane:
     controller: EndpointController
     state_of: StateOf
-    logs_of: Callable[[EntityKey], str]
-    build_logs_of: Callable[[EntityKey], str]
+    # Coroutines: on a gateway that does not lead, the logs are fetched from the one that does.
+    logs_of: Callable[[EntityKey], Awaitable[str]]
+    build_logs_of: Callable[[EntityKey], Awaitable[str]]
     metrics_of: Callable[[str], bytes]
     access: Access
 
@@ -121,12 +122,12 @@ class ControlPlane:
     async def logs(self, request: Request) -> Response:
         """Recent logs of a served entity's replicas."""
         key = self._entity(request)
-        return JSONResponse({"logs": self.logs_of(key)})
+        return JSONResponse({"logs": await self.logs_of(key)})
 
     async def build_logs(self, request: Request) -> Response:
         """How a served entity's replicas were brought up: model fetch, load and warm-up."""
         key = self._entity(request)
-        return JSONResponse({"logs": self.build_logs_of(key)})
+        return JSONResponse({"logs": await self.build_logs_of(key)})
 
     async def openapi(self, request: Request) -> Response:
         """OpenAPI document for querying this endpoint."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from router.auth.ratelimit import rules_of
 from router.auth.types import EndpointRef
+from router.state.db import DatabaseUnavailable
 from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import NotFound
 
@@ -39,13 +40,17 @@ class StoreDirectory:
         cached = self._cache.get(name_or_id)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
-        record = self.store.find(name_or_id)
-        if record is None:
-            try:
+        try:
+            record = self.store.find(name_or_id)
+            if record is None:
                 record = self.store.get_by_id(name_or_id)
-            except NotFound:
-                self._cache.pop(name_or_id, None)
-                return None
+        except NotFound:
+            self._cache.pop(name_or_id, None)
+            return None
+        except DatabaseUnavailable:
+            if cached is not None:
+                return cached[1]  # the database is down: the endpoint as last seen keeps serving
+            raise
         ref = endpoint_ref(record)
         if len(self._cache) > 10_000:
             self._cache.clear()

@@ -56,6 +56,8 @@ class FrontDoor:
         self.limiter = RateLimiter()
         self.audit = AuditLog(db, clock=clock)
         self._monotonic = monotonic
+        # Routes that check a credential of their own (the fleet's internal routes).
+        self.extra_public: set[str] = set()
 
     @property
     def auth_enabled(self) -> bool:
@@ -80,7 +82,16 @@ class FrontDoor:
         from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS
 
         v2_health = V2_HEALTH if self.settings.public_v2_health else frozenset()
-        return ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS | v2_health
+        return ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS | v2_health | frozenset(self.extra_public)
+
+    def invalidate(self) -> None:
+        """The shared state changed (maybe through another gateway): forget every cached token,
+        grant and endpoint, so that a revoke or a new grant is in force here at once."""
+        self.tokens.invalidate()
+        self.permissions.invalidate()
+        invalidate = getattr(self.directory, "invalidate", None)
+        if callable(invalidate):
+            invalidate()
 
     def routes(self, endpoint_store: EndpointStore | None = None) -> list[BaseRoute]:
         """Token, audit, identity and permissions routes; with the endpoint store, also the

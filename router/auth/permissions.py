@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
-from router.state.db import Database
+from router.state.db import Database, DatabaseUnavailable
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
 T = TypeVar("T")
@@ -100,14 +100,22 @@ class PermissionStore:
         cached = self._cache.get(endpoint_id)
         if cached is not None and now - cached[0] < self._cache_ttl_s:
             return cached[1]
-        rows = self._db.query(
-            "SELECT grantee_kind, grantee, permission_level FROM auth_endpoint_acl WHERE endpoint_id = ?"
-            " ORDER BY grantee_kind, grantee",
-            (endpoint_id,),
-        )
+        try:
+            rows = self._db.query(
+                "SELECT grantee_kind, grantee, permission_level FROM auth_endpoint_acl WHERE endpoint_id = ?"
+                " ORDER BY grantee_kind, grantee",
+                (endpoint_id,),
+            )
+        except DatabaseUnavailable:
+            if cached is not None:
+                return cached[1]  # the database is down: the grants it last said still hold
+            raise
         entries = tuple(AclEntry(row[0], row[1], PermissionLevel(row[2])) for row in rows)
         self._cache[endpoint_id] = (now, entries)
         return entries
+
+    def invalidate(self) -> None:
+        self._cache.clear()
 
     def replace(self, endpoint_id: str, entries: Sequence[AclEntry]) -> None:
         """PUT: the endpoint's direct grants become exactly ``entries``."""

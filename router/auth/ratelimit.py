@@ -12,14 +12,17 @@ with ``calls`` per ``period``, the emission interval is ``T = period / calls`` a
 Worked example, 2 calls/minute: T = 30 s, tau = 30 s; at t=0 two requests pass (tat 30, then 60), a third
 is refused with Retry-After 30 s (60 - 0 - 30), and at t=30 one more passes.
 
-Limits are per gateway process: N routers behind a load balancer admit up to N times the rate.
+Limits hold for the whole fleet of gateways sharing one state: each gateway admits its share,
+``calls / live gateways`` per period (``share``), so N gateways behind a load balancer that spreads
+requests evenly admit ``calls`` together. Counting in the shared database instead would put it on every
+request's path. A load balancer that sends one gateway more than its share makes the fleet admit less.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +72,7 @@ def parse_rate_limits(raw: Any, source: str) -> tuple[RateLimitRule, ...]:
     return tuple(rules)
 
 
-def gcra(tat: float | None, now: float, calls: int, period_s: float) -> tuple[bool, float, float]:
+def gcra(tat: float | None, now: float, calls: float, period_s: float) -> tuple[bool, float, float]:
     """One GCRA step: ``(allowed, new_tat, retry_after_s)``. ``tat`` None is a fresh bucket."""
     if calls <= 0:
         # 0 calls: the endpoint is closed for this key; nothing will change that within a period.
@@ -112,8 +115,10 @@ BucketKey = tuple[str, RateLimitRule, str]
 class RateLimiter:
     """Bucket state for every (endpoint, rule, subject); ``check`` is pure apart from that state."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: Callable[[], int] | None = None) -> None:
         self._tat: dict[BucketKey, float] = {}
+        # How many gateways share each limit (live ones); 1 when this gateway is alone.
+        self.share: Callable[[], int] = share or (lambda: 1)
 
     def check(
         self, endpoint_id: str, rules: Iterable[RateLimitRule], principal: Principal | None, now: float
@@ -123,10 +128,12 @@ class RateLimiter:
         A refused request charges nothing, so being limited by one rule does not eat into another.
         """
         updates: list[tuple[BucketKey, float]] = []
+        gateways = max(1, self.share())
         for rule in rules:
             for subject in bucket_subjects(rule, principal):
                 key = (endpoint_id, rule, subject)
-                allowed, new_tat, retry_after = gcra(self._tat.get(key), now, rule.calls, rule.period_s)
+                calls = rule.calls / gateways
+                allowed, new_tat, retry_after = gcra(self._tat.get(key), now, calls, rule.period_s)
                 if not allowed:
                     return RateDecision(False, retry_after, rule)
                 updates.append((key, new_tat))

@@ -20,13 +20,13 @@ import hmac
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from router.auth.types import Principal
-from router.state.db import Database
+from router.state.db import Database, DatabaseUnavailable
 from runtime.errors import InvalidParameterValue, NotFound
 
 log = logging.getLogger("zeroserve.auth")
@@ -200,6 +200,11 @@ class TokenStore:
             log.info("token %s of principal %r revoked", token_id, info.principal)
         return info
 
+    def invalidate(self) -> None:
+        """Forget every cached lookup (the tokens table may have changed through another gateway)."""
+        self._cache.clear()
+        self._unknown.clear()
+
     def ensure_admin_token(self) -> str | None:
         """First start: mint an admin token if there is no ``ZEROSERVE_ADMIN_TOKEN`` and no active admin
         token; return it (to be printed once) or None when an admin can already get in."""
@@ -257,7 +262,14 @@ class TokenStore:
         unknown_since = self._unknown.get(token_id)
         if unknown_since is not None and now - unknown_since < self._cache_ttl_s:
             return None
-        row = self._db.query_one("SELECT * FROM auth_tokens WHERE token_id = ?", (token_id,))
+        try:
+            row = self._db.query_one("SELECT * FROM auth_tokens WHERE token_id = ?", (token_id,))
+        except DatabaseUnavailable:
+            if cached is not None:
+                # The database is down: what was true a moment ago still holds (a revoke made meanwhile
+                # could not have been stored either), so queries keep flowing.
+                return cached
+            raise
         if row is None:
             if len(self._unknown) >= _NEGATIVE_CACHE_LIMIT:
                 self._unknown.clear()
@@ -271,7 +283,7 @@ class TokenStore:
         return cached
 
 
-def _info(row: sqlite3.Row) -> TokenInfo:
+def _info(row: Any) -> TokenInfo:
     return TokenInfo(
         token_id=row["token_id"],
         principal=row["principal"],

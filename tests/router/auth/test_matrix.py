@@ -131,6 +131,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("DELETE", "/mcp"): Row(Need.TOKEN, 405),  # stateless: no sessions to end
     ("GET", "/healthz"): Row(Need.PUBLIC, 200),
     ("GET", "/readyz"): Row(Need.PUBLIC, 200),
+    ("GET", "/api/2.0/zeroserve/fleet"): Row(Need.ADMIN, 200),  # gateways' addresses and pids
     ("GET", "/.well-known/databricks-config"): Row(Need.PUBLIC, 200),  # the SDK asks it without a token
     ("GET", "/openapi.json"): Row(Need.TOKEN, 200),
 }
