@@ -7,6 +7,7 @@ which cannot widen access: a deleted endpoint has no routes left to query.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,4 +59,5 @@ class StoreDirectory:
         return ref
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        """Every cached endpoint is stale: read again on next use, kept for when the database is down."""
+        self._cache = {key: (-math.inf, ref) for key, (_, ref) in self._cache.items()}

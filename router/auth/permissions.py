@@ -12,6 +12,7 @@ with no grants.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ class PermissionStore:
         return entries
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        """Every cached grant list is stale: read again on next use, kept for when the database is down."""
+        self._cache = {key: (-math.inf, entries) for key, (_, entries) in self._cache.items()}
 
     def replace(self, endpoint_id: str, entries: Sequence[AclEntry]) -> None:
         """PUT: the endpoint's direct grants become exactly ``entries``."""

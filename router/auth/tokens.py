@@ -19,10 +19,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from router.auth.types import Principal
@@ -201,8 +202,10 @@ class TokenStore:
         return info
 
     def invalidate(self) -> None:
-        """Forget every cached lookup (the tokens table may have changed through another gateway)."""
-        self._cache.clear()
+        """Every cached lookup is stale (the tokens table may have changed through another gateway):
+        the next use of each token reads it again. The stale entries stay as what holds while the
+        database cannot be reached."""
+        self._cache = {key: replace(cached, loaded_at=-math.inf) for key, cached in self._cache.items()}
         self._unknown.clear()
 
     def ensure_admin_token(self) -> str | None:

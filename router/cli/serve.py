@@ -13,7 +13,7 @@ import click
 
 from router.cli import cli
 from router.cli._client import GatewayClient, gateway_options, load_json_argument, print_json
-from router.cli._render import console, endpoint_state, err_console, serving_path
+from router.cli._render import console, endpoint_state, err_console, serving_path, timestamp
 from router.cli.endpoints import API
 
 EXAMPLE_ENDPOINT = "propensity"
@@ -159,6 +159,36 @@ def status(client: GatewayClient, output: str) -> None:
                 scaling[-1]["reason"] if scaling else "-",
             )
             first = False
+    console.print(table)
+    _print_fleet(client)
+
+
+def _print_fleet(client: GatewayClient) -> None:
+    """The gateways sharing the state and which one leads, when there are several (admin only)."""
+    from router.cli._client import GatewayError
+
+    try:
+        fleet = client.call("GET", "/api/2.0/zeroserve/fleet")
+    except GatewayError:
+        return  # not an admin: the endpoints are all this caller may see
+    if not fleet.get("shared_state"):
+        return
+    from rich.table import Table
+
+    leader = fleet.get("leader") or {}
+    title = f"gateways sharing {fleet.get('database')}: "
+    if leader:
+        title += f"{leader.get('gateway_id')} leads since {timestamp(leader.get('since'))}"
+    else:
+        title += f"none leads right now (a new leader within {fleet.get('lease_seconds')} s)"
+    table = Table(title=title, title_justify="left")
+    for column in ("gateway", "url", "host", "pid", "started", "last seen", "role"):
+        table.add_column(column)
+    for gateway in fleet.get("gateways", []):
+        role = "leader" if gateway.get("leader") else ("follower" if gateway.get("live") else "not answering")
+        table.add_row(gateway["gateway_id"] + (" (this one)" if gateway.get("this") else ""), gateway["url"],
+                      gateway["host"], str(gateway["pid"]), timestamp(gateway["started"]),
+                      timestamp(gateway["last_seen"]), role)
     console.print(table)
 
 

@@ -33,6 +33,7 @@ from router.observability.inference_tables import InferenceTables, InferenceTabl
 from router.observability.logging import flush_logging
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
 from router.observability.timeseries import TimeSeriesSampler, TimeSeriesStore
+from router.state.db import DatabaseUnavailable
 from router.stats import DataPlaneStats
 from runtime.errors import NotFound
 
@@ -284,7 +285,10 @@ class Observability:
     def _sync_endpoints(self) -> None:
         if self.catalog is None:
             return
-        views = {view.name: view for view in self.catalog.endpoint_views()}
+        try:
+            views = {view.name: view for view in self.catalog.endpoint_views()}
+        except DatabaseUnavailable:
+            return  # the endpoints as last seen: sampling goes on while the database is down
         for gone in set(self._views) - set(views):
             self._forget_endpoint(gone)
         for view in views.values():

@@ -133,3 +133,18 @@ def test_parse_rate_limits() -> None:
 def test_parse_rate_limits_rejects(raw: object, source: str, problem: str) -> None:
     with pytest.raises(InvalidParameterValue, match=problem):
         parse_rate_limits(raw, source)
+
+
+def test_each_gateway_admits_its_share_of_a_limit() -> None:
+    # 30 calls a minute over 3 live gateways: 10 here, refused after that; alone again, 30.
+    from router.auth.ratelimit import RateLimiter
+    from router.auth.types import RateLimitRule
+
+    gateways = [3]
+    limiter = RateLimiter(share=lambda: gateways[0])
+    rule = RateLimitRule(30, "endpoint", "minute", None)
+    admitted = sum(limiter.check("ep", [rule], None, now=0.0).allowed for _ in range(40))
+    assert admitted == 10
+    gateways[0] = 1
+    alone = RateLimiter(share=lambda: gateways[0])
+    assert sum(alone.check("ep", [rule], None, now=0.0).allowed for _ in range(40)) == 30
