@@ -78,9 +78,11 @@ class _Connection(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def build_request(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
+def build_request(host: str, port: int, path: str, body: bytes, content_type: str,
+                  headers: list[str] | None = None) -> bytes:
+    extra = "".join(f"{header}\r\n" for header in headers or [])
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{extra}"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     )
     return head.encode() + body
@@ -142,8 +144,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     args = parser.parse_args()
-    request = build_request(args.host, args.port, args.path, args.body_file.read_bytes(), args.content_type)
+    request = build_request(args.host, args.port, args.path, args.body_file.read_bytes(), args.content_type,
+                            args.header)
     try:
         import uvloop
 

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -55,12 +56,14 @@ from router.fleet.member import (
     LeaderLink,
     RegistryPublisher,
 )
+from router.fleet.metrics import merge_expositions
 from router.fleet.store import FleetStore
 from router.mcp import McpMount
 from router.observability import Observability
 from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
+from router.observability.metrics import ReplicaCounts
 from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
 from router.state.db import DatabaseUnavailable, open_database
@@ -143,7 +146,10 @@ class Gateway:
             )
             self.link = LeaderLink(self.fleet)
             self.front_door.limiter.share = lambda: self.fleet.live_gateways if self.fleet else 1
-            self.front_door.extra_public |= {f"{INTERNAL_PREFIX}/load", f"{INTERNAL_PREFIX}/logs"}
+            internal = ("load", "logs", "metrics")
+            self.front_door.extra_public |= {f"{INTERNAL_PREFIX}/{name}" for name in internal}
+            self.observability.published_counts = self._published_counts
+            self.observability.fleet_exposition = self._fleet_exposition
         self.control_plane = ControlPlane(
             controller=self.controller,
             state_of=with_cost(self.entity_state, self.observability),
@@ -212,6 +218,7 @@ class Gateway:
         return [
             Route(f"{INTERNAL_PREFIX}/load", self.fleet_load, methods=["POST"], include_in_schema=False),
             Route(f"{INTERNAL_PREFIX}/logs", self.fleet_logs, methods=["GET"], include_in_schema=False),
+            Route(f"{INTERNAL_PREFIX}/metrics", self.fleet_metrics, methods=["GET"], include_in_schema=False),
         ]
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -417,6 +424,47 @@ class Gateway:
             with contextlib.suppress(ZeroserveError):  # not applied here yet: the next sync does
                 self.autoscaler.poke(EntityKey(item["endpoint"], item["served_entity"]))
         return JSONResponse({})
+
+    def _published_counts(self, key: EntityKey) -> ReplicaCounts | None:
+        if self.fleet is None or self.fleet.leading:
+            return None
+        published = self.fleet.published.get(key)
+        if published is None:
+            return None
+        view = published[0]
+        return ReplicaCounts(desired=int(view.get("desired", 0)), starting=int(view.get("starting", 0)),
+                             ready=int(view.get("ready", 0)), draining=int(view.get("draining", 0)))
+
+    async def _fleet_exposition(self) -> bytes:
+        """Every live gateway's /metrics, fetched with the fleet's secret and labelled by gateway; a
+        gateway that does not answer is left out (its absence is the signal)."""
+        assert self.fleet is not None
+        window_ms = int(LIVE_HEARTBEATS * self.fleet.heartbeat_s * 1000) + 1000
+        gateways = await asyncio.to_thread(self.fleet_store.gateways, seen_within_ms=window_ms)
+        secret = self.fleet.secret
+        async with httpx.AsyncClient(timeout=5, trust_env=False, verify=False) as client:
+            async def fetch(gateway_id: str, url: str) -> tuple[str, bytes] | None:
+                if gateway_id == self.gateway_id:
+                    return gateway_id, self.observability.hub.exposition()
+                try:
+                    answer = await client.get(f"{url}{INTERNAL_PREFIX}/metrics",
+                                              headers={SECRET_HEADER: secret})
+                    answer.raise_for_status()
+                except httpx.HTTPError as error:
+                    logger.warning("gateway %s did not send its metrics: %s", gateway_id, error)
+                    return None
+                return gateway_id, answer.content
+
+            fetched = await asyncio.gather(*(fetch(g.gateway_id, g.url) for g in gateways if g.url))
+        parts = [part for part in fetched if part is not None]
+        return merge_expositions(parts)
+
+    async def fleet_metrics(self, request: Request) -> Response:
+        assert self.fleet is not None
+        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
+                                status_code=403)
+        return Response(self.observability.hub.exposition(), media_type="text/plain; version=0.0.4")
 
     async def fleet_logs(self, request: Request) -> Response:
         assert self.fleet is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.state.db import Database, SqliteDatabase
-from tests._postgres import PostgresServer
+from router.state.testing import PostgresServer
 
 
 @pytest.fixture(scope="session")

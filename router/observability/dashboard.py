@@ -9,7 +9,8 @@ tab's ``sessionStorage`` and calls the JSON APIs with it, which answer only what
 - ``GET /api/2.0/zeroserve/timeseries/{name}?since=<unix seconds>``: the endpoint's ring buffer and its
   recent scaling decisions (``CAN_VIEW``; 404 for an endpoint the caller may not see).
 
-``/metrics`` covers every endpoint, so it needs an admin token (Prometheus scrapes with one);
+``/metrics`` covers every endpoint, so it needs an admin token (Prometheus scrapes with one); with
+``?scope=fleet`` it covers every gateway sharing the state, each sample labelled with its gateway;
 ``endpoint_metrics`` serves the per-endpoint text behind ``CAN_VIEW`` for the control plane's route.
 Errors are raised as ``ZeroserveError`` and answered by the gateway's one exception handler.
 """
@@ -75,6 +76,11 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
 
     async def metrics(request: Request) -> Response:
         require_admin(request)
+        scope = request.query_params.get("scope", "gateway")
+        if scope not in ("gateway", "fleet"):
+            raise InvalidParameterValue(f"scope must be gateway or fleet, got {scope!r}")
+        if scope == "fleet" and observability.fleet_exposition is not None:
+            return Response(await observability.fleet_exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
         return Response(observability.hub.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     async def overview(request: Request) -> Response:

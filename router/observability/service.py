@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -140,6 +140,10 @@ class Observability:
         self.hub.before_collect = self.refresh
         self.catalog: EndpointCatalog | None = None
         self.autoscaler: StatusSource | None = None
+        # On a gateway that does not lead: the replica counts the leader published (its autoscaler
+        # knows none); and the whole fleet's exposition (``/metrics?scope=fleet``). Set by the gateway.
+        self.published_counts: Callable[[EntityKey], ReplicaCounts | None] | None = None
+        self.fleet_exposition: Callable[[], Awaitable[bytes]] | None = None
         self._cost_path = state_dir / "cost.json" if state_dir is not None else None
         self._views: dict[str, EndpointView] = {}
         self._watches: dict[EntityKey, _EntityWatch] = {}
@@ -200,7 +204,10 @@ class Observability:
 
     def replica_counts(self, key: EntityKey) -> ReplicaCounts:
         status = self.status(key)
-        return replica_counts(status) if status is not None else ReplicaCounts(0, 0, 0, 0)
+        if status is not None:
+            return replica_counts(status)
+        published = self.published_counts(key) if self.published_counts is not None else None
+        return published if published is not None else ReplicaCounts(0, 0, 0, 0)
 
     def inferences(self, keys: Sequence[EntityKey]) -> int:
         """Requests a model answered successfully (2xx), earlier gateway processes' included: what "cost

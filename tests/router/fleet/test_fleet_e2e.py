@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from click.testing import CliRunner
 
+from router.cli import _register, cli
+from router.state.testing import PostgresServer
 from runtime.examples import logreg_rows, make_logreg_onnx
-from tests._postgres import PostgresServer
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -133,6 +135,22 @@ def test_one_truth_across_three_gateways(fleet: Fleet, model_dir: Path) -> None:
             wait_for(lambda c=client: c.get(f"{API}/fraud").json()["config"]["served_entities"][0]["state"][
                 "deployment"] == "DEPLOYMENT_READY", 3, f"the state on {gateway.url}")
 
+    # Any gateway shows the whole fleet: its gateways and leader (zeroserve status), every gateway's
+    # series in one exposition, the replica the leader runs.
+    _register()
+    shown = CliRunner().invoke(cli, ["status", "--url", third.url, "--token", ADMIN_TOKEN])
+    assert shown.exit_code == 0, shown.output
+    assert "leads since" in shown.output and shown.output.count("follower") == 2, shown.output
+    with third.client(timeout=10) as client:
+        exposition = client.get("/metrics", params={"scope": "fleet"}).text
+        overview = client.get("/api/2.0/zeroserve/overview").json()
+    ids = {g["gateway_id"] for g in status["gateways"]}
+    assert {f'gateway="{gateway_id}"' for gateway_id in ids} <= set(
+        part for line in exposition.splitlines() for part in line.replace("{", ",").split(",")
+        if part.startswith('gateway="'))
+    (fraud,) = [e for e in overview["endpoints"] if e["name"] == "fraud"]
+    assert fraud["replicas"]["ready"] == 1, fraud
+
     # A token minted on one, a grant made on another, a revoke on the third: in force on all within 1 s.
     with first.client(timeout=10) as client:
         minted = client.post("/api/2.0/zeroserve/tokens", json={"principal": "alice"}).json()
@@ -169,6 +187,31 @@ def test_one_truth_across_three_gateways(fleet: Fleet, model_dir: Path) -> None:
     for gateway in fleet.gateways:
         wait_for(lambda g=gateway: query(g, "fraud").status_code == 404, 2, f"the delete on {gateway.url}")
     wait_for(lambda: fleet.registry() == [], 30, "the replica to stop")
+
+
+def test_scale_from_zero_through_a_follower(fleet: Fleet, model_dir: Path) -> None:
+    # The request waits on a follower; its poke reaches the leader at once, whose replica the follower
+    # learns from the registry.
+    leader = fleet.leader()
+    follower = next(g for g in fleet.gateways if g is not leader)
+    entity = {"name": "logreg", "entity_name": model_dir.as_uri(), "entity_version": "1",
+              "workload_size": "Small", "scale_to_zero_enabled": True}
+    with follower.client(timeout=30) as client:
+        created = client.post(API, json={"name": "sleepy", "config": {"served_entities": [entity]}})
+        assert created.status_code == 200, created.text
+        wait_for(lambda: client.get(f"{API}/sleepy").json()["state"]["config_update"] == "NOT_UPDATING", 30,
+                 "the config to be applied")
+    assert fleet.registry() == []
+    deadline = time.monotonic() + 5
+    while True:  # the follower routes the endpoint within a poll; the first routed query starts a replica
+        started = time.monotonic()
+        answer = query(follower, "sleepy")
+        if answer.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer.status_code == 200, answer.text
+    assert time.monotonic() - started < LEASE_S + 5
+    assert len(fleet.registry()) == 1
 
 
 def test_leader_sigkill_loses_nothing(fleet: Fleet, model_dir: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from router.state.db import Database, DatabaseUnavailable, SqliteDatabase, open_database, redact_url
-from tests._postgres import PostgresServer
+from router.state.testing import PostgresServer
 
 OpenDb = Callable[[], Database]
 

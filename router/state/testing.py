@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL server in a temporary directory, on a loopback port, for the tests that need
-the shared-state engine (``tests/conftest.py`` starts one per session, on first use).
+"""A throwaway PostgreSQL server in a temporary directory, on a loopback port, for the tests and
+benchmarks that need the shared-state engine (``tests/conftest.py`` starts one per session, on first
+use; ``benchmarks.gateway_failover`` one per run). Not used by a gateway.
 
 PostgreSQL refuses to run as root; under root (CI containers) the server runs as the ``postgres``
 user that Debian's package creates. Durability is switched off (``fsync=off``): these databases live
