@@ -146,10 +146,11 @@ class Gateway:
             )
             self.link = LeaderLink(self.fleet)
             self.front_door.limiter.share = lambda: self.fleet.live_gateways if self.fleet else 1
-            internal = ("load", "logs", "metrics")
-            self.front_door.extra_public |= {f"{INTERNAL_PREFIX}/{name}" for name in internal}
+            self.front_door.extra_public |= {route.path for route in self._internal_routes()
+                                             if isinstance(route, Route)}
             self.observability.published_counts = self._published_counts
             self.observability.fleet_exposition = self._fleet_exposition
+            self.observability.fleet_peers = self._fleet_dashboards
         self.control_plane = ControlPlane(
             controller=self.controller,
             state_of=with_cost(self.entity_state, self.observability),
@@ -215,11 +216,10 @@ class Gateway:
     def _internal_routes(self) -> list[BaseRoute]:
         if not self.fleet_enabled:
             return []
-        return [
-            Route(f"{INTERNAL_PREFIX}/load", self.fleet_load, methods=["POST"], include_in_schema=False),
-            Route(f"{INTERNAL_PREFIX}/logs", self.fleet_logs, methods=["GET"], include_in_schema=False),
-            Route(f"{INTERNAL_PREFIX}/metrics", self.fleet_metrics, methods=["GET"], include_in_schema=False),
-        ]
+        handlers = {"load": (self.fleet_load, "POST"), "logs": (self.fleet_logs, "GET"),
+                    "metrics": (self.fleet_metrics, "GET"), "dashboard": (self.fleet_dashboard, "GET")}
+        return [Route(f"{INTERNAL_PREFIX}/{name}", handler, methods=[method], include_in_schema=False)
+                for name, (handler, method) in handlers.items()]
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -435,29 +435,45 @@ class Gateway:
         return ReplicaCounts(desired=int(view.get("desired", 0)), starting=int(view.get("starting", 0)),
                              ready=int(view.get("ready", 0)), draining=int(view.get("draining", 0)))
 
-    async def _fleet_exposition(self) -> bytes:
-        """Every live gateway's /metrics, fetched with the fleet's secret and labelled by gateway; a
-        gateway that does not answer is left out (its absence is the signal)."""
+    async def _from_peers(self, path: str, params: dict[str, str]) -> list[tuple[str, httpx.Response]]:
+        """``path`` of every other live gateway (internal routes, the fleet's secret); a gateway that
+        does not answer is left out, with a warning (its absence is the signal)."""
         assert self.fleet is not None
         window_ms = int(LIVE_HEARTBEATS * self.fleet.heartbeat_s * 1000) + 1000
         gateways = await asyncio.to_thread(self.fleet_store.gateways, seen_within_ms=window_ms)
-        secret = self.fleet.secret
+        headers = {SECRET_HEADER: self.fleet.secret}
         async with httpx.AsyncClient(timeout=5, trust_env=False, verify=False) as client:
-            async def fetch(gateway_id: str, url: str) -> tuple[str, bytes] | None:
-                if gateway_id == self.gateway_id:
-                    return gateway_id, self.observability.hub.exposition()
+            async def fetch(gateway_id: str, url: str) -> tuple[str, httpx.Response] | None:
                 try:
-                    answer = await client.get(f"{url}{INTERNAL_PREFIX}/metrics",
-                                              headers={SECRET_HEADER: secret})
+                    answer = await client.get(f"{url}{path}", params=params, headers=headers)
                     answer.raise_for_status()
                 except httpx.HTTPError as error:
-                    logger.warning("gateway %s did not send its metrics: %s", gateway_id, error)
+                    logger.warning("gateway %s did not answer %s: %s", gateway_id, path, error)
                     return None
-                return gateway_id, answer.content
+                return gateway_id, answer
 
-            fetched = await asyncio.gather(*(fetch(g.gateway_id, g.url) for g in gateways if g.url))
-        parts = [part for part in fetched if part is not None]
-        return merge_expositions(parts)
+            fetched = await asyncio.gather(*(fetch(g.gateway_id, g.url) for g in gateways
+                                             if g.url and g.gateway_id != self.gateway_id))
+        return [answer for answer in fetched if answer is not None]
+
+    async def _fleet_exposition(self) -> bytes:
+        """Every live gateway's /metrics, labelled by gateway."""
+        peers = await self._from_peers(f"{INTERNAL_PREFIX}/metrics", {})
+        own = (self.gateway_id, self.observability.hub.exposition())
+        return merge_expositions([own, *((gateway_id, answer.content) for gateway_id, answer in peers)])
+
+    async def _fleet_dashboards(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        peers = await self._from_peers(f"{INTERNAL_PREFIX}/dashboard", params)
+        return [answer.json() for _, answer in peers]
+
+    async def fleet_dashboard(self, request: Request) -> Response:
+        assert self.fleet is not None
+        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
+                                status_code=403)
+        since = request.query_params.get("since")
+        return JSONResponse(self.observability.dashboard_share(request.query_params.get("endpoint"),
+                                                               float(since) if since else None))
 
     async def fleet_metrics(self, request: Request) -> Response:
         assert self.fleet is not None

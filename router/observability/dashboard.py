@@ -27,8 +27,10 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import authorize, require_admin
 from router.auth.types import PermissionLevel
+from router.fleet.series import fleet_overview, merge_series
 from router.observability._views import overview as overview_json
 from router.observability._views import timeseries_json
+from router.observability.cost import sum_costs
 from router.observability.service import Observability
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
@@ -84,15 +86,29 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
         return Response(observability.hub.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     async def overview(request: Request) -> Response:
-        return JSONResponse(overview_json(observability, lambda name: _can_view(request, name)))
+        answer = overview_json(observability, lambda name: _can_view(request, name))
+        if observability.fleet_peers is not None:
+            # Several gateways: each answered its own share of the traffic and cost; show the sum.
+            answer = fleet_overview(answer, await observability.fleet_peers({}))
+        return JSONResponse(answer)
 
     async def timeseries(request: Request) -> Response:
         name = request.path_params["name"]
         authorize(request, name, PermissionLevel.CAN_VIEW)
         if name not in observability.known_endpoints():
             raise NotFound(f"Serving endpoint {name!r} does not exist.")
-        since = _since(request.query_params.get("since"))
-        return JSONResponse(timeseries_json(observability, name, since))
+        raw_since = request.query_params.get("since")
+        since = _since(raw_since)
+        answer = timeseries_json(observability, name, since)
+        if observability.fleet_peers is not None:
+            params = {"endpoint": name}
+            if raw_since and since is not None:
+                params["since"] = raw_since
+            peers = await observability.fleet_peers(params)
+            answer["series"] = merge_series([answer["series"], *(peer["series"] for peer in peers)],
+                                            observability.settings.resolution_s)
+            answer["cost"] = sum_costs([answer["cost"], *(peer["cost"] for peer in peers)])
+        return JSONResponse(answer)
 
     return [
         *(Route(path, asset, methods=["GET"]) for path in _ASSETS),

@@ -144,6 +144,8 @@ class Observability:
         # knows none); and the whole fleet's exposition (``/metrics?scope=fleet``). Set by the gateway.
         self.published_counts: Callable[[EntityKey], ReplicaCounts | None] | None = None
         self.fleet_exposition: Callable[[], Awaitable[bytes]] | None = None
+        # The other gateways' dashboard numbers (``/internal/fleet/dashboard`` with these parameters).
+        self.fleet_peers: Callable[[dict[str, str]], Awaitable[list[dict[str, Any]]]] | None = None
         self._cost_path = state_dir / "cost.json" if state_dir is not None else None
         self._views: dict[str, EndpointView] = {}
         self._watches: dict[EntityKey, _EntityWatch] = {}
@@ -220,6 +222,25 @@ class Observability:
     def entity_cost(self, key: EntityKey) -> dict[str, Any]:
         """The ``cost`` extension object of a served entity's state."""
         return cost_fields(self.ledger.summary(key), self.inferences([key]), self.ledger.currency)
+
+    def dashboard_share(self, endpoint: str | None, since: float | None) -> dict[str, Any]:
+        """This gateway's part of the fleet's dashboard: one endpoint's series and cost, or every
+        endpoint's latest point and costs (what ``/internal/fleet/dashboard`` answers)."""
+        from router.observability.timeseries import FIELDS
+
+        if endpoint is not None:
+            ring = self.timeseries.get(endpoint)
+            series = ring.series(since) if ring is not None else {"t": [], **{name: [] for name in FIELDS}}
+            return {"series": series, "cost": self.endpoint_cost(endpoint)}
+        shares = {}
+        for name in self.hub.endpoints():
+            ring = self.timeseries.get(name)
+            shares[name] = {
+                "last": (ring.last() if ring is not None else None) or {},
+                "cost": self.endpoint_cost(name),
+                "entities": {key.served_entity: self.entity_cost(key) for key in self.hub.entities(name)},
+            }
+        return {"endpoints": shares}
 
     def endpoint_cost(self, endpoint: str) -> dict[str, Any]:
         """The ``cost`` extension object of an endpoint's state (its entities summed)."""

@@ -149,7 +149,10 @@ def test_one_truth_across_three_gateways(fleet: Fleet, model_dir: Path) -> None:
         part for line in exposition.splitlines() for part in line.replace("{", ",").split(",")
         if part.startswith('gateway="'))
     (fraud,) = [e for e in overview["endpoints"] if e["name"] == "fraud"]
-    assert fraud["replicas"]["ready"] == 1, fraud
+    assert fraud["replicas"]["ready"] == 1 and overview["gateways"] == 3, overview
+    with third.client(timeout=10) as client:
+        series = client.get("/api/2.0/zeroserve/timeseries/fraud")
+        assert series.status_code == 200 and "requests_per_s" in series.json()["series"], series.text
 
     # A token minted on one, a grant made on another, a revoke on the third: in force on all within 1 s.
     with first.client(timeout=10) as client:
