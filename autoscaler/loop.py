@@ -91,21 +91,12 @@ class Autoscaler:
 
     async def stop(self) -> None:
         """Stop ticking, drain and stop every replica this autoscaler started, close the backend."""
-        self._started = False
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        for timer in list(self._timers):
-            timer.cancel()
+        await self._stop_deciding()
         await asyncio.gather(*(self._shut_down(entity) for entity in self._entities.values()))
         await self.settle()
         await self._backend.close()
 
-    async def relinquish(self) -> None:
-        """Stop deciding without stopping any replica (another gateway leads now and adopts them):
-        the loop and timers end, starts in flight are cancelled, every entity is forgotten."""
+    async def _stop_deciding(self) -> None:
         self._started = False
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -114,6 +105,11 @@ class Autoscaler:
             self._loop_task = None
         for timer in list(self._timers):
             timer.cancel()
+
+    async def relinquish(self) -> None:
+        """Stop deciding without stopping any replica (another gateway leads now and adopts them):
+        the loop and timers end, starts in flight are cancelled, every entity is forgotten."""
+        await self._stop_deciding()
         starting = [r.task for e in self._entities.values() for r in e.replicas.values()
                     if r.state is ReplicaState.STARTING and r.task is not None]
         for task in starting:

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from benchmarks.autoscaler_replay import ADMIN_TOKEN, admin_client, start_gateway, stop_gateway
+from runtime.store.cache import pid_alive
 
 ENDPOINT = "steady"
 FLEET = "/api/2.0/zeroserve/fleet"
@@ -154,21 +155,13 @@ def failover(root: Path, model: Path, database_url: str, lease_s: float, rate: f
         for thread in threads:
             thread.join(timeout=60)
         after = registry(database_url)
-        alive = all(pid is not None and _alive(pid) for _, pid in after)
+        alive = all(pid is not None and pid_alive(pid) for _, pid in after)
         return {"lease_s": lease_s, "took_over_s": took_over_s if new_leader else None, "sent": len(sent),
                 "lost": len(lost), "lost_examples": lost[:3], "floor_kept": before == after and alive}
     finally:
         for process, _ in gateways:
             if process.poll() is None:
                 stop_gateway(process)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def throughput(root: Path, model: Path, database_url: str | None, unix_sockets: bool, duration_s: float

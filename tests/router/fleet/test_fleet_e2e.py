@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from router.cli import _register, cli
 from router.state.testing import PostgresServer
 from runtime.examples import logreg_rows, make_logreg_onnx
+from runtime.store.cache import pid_alive
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -78,18 +79,10 @@ class Fleet:
         for gateway in self.gateways:
             gateway.stop()
         # The last gateway standing stops the replicas; any left now would be orphans.
-        orphans = [pid for pid in pids if pid is not None and _alive(pid)]
+        orphans = [pid for pid in pids if pid is not None and pid_alive(pid)]
         for pid in orphans:
             os.kill(pid, signal.SIGKILL)
         assert not orphans, f"replica processes left running after every gateway stopped: {orphans}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -256,7 +249,7 @@ def test_leader_sigkill_loses_nothing(fleet: Fleet, model_dir: Path) -> None:
     assert failures == [] and sent[0] > 20, (failures[:5], sent[0])
     # The floor replica kept running through it: adopted by the new leader, not started again.
     assert fleet.registry() == [(replica_id, pid, "READY")]
-    assert pid is not None and _alive(pid)
+    assert pid is not None and pid_alive(pid)
 
     # The killed gateway comes back as a follower and serves again.
     leader.start()
