@@ -91,6 +91,10 @@ class HandoverBackend(Protocol):
     """A backend whose replicas can outlive the process that started them, so that leadership moves
     between gateways without restarting what runs (the local backend with detached replicas; pods)."""
 
+    # True when replicas are meant to outlive every gateway (pods: a gateway's restart, or the last one
+    # stopping, leaves them running for the next to adopt); False when the last gateway out stops them.
+    keeps_replicas: bool
+
     async def adopt(self, replica: ReplicaInfo, pid: int | None) -> bool:
         """Take charge of a replica another gateway's backend started; False when it is not running
         (then forget it)."""
@@ -99,4 +103,9 @@ class HandoverBackend(Protocol):
     async def detach(self) -> None:
         """Let go of every replica without stopping it (another gateway adopts them); stop only what
         belongs to this process alone (a warm pool)."""
+        ...
+
+    async def discover(self) -> list[ReplicaInfo]:
+        """The ready replicas this kind of backend runs that outlived whoever started them (pods), to
+        adopt when a gateway starts; empty where nothing outlives its gateway (local processes)."""
         ...

@@ -136,6 +136,7 @@ class Autoscaler:
         state.replicas[replica.replica_id] = record
         state.ever_ready = True
         state.optimization = state.optimization or replica.optimization
+        self._notify("replica_ready", replica)  # the router may know it already: adding is idempotent
         return True
 
     def set_listener(self, listener: ReplicaListener | None) -> None:

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from autoscaler.backend import Backend, Clock
+from autoscaler.backend import Backend, Clock, HandoverBackend
 from autoscaler.loop import Autoscaler
 from autoscaler.types import EntityKey, ReplicaListener
 from router.api.controller import EndpointController
@@ -114,7 +114,7 @@ class Gateway:
             stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock
         )
         self.dataplane.capture = self.observability.tables
-        self.backend = backend if backend is not None else _local_backend(settings, self.fleet_enabled)
+        self.backend = backend if backend is not None else _backend(settings, self.fleet_enabled)
         # Observability sits between the autoscaler and the activator to see cold starts.
         listener: ReplicaListener = self.observability.listener(self.dataplane.listener)
         self.fleet: FleetMember | None = None
@@ -227,8 +227,11 @@ class Gateway:
         self.admin_token = self.front_door.startup()
         await self.dataplane.start()
         if self.fleet is None:
-            await self.autoscaler.start()
+            # Configs first (no decision is taken before the autoscaler starts), then what still runs
+            # from before (pods outlive a gateway), then the first decisions: no duplicate, no gap.
             await self.controller.restore()
+            await self._adopt_discovered()
+            await self.autoscaler.start()
         else:
             # A follower until the lease says otherwise: route every endpoint, run no replica.
             self.controller.leading = False
@@ -251,12 +254,15 @@ class Gateway:
         await self.mcp.aclose()  # ends MCP requests before the data plane they query goes away
         await self.controller.aclose()
         others = self.fleet is not None and await self.fleet.others_alive()
-        if self.fleet is not None and self.fleet.leading and others:
+        keeps = isinstance(self.backend, HandoverBackend) and self.backend.keeps_replicas
+        if self.fleet is None and keeps:
+            await self.autoscaler.relinquish()  # pods stay; the gateway's next start adopts them
+        elif self.fleet is not None and self.fleet.leading and (others or keeps):
             # A rolling restart: the replicas keep serving, the next leader adopts them at once.
             await self.fleet.aclose(hand_over=True)
             await self.autoscaler.relinquish()
         else:
-            if self.fleet is not None and not self.fleet.leading and not others:
+            if self.fleet is not None and not self.fleet.leading and not others and not keeps:
                 await self._last_out()
             if self.fleet is not None:
                 await self.fleet.aclose(hand_over=False)
@@ -323,9 +329,24 @@ class Gateway:
             self.dataplane.listener.replica_gone(info)
         if adopted:
             logger.info("adopted %d running replica(s)", adopted)
+        await self._adopt_discovered()
         await self.autoscaler.start()
         self.dataplane.activator.set_scaler(self.autoscaler)
         self.controller.resume_rollouts()
+
+    async def _adopt_discovered(self) -> None:
+        """Adopt the replicas the backend finds running (pods of a previous gateway process)."""
+        if not isinstance(self.backend, HandoverBackend):
+            return
+        try:
+            found = await self.backend.discover()
+        except Exception:
+            logger.exception("could not list the replicas that run already; new ones will be started")
+            return
+        adopted = [replica for replica in found if await self.autoscaler.adopt(replica, None)]
+        if adopted:
+            logger.info("adopted %d replica(s) that were running: %s", len(adopted),
+                        ", ".join(r.replica_id for r in adopted))
 
     async def _last_out(self) -> None:
         """The last gateway of the fleet stops: the replicas a leader handed over go with it, unless a
@@ -529,10 +550,16 @@ class Gateway:
         return self.observability.endpoint_metrics(self.catalog.view(record))
 
 
-def _local_backend(settings: GatewaySettings, detached: bool) -> Backend:
-    from autoscaler.backends.local import LocalBackend
+def _backend(settings: GatewaySettings, detached: bool) -> Backend:
+    backend: Backend
+    if settings.backend == "kubernetes":
+        from autoscaler.backends.kubernetes import KubernetesBackend
 
-    backend: Backend = LocalBackend(detached=detached)
+        backend = KubernetesBackend()
+    else:
+        from autoscaler.backends.local import LocalBackend
+
+        backend = LocalBackend(detached=detached)
     return backend
 
 

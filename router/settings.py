@@ -33,6 +33,9 @@ class GatewaySettings(BaseSettings):
     fleet_lease_s: float = Field(default=15.0, ge=1.0, le=300.0)
     fleet_poll_s: float = Field(default=0.25, gt=0, le=5.0)
     advertise_url: str | None = None
+    # Where replicas run: "local" (processes on this machine) or "kubernetes" (pods; the
+    # ZEROSERVE_KUBERNETES_* settings).
+    backend: Literal["local", "kubernetes"] = "local"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     # How long a config update may take to bring its new served entities up before it is declared
     # failed (the previous config keeps serving).

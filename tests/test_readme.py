@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from autoscaler.backends.kubernetes import KubernetesBackendSettings
 from autoscaler.settings import LocalBackendSettings
 from router.auth.settings import SecuritySettings
 from router.observability.cost import CostSettings
@@ -19,8 +20,8 @@ from runtime.store.settings import StoreSettings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SETTINGS: list[type[BaseSettings]] = [GatewaySettings, SecuritySettings, ObservabilitySettings, CostSettings,
-                                      InferenceTableSettings, LocalBackendSettings, ReplicaSettings,
-                                      StoreSettings]
+                                      InferenceTableSettings, LocalBackendSettings, KubernetesBackendSettings,
+                                      ReplicaSettings, StoreSettings]
 
 
 def variables(settings: type[BaseSettings]) -> list[str]:

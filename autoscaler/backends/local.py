@@ -165,6 +165,8 @@ def _still_private(folder: str) -> bool:
 class LocalBackend:
     """Replicas as local processes, with a warm pool of ``warm_pool_size`` pre-imported workers."""
 
+    keeps_replicas = False  # processes on one machine: the last gateway out stops them
+
     def __init__(
         self,
         settings: LocalBackendSettings | None = None,
@@ -359,6 +361,11 @@ class LocalBackend:
         logger.info("adopted replica %s of %s at %s (pid %s)", replica.replica_id, replica.entity,
                     replica.url, pid)
         return True
+
+    async def discover(self) -> list[ReplicaInfo]:
+        # Detached replicas are found through the fleet's registry (their gateway's database), and
+        # attached ones die with their gateway: nothing to find on the machine itself.
+        return []
 
     async def detach(self) -> None:
         if self._pool is not None:

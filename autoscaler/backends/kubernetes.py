@@ -1,0 +1,397 @@
+"""The Kubernetes backend: each replica is a pod running the runtime image, created and deleted through
+the Kubernetes API (``ZEROSERVE_BACKEND=kubernetes``).
+
+The client is lightkube: async-native, typed models, small (one dependency tree, fast to import), and
+it speaks any cluster version through the stable ``v1`` Pod API this backend uses — the only API it
+needs, present in every version since 1.0. kubernetes_asyncio (generated, far larger, slower to import)
+and kr8s (untyped, warns on older clusters) were tried too.
+
+A replica is a pod of the zeroserve runtime: ``python -m runtime --model-uri ... --host $(POD_IP)
+--port 8080`` with the entity's served name, concurrency, batching and environment; a readiness probe
+on ``/v2/health/ready`` (passes once the model is loaded and warm); ``terminationGracePeriodSeconds``
+of the entity's drain timeout plus a margin (the runtime stops taking requests on SIGTERM, finishes
+what it holds and exits). The backend itself probes the pod at its IP as soon as it has one, so a
+replica is ready when it answers, not at the kubelet's next probe period.
+
+Pods carry labels naming the endpoint, served entity and replica, and a ``managed-by`` label; the model
+cache is a node-local volume (hostPath by default) mounted by every replica on the node, so a version
+is fetched once per node. A pod that cannot start (unschedulable, image not pulled, crashing, killed
+for memory) fails its start with the reason Kubernetes gives, which the entity's state shows.
+
+The RBAC this needs, in its namespace only: pods (create, get, list, watch, delete) and pods/log (get).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backends.local import runtime_argv
+from autoscaler.spec import EntitySpec
+from autoscaler.types import EntityKey, ReplicaInfo
+
+logger = logging.getLogger("zeroserve.autoscaler.kubernetes")
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "zeroserve", "app.kubernetes.io/component": "replica"}
+ENDPOINT_LABEL = "zeroserve.io/endpoint"
+ENTITY_LABEL = "zeroserve.io/served-entity"
+REPLICA_LABEL = "zeroserve.io/replica"
+REPLICA_ID_ANNOTATION = "zeroserve.io/replica-id"
+ENDPOINT_ANNOTATION = "zeroserve.io/endpoint-name"
+ENTITY_ANNOTATION = "zeroserve.io/served-entity-name"
+CAPACITY_ANNOTATION = "zeroserve.io/capacity"
+_PROBE_PATH = "/v2/health/ready"
+# What Kubernetes says when a container cannot start; each ends a start at once with that reason.
+_FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                  "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
+# Per-replica requests by workload size (limits: the same memory; CPU unbounded so a replica can burst).
+_SIZE_RESOURCES = {"Small": ("1", "2Gi"), "Medium": ("2", "4Gi"), "Large": ("4", "8Gi")}
+_GPUS = {"GPU_SMALL": 1, "GPU_MEDIUM": 1, "GPU_LARGE": 4, "MULTIGPU_MEDIUM": 4}
+
+
+class KubernetesBackendSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZEROSERVE_KUBERNETES_", extra="ignore")
+
+    namespace: str = "default"
+    # A kubeconfig file; unset: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.
+    kubeconfig: str | None = None
+    image: str = "zeroserve-runtime:latest"
+    image_pull_policy: str = "IfNotPresent"
+    # The interpreter in the image that runs ``-m runtime``.
+    python: str = "python"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # The node-local model cache, mounted at the same path in every replica; empty: a per-pod emptyDir.
+    cache_host_path: str = "/var/cache/zeroserve"
+    # GPU workload types: where their pods may go (JSON objects).
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    service_account: str | None = None
+    # The kubelet's readiness probe period (the backend probes the pod itself, faster).
+    probe_period_s: int = Field(default=1, ge=1)
+
+
+class KubernetesBackend:
+    """Replicas as pods in one namespace (see the module docstring)."""
+
+    # Pods are the cluster's: a gateway stopping or restarting leaves them serving (floors hold); the
+    # next gateway adopts them. Deleting an endpoint deletes its pods.
+    keeps_replicas = True
+
+    def __init__(self, settings: KubernetesBackendSettings | None = None, *, probe_timeout_s: float = 2.0
+                 ) -> None:
+        self.settings = settings or KubernetesBackendSettings()
+        self._client: Any = None
+        self._http: httpx.AsyncClient | None = None
+        self._probe_timeout_s = probe_timeout_s
+        self._replicas: dict[str, ReplicaInfo] = {}
+        self._logs: dict[str, str] = {}
+        self.api_calls = 0  # Kubernetes API requests made (the benchmark reports them per scale event)
+
+    # --- the Backend protocol ---
+
+    async def open(self) -> None:
+        if self._client is None:
+            from lightkube import AsyncClient, KubeConfig
+
+            config = (KubeConfig.from_file(self.settings.kubeconfig) if self.settings.kubeconfig
+                      else KubeConfig.from_env())
+            self._client = AsyncClient(config=config, namespace=self.settings.namespace)
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
+
+    async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
+        from lightkube.resources.core_v1 import Pod
+
+        await self.open()
+        name = pod_name(replica_id)
+        self.api_calls += 1
+        await self._client.create(Pod.from_dict(self.pod_manifest(entity, spec, replica_id)))
+        try:
+            async with asyncio.timeout(spec.start_timeout_s):
+                url = await self._until_ready(name, replica_id)
+        except BaseException as error:
+            await self._delete(name, grace_s=0)
+            if isinstance(error, TimeoutError):
+                raise ReplicaStartError(f"replica {replica_id} (pod {name}) was not ready within"
+                                        f" {spec.start_timeout_s:g} s") from None
+            raise
+        info = ReplicaInfo(replica_id, entity, url, spec.autoscaling.container_concurrency)
+        self._replicas[replica_id] = info
+        logger.info("replica %s of %s ready at %s (pod %s)", replica_id, entity, url, name)
+        return info
+
+    async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
+        self._replicas.pop(replica_id, None)
+        name = pod_name(replica_id)
+        await self._keep_logs(name, replica_id)
+        # The pod is marked for deletion at once (the router has already stopped sending to it); the
+        # runtime drains within its grace period.
+        await self._delete(name, grace_s=max(1, int(timeout_s) + 1))
+
+    async def health(self, replica_id: str) -> ReplicaHealth:
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Pod
+
+        name = pod_name(replica_id)
+        try:
+            self.api_calls += 1
+            pod = await self._client.get(Pod, name)
+        except ApiError as error:
+            if error.status.code == 404:
+                self._replicas.pop(replica_id, None)
+                return ReplicaHealth.EXITED
+            raise
+        if pod.metadata.deletionTimestamp is not None or pod.status.phase in ("Failed", "Succeeded"):
+            self._replicas.pop(replica_id, None)
+            return ReplicaHealth.EXITED
+        info = self._replicas.get(replica_id)
+        if info is None or not await self._probe(info.url):
+            return ReplicaHealth.UNHEALTHY
+        return ReplicaHealth.HEALTHY
+
+    def list_replicas(self) -> list[ReplicaInfo]:
+        return list(self._replicas.values())
+
+    def logs(self, replica_id: str) -> str:
+        kept = self._logs.get(replica_id)
+        if kept is not None:
+            return kept
+        name = pod_name(replica_id)
+        return f"(pod {name} is running: kubectl logs -n {self.settings.namespace} {name})\n"
+
+    async def close(self) -> None:
+        """Delete every pod this backend runs (the last gateway stopping in an orderly way)."""
+        await asyncio.gather(*(self.stop_replica(replica_id, 5.0) for replica_id in list(self._replicas)),
+                             return_exceptions=True)
+        await self._close_clients()
+
+    # --- handing over between gateways, and adopting what runs (HandoverBackend) ---
+
+    async def adopt(self, replica: ReplicaInfo, pid: int | None) -> bool:
+        if replica.replica_id in self._replicas:
+            return True
+        if not await self._probe(replica.url):
+            return False
+        self._replicas[replica.replica_id] = replica
+        return True
+
+    async def detach(self) -> None:
+        self._replicas.clear()
+        await self._close_clients()
+
+    async def discover(self) -> list[ReplicaInfo]:
+        """The running replica pods in the namespace (a restarted gateway adopts those that answer their
+        readiness probe: no duplicates, no gap)."""
+        from lightkube.resources.core_v1 import Pod
+
+        await self.open()
+        selector = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
+        found = []
+        self.api_calls += 1
+        async for pod in self._client.list(Pod, labels=_labels_dict(selector)):
+            labels = pod.metadata.labels or {}
+            # Ready or not by the kubelet's last probe: adopting probes it again, now.
+            if pod.metadata.deletionTimestamp is not None or not pod.status.podIP:
+                continue
+            if pod.status.phase != "Running":
+                continue
+            annotations = pod.metadata.annotations or {}
+            # Labels are cut to what label values allow; the annotations keep the names as they are.
+            key = EntityKey(annotations.get(ENDPOINT_ANNOTATION) or labels.get(ENDPOINT_LABEL, ""),
+                            annotations.get(ENTITY_ANNOTATION) or labels.get(ENTITY_LABEL, ""))
+            capacity = int(annotations.get(CAPACITY_ANNOTATION, "4"))
+            replica_id = annotations.get(REPLICA_ID_ANNOTATION) or pod.metadata.name
+            found.append(ReplicaInfo(replica_id, key,
+                                     f"http://{_host(pod.status.podIP)}:{self.settings.port}", capacity))
+        return found
+
+    # --- the pod ---
+
+    def pod_manifest(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> dict[str, Any]:
+        settings = self.settings
+        argv = runtime_argv(spec, "$(POD_IP)")
+        argv[argv.index("--port") + 1] = str(settings.port)
+        env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+               {"name": "PYTHONUNBUFFERED", "value": "1"}]
+        volumes: list[dict[str, Any]] = []
+        mounts: list[dict[str, Any]] = []
+        cache = settings.cache_host_path or "/var/cache/zeroserve"
+        source = ({"hostPath": {"path": cache, "type": "DirectoryOrCreate"}} if settings.cache_host_path
+                  else {"emptyDir": {}})
+        volumes.append({"name": "model-cache", **source})
+        mounts.append({"name": "model-cache", "mountPath": cache})
+        env.append({"name": "ZEROSERVE_CACHE_DIR", "value": cache})
+        env += [{"name": key, "value": value} for key, value in spec.environment_vars.items()]
+        cpu, memory = _SIZE_RESOURCES.get(spec.autoscaling.workload_size.value, _SIZE_RESOURCES["Small"])
+        resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+        pod_spec: dict[str, Any] = {
+            "restartPolicy": "Never",  # a replica that dies is replaced by the autoscaler, not restarted
+            "terminationGracePeriodSeconds": int(spec.drain_timeout_s) + 5,
+            "containers": [{
+                "name": "runtime",
+                "image": settings.image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": [settings.python, "-m", "runtime"],
+                "args": argv,
+                "env": env,
+                "ports": [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": _PROBE_PATH, "port": settings.port},
+                                   "periodSeconds": settings.probe_period_s, "failureThreshold": 3},
+                "resources": resources,
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+            "volumes": volumes,
+        }
+        gpus = _GPUS.get(spec.workload_type)
+        if gpus:
+            resources["requests"]["nvidia.com/gpu"] = str(gpus)
+            resources["limits"]["nvidia.com/gpu"] = str(gpus)
+            if settings.gpu_node_selector:
+                pod_spec["nodeSelector"] = dict(settings.gpu_node_selector)
+            if settings.gpu_tolerations:
+                pod_spec["tolerations"] = list(settings.gpu_tolerations)
+        if settings.service_account:
+            pod_spec["serviceAccountName"] = settings.service_account
+        labels = {**MANAGED_BY, ENDPOINT_LABEL: _label(entity.endpoint),
+                  ENTITY_LABEL: _label(entity.served_entity), REPLICA_LABEL: _label(replica_id)}
+        return {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name(replica_id), "namespace": settings.namespace, "labels": labels,
+                         "annotations": {CAPACITY_ANNOTATION: str(spec.autoscaling.container_concurrency),
+                                         REPLICA_ID_ANNOTATION: replica_id,
+                                         ENDPOINT_ANNOTATION: entity.endpoint,
+                                         ENTITY_ANNOTATION: entity.served_entity,
+                                         "zeroserve.io/model-uri": spec.model_uri}},
+            "spec": pod_spec,
+        }
+
+    async def _until_ready(self, name: str, replica_id: str) -> str:
+        """The pod's URL once it answers its readiness probe; ``ReplicaStartError`` with Kubernetes'
+        reason when it cannot start."""
+        from lightkube.resources.core_v1 import Pod
+
+        url: str | None = None
+        self.api_calls += 1
+        watch = self._client.watch(Pod, namespace=self.settings.namespace, fields={"metadata.name": name})
+        events = watch.__aiter__()
+        pending: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if url is not None and await self._probe(url):
+                    return url
+                if pending is None:
+                    pending = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=0.05 if url is not None else None)
+                if not done:
+                    continue
+                _, pod = pending.result()
+                pending = None
+                problem = start_problem(pod)
+                if problem is not None:
+                    await self._keep_logs(name, replica_id)
+                    raise ReplicaStartError(f"replica {replica_id} (pod {name}) cannot start: {problem}",
+                                            log_tail=self._logs.get(replica_id, ""))
+                if pod.status.podIP and url is None:
+                    url = f"http://{_host(pod.status.podIP)}:{self.settings.port}"
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            with contextlib.suppress(Exception):
+                await events.aclose()
+
+    async def _probe(self, url: str) -> bool:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
+        try:
+            response = await self._http.get(url + _PROBE_PATH)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _delete(self, name: str, grace_s: int) -> None:
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Pod
+
+        try:
+            self.api_calls += 1
+            await self._client.delete(Pod, name, grace_period=grace_s)
+        except ApiError as error:
+            if error.status.code != 404:
+                logger.warning("deleting pod %s failed: %s", name, error)
+
+    async def _keep_logs(self, name: str, replica_id: str) -> None:
+        """The pod's log (pods/log), kept for the logs API once the pod is gone; its absence says why."""
+        try:
+            self.api_calls += 1
+            lines = [line async for line in self._client.log(name, namespace=self.settings.namespace,
+                                                              tail_lines=2000)]
+            self._logs[replica_id] = "".join(lines)
+        except Exception as error:  # no kubelet to ask, RBAC without pods/log: say so, do not fail
+            self._logs[replica_id] = f"(the log of pod {name} could not be read: {error})\n"
+        while len(self._logs) > 64:
+            self._logs.pop(next(iter(self._logs)))
+
+    async def _close_clients(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+def start_problem(pod: Any) -> str | None:
+    """Why a pod cannot become a replica, in Kubernetes' words, or None while it may still."""
+    status = pod.status
+    if status is None:
+        return None
+    for condition in status.conditions or []:
+        unschedulable = condition.status == "False" and condition.reason == "Unschedulable"
+        if condition.type == "PodScheduled" and unschedulable:
+            return f"Unschedulable: {condition.message or 'no node fits the pod'}"
+    for container in status.containerStatuses or []:
+        state = container.state
+        if state is None:
+            continue
+        if state.waiting is not None and state.waiting.reason in _FATAL_WAITING:
+            return f"{state.waiting.reason}: {state.waiting.message or 'the container cannot start'}"
+        if state.terminated is not None:
+            ended = state.terminated
+            reason = ", ".join(part for part in (ended.reason, f"exit code {ended.exitCode}") if part)
+            # With FallbackToLogsOnError the kubelet puts the log's last lines here: the runtime's error.
+            message = f": {ended.message.strip()[-1000:]}" if ended.message and ended.message.strip() else ""
+            return f"the container exited ({reason}) before it was ready{message}"
+    if status.phase in ("Failed", "Succeeded"):
+        return f"the pod ended ({status.phase}{': ' + status.reason if status.reason else ''})"
+    return None
+
+
+def pod_name(replica_id: str) -> str:
+    """A DNS-1123 pod name for a replica id (lowercase; other characters become '-')."""
+    cleaned = "".join(ch if ch.isalnum() else "-" for ch in replica_id.lower()).strip("-")
+    return f"zs-{cleaned}"[:63].rstrip("-")
+
+
+def _label(value: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in value)
+    return cleaned[:63].strip("-_.") or "x"
+
+
+def _labels_dict(selector: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in selector.split(","))
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+

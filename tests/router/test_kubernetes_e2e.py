@@ -1,0 +1,111 @@
+"""A gateway process whose replicas are pods on a real Kubernetes control plane (``ZEROSERVE_BACKEND=
+kubernetes``; fake-node runs each pod's command as a local process: no image pull, no container runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runtime.examples import logreg_rows, make_logreg_onnx
+from tests.router.gateway_process import GatewayProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+API = "/api/2.0/serving-endpoints"
+BODY = {"inputs": logreg_rows(20, 1).tolist()}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_logreg_onnx(tmp_path_factory.mktemp("models") / "logreg", n_features=20)
+
+
+def pod_names(kube: str, endpoint: str) -> list[str]:
+    from lightkube import AsyncClient, KubeConfig
+    from lightkube.resources.core_v1 import Pod
+
+    async def names() -> list[str]:
+        client = AsyncClient(config=KubeConfig.from_file(kube), namespace="default")
+        try:
+            listed = client.list(Pod, labels={"zeroserve.io/endpoint": endpoint})
+            found = [str(pod.metadata.name) async for pod in listed
+                     if pod.metadata is not None and pod.metadata.deletionTimestamp is None]
+            return sorted(found)
+        finally:
+            await client.close()
+
+    return asyncio.run(names())
+
+
+def create(gateway: GatewayProcess, name: str, model_dir: Path, **entity: Any) -> None:
+    served = {"name": "logreg", "entity_name": model_dir.as_uri(), "entity_version": "1", **entity}
+    if "max_provisioned_concurrency" not in served:
+        served["workload_size"] = "Small"
+    with gateway.client(timeout=30) as client:
+        answer = client.post(API, json={"name": name, "config": {"served_entities": [served]}})
+        assert answer.status_code == 200, answer.text
+
+
+def query(gateway: GatewayProcess, name: str) -> httpx.Response:
+    with gateway.client(timeout=60) as client:
+        return client.post(f"/serving-endpoints/{name}/invocations", json=BODY)
+
+
+def test_endpoints_run_as_pods(kube: str, tmp_path: Path, model_dir: Path) -> None:
+    env = {"ZEROSERVE_BACKEND": "kubernetes", "ZEROSERVE_KUBERNETES_KUBECONFIG": kube,
+           "ZEROSERVE_KUBERNETES_PYTHON": sys.executable,
+           "ZEROSERVE_KUBERNETES_CACHE_HOST_PATH": str(tmp_path / "node-cache")}
+    gateway = GatewayProcess(tmp_path / "home", env).start()
+    try:
+        # From zero: the first query waits while a pod starts, and is answered by it.
+        create(gateway, "sleepy", model_dir, scale_to_zero_enabled=True)
+        with gateway.client(timeout=30) as client:
+            wait_for(lambda: client.get(f"{API}/sleepy").json()["state"]["config_update"] == "NOT_UPDATING",
+                     30, "the config")
+        assert pod_names(kube, "sleepy") == []
+        started = time.monotonic()
+        answer = query(gateway, "sleepy")
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < 30
+        assert len(pod_names(kube, "sleepy")) == 1
+
+        # A floor of two pods (8 concurrent requests at 4 each), kept across a gateway restart.
+        create(gateway, "floor", model_dir, scale_to_zero_enabled=False, min_provisioned_concurrency=8,
+           max_provisioned_concurrency=8)
+        floor = wait_for(lambda: (names := pod_names(kube, "floor")) and len(names) == 2 and names, 60,
+                         "two floor pods")
+        wait_for(lambda: query(gateway, "floor").status_code == 200, 30, "the floor to serve")
+        gateway.stop()
+        assert pod_names(kube, "floor") == floor  # the pods are the cluster's, not the gateway's
+        gateway.start()
+        assert query(gateway, "floor").status_code == 200
+        time.sleep(3)  # a few autoscaler ticks: it adopted the pods, it started no others
+        assert pod_names(kube, "floor") == floor
+
+        # Deleted: nothing of it is left on the cluster.
+        with gateway.client(timeout=30) as client:
+            assert client.delete(f"{API}/floor").status_code == 200
+            assert client.delete(f"{API}/sleepy").status_code == 200
+        wait_for(lambda: pod_names(kube, "floor") == [] and pod_names(kube, "sleepy") == [], 60,
+                 "the pods to go")
+
+        # A pod that cannot start: the entity fails with Kubernetes' reason, and a waiting query hears it.
+        create(gateway, "broken", tmp_path / "no-such-model", scale_to_zero_enabled=False)
+        with gateway.client(timeout=30) as client:
+            def failed() -> dict[str, Any] | None:
+                endpoint = client.get(f"{API}/broken").json()
+                config = endpoint.get("config") or endpoint["pending_config"]
+                entity = config["served_entities"][0]["state"]
+                return entity if entity["deployment"] == "DEPLOYMENT_FAILED" else None
+
+            state = wait_for(failed, 90, "the deployment to fail")
+        assert "cannot start" in state["deployment_state_message"], state
+        assert "container exited" in state["deployment_state_message"], state
+    finally:
+        gateway.stop()
