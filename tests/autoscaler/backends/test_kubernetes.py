@@ -162,8 +162,9 @@ async def test_the_shipped_rbac_is_enough(kube: str, tmp_path: Path, model_dir: 
     for resource in resources:
         resource.metadata.namespace = namespace
         await admin.create(resource)
-    requested = await admin.create(ServiceAccountToken(spec=TokenRequestSpec(audiences=[])),
-                                   "zeroserve-gateway", namespace=namespace)
+    token_request = ServiceAccountToken(metadata=ObjectMeta(name="zeroserve-gateway", namespace=namespace),
+                                        spec=TokenRequestSpec(audiences=[]))
+    requested = await admin.create(token_request, "zeroserve-gateway", namespace=namespace)
     await admin.close()
     assert requested.status is not None and requested.status.token
     limited = token_kubeconfig(kube, requested.status.token, tmp_path / "kubeconfig")
