@@ -6,8 +6,9 @@ node's model cache after the first run), sends it one query, and times from the 
 answer; then stops it and waits until it is gone. The Kubernetes control plane is the real one in
 ``../shared/k8s`` (etcd, kube-apiserver, scheduler, controller-manager, v1.20) but **the node is
 simulated**: fake-node runs the pod's command as a local process — no image pull, no container runtime,
-no CNI — so a real cluster adds those on top. Also reported: Kubernetes API calls per scale-up and
-per scale-down.
+no CNI — so a real cluster adds those on top (to a new pod; a pool pod has them behind it already).
+Also reported: Kubernetes API calls per scale-up and per scale-down (the pool's refill not counted
+as the scale-up's: it is done in the background).
 
     python -m benchmarks.kubernetes_cold_start [--quick] [--runs N]
 """
@@ -71,7 +72,12 @@ def row(label: str, times: list[float], up: list[int] | None = None, down: list[
 
 
 async def measure(kubeconfig: str, model: Path, cache: Path, runs: int) -> None:
-    from autoscaler.backends.kubernetes import KubernetesBackend, KubernetesBackendSettings
+    from autoscaler.backends.kubernetes import (
+        POOL_LABEL,
+        KubernetesBackend,
+        KubernetesBackendSettings,
+        pod_name,
+    )
     from autoscaler.backends.local import LocalBackend
     from runtime.examples import logreg_rows
 
@@ -81,33 +87,38 @@ async def measure(kubeconfig: str, model: Path, cache: Path, runs: int) -> None:
           " simulated: no image pull, no container runtime)")
     print(f"{'backend':<40} {'runs':>4} {'p50 ms':>8} {'p95 ms':>8} {'API calls up/down':>14}")
 
-    kube = KubernetesBackend(KubernetesBackendSettings(kubeconfig=kubeconfig, python=sys.executable,
-                                                       cache_host_path=str(cache)))
-    try:
-        await kube.open()
+    for label, pool_size in (("kubernetes: warm pool pod, specialized", 1),
+                             ("kubernetes: a new pod per scale-up", 0)):
+        kube = KubernetesBackend(KubernetesBackendSettings(kubeconfig=kubeconfig, python=sys.executable,
+                                                           cache_host_path=str(cache), pool_size=pool_size))
+        try:
+            await kube.open()
 
-        async def pod_gone(replica_id: str) -> None:
-            from lightkube import ApiError
-            from lightkube.resources.core_v1 import Pod
+            async def settled(replica_id: str, backend: Any = kube) -> None:
+                """The stopped pod is gone and, with a pool, an idle pool pod waits again."""
+                from lightkube import ApiError
+                from lightkube.resources.core_v1 import Pod
 
-            from autoscaler.backends.kubernetes import pod_name
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    pods = [pod async for pod in backend._client.list(Pod, labels={POOL_LABEL: "cpu"})
+                            if pod.status.podIP and pod.metadata.deletionTimestamp is None]
+                    idle = [pod for pod in pods if await backend._idle(f"http://{pod.status.podIP}:8080")]
+                    try:
+                        await backend._client.get(Pod, backend._pods.get(replica_id, pod_name(replica_id)))
+                    except ApiError:
+                        if len(idle) >= backend.settings.pool_size:
+                            return
+                    await asyncio.sleep(0.1)
 
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    await kube._client.get(Pod, pod_name(replica_id))
-                except ApiError:
-                    return
-                await asyncio.sleep(0.1)
-
-        times, up, down = await first_answers(kube, spec, runs, body, pod_gone)
-        print(row("kubernetes: a new pod per scale-up", times, up, down))
-    except Exception as error:  # a row that says why, not a crashed run
-        print(f"{'kubernetes: a new pod per scale-up':<40} failed: {error}")
-    finally:
-        await kube.close()
-    print(f"{'kubernetes: warm pod pool, specialized':<40} not built yet (issue 23): every scale-up creates"
-          " a pod")
+            await settled("none")
+            times, up, down = await first_answers(kube, spec, runs, body, settled)
+            print(row(label, times, up, down) + (f"  ({kube.specialized} of {runs} from the pool)"
+                                                 if pool_size else ""))
+        except Exception as error:  # a row that says why, not a crashed run
+            print(f"{label:<40} failed: {error!r}")
+        finally:
+            await kube.close()
 
     local = LocalBackend()
     try:

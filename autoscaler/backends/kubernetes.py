@@ -18,14 +18,23 @@ cache is a node-local volume (hostPath by default) mounted by every replica on t
 is fetched once per node. A pod that cannot start (unschedulable, image not pulled, crashing, killed
 for memory) fails its start with the reason Kubernetes gives, which the entity's state shows.
 
-The RBAC this needs, in its namespace only: pods (create, get, list, watch, delete) and pods/log (get).
+Scale-ups of CPU entities take a warm generic pod from a pool (``runtime.pool``: runtime imported, no
+model), relabel it out of the pool (conditionally on its resourceVersion, so two gateways cannot take
+the same one), assign it the model over HTTP and refill the pool in the background — Fission's pool
+pattern; with no idle pool pod, a new pod is created.
+
+The RBAC this needs, in its namespace only (``infra/kubernetes/rbac.yaml``): pods (create, get, list,
+watch, patch, delete) and pods/log (get).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
+import uuid
 from typing import Any
 
 import httpx
@@ -36,6 +45,7 @@ from autoscaler.backend import ReplicaHealth, ReplicaStartError
 from autoscaler.backends.local import runtime_argv
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
+from runtime.pool import ASSIGN_PATH, POOL_PATH
 
 logger = logging.getLogger("zeroserve.autoscaler.kubernetes")
 
@@ -47,6 +57,7 @@ REPLICA_ID_ANNOTATION = "zeroserve.io/replica-id"
 ENDPOINT_ANNOTATION = "zeroserve.io/endpoint-name"
 ENTITY_ANNOTATION = "zeroserve.io/served-entity-name"
 CAPACITY_ANNOTATION = "zeroserve.io/capacity"
+POOL_LABEL = "zeroserve.io/pool"
 _PROBE_PATH = "/v2/health/ready"
 # What Kubernetes says when a container cannot start; each ends a start at once with that reason.
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
@@ -75,6 +86,11 @@ class KubernetesBackendSettings(BaseSettings):
     service_account: str | None = None
     # The kubelet's readiness probe period (the backend probes the pod itself, faster).
     probe_period_s: int = Field(default=1, ge=1)
+    # Warm generic pods (runtime imported, no model) kept for CPU entities; a scale-up specializes one
+    # instead of waiting for a new pod. 0: every replica is a new pod.
+    pool_size: int = Field(default=1, ge=0, le=64)
+    # Flavors a pool pod imports ahead (as the local warm pool's ZEROSERVE_WARM_POOL_PRELOAD).
+    pool_preload: str = "onnx"
 
 
 class KubernetesBackend:
@@ -91,8 +107,16 @@ class KubernetesBackend:
         self._http: httpx.AsyncClient | None = None
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, ReplicaInfo] = {}
+        # The pod of each replica: a specialized pool pod keeps the name it was created with.
+        self._pods: dict[str, str] = {}
         self._logs: dict[str, str] = {}
-        self.api_calls = 0  # Kubernetes API requests made (the benchmark reports them per scale event)
+        self._refills: set[asyncio.Task[None]] = set()
+        self._pool_ids = itertools.count(1)
+        self.specialized = 0  # scale-ups served from the pool (the rest created a pod)
+        # Kubernetes API requests made for replicas (the benchmark reports them per scale event), and
+        # for keeping the pool full (in the background, off any request's path).
+        self.api_calls = 0
+        self.pool_api_calls = 0
 
     # --- the Backend protocol ---
 
@@ -105,11 +129,53 @@ class KubernetesBackend:
             self._client = AsyncClient(config=config, namespace=self.settings.namespace)
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
+            if self.settings.pool_size > 0:
+                self._refill_later()
+
+    async def fill_pool(self) -> None:
+        """Create pool pods until ``pool_size`` exist (shared by every gateway of the namespace)."""
+        from lightkube.resources.core_v1 import Pod
+
+        if self.settings.pool_size <= 0 or self._client is None:
+            return
+        self.pool_api_calls += 1
+        alive = (None, "Pending", "Running")
+        existing = [pod async for pod in self._client.list(Pod, labels={POOL_LABEL: "cpu"})
+                    if pod.metadata.deletionTimestamp is None and pod.status.phase in alive]
+        for _ in range(self.settings.pool_size - len(existing)):
+            self.pool_api_calls += 1
+            await self._client.create(Pod.from_dict(self.pool_manifest()))
+
+    def _refill_later(self) -> None:
+        task = asyncio.ensure_future(self.fill_pool())
+        self._refills.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._refills.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning("refilling the pod pool failed: %s", finished.exception())
+
+        task.add_done_callback(done)
 
     async def start_replica(self, entity: EntityKey, spec: EntitySpec, replica_id: str) -> ReplicaInfo:
         from lightkube.resources.core_v1 import Pod
 
         await self.open()
+        if self.settings.pool_size > 0 and spec.workload_type == "CPU":
+            claimed = await self._specialize(entity, spec, replica_id)
+            if claimed is not None:
+                name, url = claimed
+                self._refill_later()
+                try:
+                    async with asyncio.timeout(spec.start_timeout_s):
+                        await self._until_answering(name, replica_id, url)
+                except BaseException as error:
+                    await self._delete(name, grace_s=0)
+                    if isinstance(error, TimeoutError):
+                        raise ReplicaStartError(f"replica {replica_id} (pool pod {name}) was not ready within"
+                                                f" {spec.start_timeout_s:g} s") from None
+                    raise
+                return self._ready(replica_id, name, entity, url, spec)
         name = pod_name(replica_id)
         self.api_calls += 1
         await self._client.create(Pod.from_dict(self.pod_manifest(entity, spec, replica_id)))
@@ -122,14 +188,109 @@ class KubernetesBackend:
                 raise ReplicaStartError(f"replica {replica_id} (pod {name}) was not ready within"
                                         f" {spec.start_timeout_s:g} s") from None
             raise
+        return self._ready(replica_id, name, entity, url, spec)
+
+    def _ready(self, replica_id: str, name: str, entity: EntityKey, url: str, spec: EntitySpec
+               ) -> ReplicaInfo:
         info = ReplicaInfo(replica_id, entity, url, spec.autoscaling.container_concurrency)
         self._replicas[replica_id] = info
+        self._pods[replica_id] = name
         logger.info("replica %s of %s ready at %s (pod %s)", replica_id, entity, url, name)
         return info
 
+    async def _specialize(self, entity: EntityKey, spec: EntitySpec, replica_id: str
+                          ) -> tuple[str, str] | None:
+        """Claim an idle pool pod for the replica and assign it the model; its (name, URL), or None when
+        the pool has none to give (a new pod is created instead)."""
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Pod
+
+        self.api_calls += 1
+        candidates = [pod async for pod in self._client.list(Pod, labels={POOL_LABEL: "cpu"})
+                      if pod.metadata.deletionTimestamp is None and pod.status.phase == "Running"
+                      and pod.status.podIP]
+        for pod in candidates:
+            name = pod.metadata.name
+            url = f"http://{_host(pod.status.podIP)}:{self.settings.port}"
+            if not await self._idle(url):
+                continue
+            # Relabelled out of the pool, conditionally on the version we saw: of two gateways claiming
+            # the same pod, one gets a conflict and tries the next.
+            manifest = self.pod_manifest(entity, spec, replica_id)["metadata"]
+            patch = {"metadata": {"resourceVersion": pod.metadata.resourceVersion,
+                                  "labels": {**manifest["labels"], POOL_LABEL: None},
+                                  "annotations": manifest["annotations"]}}
+            try:
+                self.api_calls += 1
+                await self._client.patch(Pod, name, patch)
+            except ApiError as error:
+                if error.status.code == 409:
+                    continue
+                raise
+            argv = self.pod_manifest(entity, spec, replica_id)["spec"]["containers"][0]["args"]
+            argv = [pod.status.podIP if part == "$(POD_IP)" else part for part in argv]
+            env = dict(spec.environment_vars)
+            assert self._http is not None
+            try:
+                answer = await self._http.post(f"{url}{ASSIGN_PATH}", json={"argv": argv, "env": env})
+            except httpx.HTTPError as error:
+                logger.warning("pool pod %s did not take its assignment: %s", name, error)
+                await self._delete(name, grace_s=0)
+                continue
+            if answer.status_code != 202:
+                logger.warning("pool pod %s refused its assignment: %s", name, answer.text[:200])
+                await self._delete(name, grace_s=0)
+                continue
+            self.specialized += 1
+            return name, url
+        return None
+
+    async def _idle(self, url: str) -> bool:
+        assert self._http is not None
+        try:
+            answer = await self._http.get(f"{url}{POOL_PATH}")
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
+
+    async def _until_answering(self, name: str, replica_id: str, url: str) -> None:
+        """Probe a specialized pod until its model answers; look at the pod every half second for a
+        reason it cannot (its process exits when the model cannot be loaded)."""
+        from lightkube.resources.core_v1 import Pod
+
+        looked = time.monotonic()
+        while not await self._probe(url):
+            if time.monotonic() - looked >= 0.5:
+                looked = time.monotonic()
+                self.api_calls += 1
+                problem = start_problem(await self._client.get(Pod, name))
+                if problem is not None:
+                    await self._keep_logs(name, replica_id)
+                    raise ReplicaStartError(f"replica {replica_id} (pod {name}) cannot start: {problem}",
+                                            log_tail=self._logs.get(replica_id, ""))
+            await asyncio.sleep(0.02)
+
+    def pool_manifest(self) -> dict[str, Any]:
+        """A generic runtime pod: libraries imported, no model, waiting for an assignment."""
+        settings = self.settings
+        generic = EntitySpec(model_uri="pool:", served_name="pool")
+        template = self.pod_manifest(EntityKey("pool", "pool"), generic, "pool")
+        container = template["spec"]["containers"][0]
+        container["command"] = [settings.python, "-m", "runtime.pool"]
+        container["args"] = ["--host", "$(POD_IP)", "--port", str(settings.port),
+                             "--preload", settings.pool_preload]
+        # Long enough for any entity's drain once specialized (a grace period cannot change later).
+        template["spec"]["terminationGracePeriodSeconds"] = 65
+        template["metadata"] = {
+            "name": f"zs-pool-{uuid.uuid4().hex[:10]}",
+            "namespace": settings.namespace,
+            "labels": {**MANAGED_BY, POOL_LABEL: "cpu", "app.kubernetes.io/component": "pool"},
+        }
+        return template
+
     async def stop_replica(self, replica_id: str, timeout_s: float) -> None:
         self._replicas.pop(replica_id, None)
-        name = pod_name(replica_id)
+        name = self._pods.pop(replica_id, pod_name(replica_id))
         await self._keep_logs(name, replica_id)
         # The pod is marked for deletion at once (the router has already stopped sending to it); the
         # runtime drains within its grace period.
@@ -139,7 +300,7 @@ class KubernetesBackend:
         from lightkube import ApiError
         from lightkube.resources.core_v1 import Pod
 
-        name = pod_name(replica_id)
+        name = self._pods.get(replica_id, pod_name(replica_id))
         try:
             self.api_calls += 1
             pod = await self._client.get(Pod, name)
@@ -168,6 +329,8 @@ class KubernetesBackend:
 
     async def close(self) -> None:
         """Delete every pod this backend runs (the last gateway stopping in an orderly way)."""
+        for task in list(self._refills):
+            task.cancel()
         await asyncio.gather(*(self.stop_replica(replica_id, 5.0) for replica_id in list(self._replicas)),
                              return_exceptions=True)
         await self._close_clients()
@@ -183,7 +346,10 @@ class KubernetesBackend:
         return True
 
     async def detach(self) -> None:
+        for task in list(self._refills):
+            task.cancel()
         self._replicas.clear()
+        self._pods.clear()
         await self._close_clients()
 
     async def discover(self) -> list[ReplicaInfo]:
@@ -207,7 +373,10 @@ class KubernetesBackend:
             key = EntityKey(annotations.get(ENDPOINT_ANNOTATION) or labels.get(ENDPOINT_LABEL, ""),
                             annotations.get(ENTITY_ANNOTATION) or labels.get(ENTITY_LABEL, ""))
             capacity = int(annotations.get(CAPACITY_ANNOTATION, "4"))
-            replica_id = annotations.get(REPLICA_ID_ANNOTATION) or pod.metadata.name
+            replica_id = annotations.get(REPLICA_ID_ANNOTATION)
+            if replica_id is None:
+                continue  # a pool pod waiting for a model
+            self._pods[replica_id] = pod.metadata.name
             found.append(ReplicaInfo(replica_id, key,
                                      f"http://{_host(pod.status.podIP)}:{self.settings.port}", capacity))
         return found

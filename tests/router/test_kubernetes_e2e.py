@@ -78,9 +78,13 @@ def test_endpoints_run_as_pods(kube: str, tmp_path: Path, model_dir: Path) -> No
         # A floor of two pods (8 concurrent requests at 4 each), kept across a gateway restart.
         create(gateway, "floor", model_dir, scale_to_zero_enabled=False, min_provisioned_concurrency=8,
            max_provisioned_concurrency=8)
-        floor = wait_for(lambda: (names := pod_names(kube, "floor")) and len(names) == 2 and names, 60,
-                         "two floor pods")
-        wait_for(lambda: query(gateway, "floor").status_code == 200, 30, "the floor to serve")
+        with gateway.client(timeout=30) as client:
+            wait_for(lambda: client.get(f"{API}/floor").json()["config"]["served_entities"][0]["state"][
+                "replicas"]["ready"] == 2 if client.get(f"{API}/floor").json().get("config") else False,
+                60, "two ready floor pods")
+        floor = pod_names(kube, "floor")
+        assert len(floor) == 2
+        assert query(gateway, "floor").status_code == 200
         gateway.stop()
         assert pod_names(kube, "floor") == floor  # the pods are the cluster's, not the gateway's
         gateway.start()

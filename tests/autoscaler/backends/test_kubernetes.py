@@ -33,9 +33,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_logreg_onnx(tmp_path_factory.mktemp("models") / "logreg", n_features=20)
 
 
-def settings(kube: str, cache: Path) -> KubernetesBackendSettings:
+def settings(kube: str, cache: Path, pool_size: int = 0) -> KubernetesBackendSettings:
     # fake-node runs the pod's command on this machine: this interpreter, not the image's.
-    return KubernetesBackendSettings(kubeconfig=kube, python=sys.executable, cache_host_path=str(cache))
+    return KubernetesBackendSettings(kubeconfig=kube, python=sys.executable, cache_host_path=str(cache),
+                                     pool_size=pool_size)
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ async def backend(kube: str, tmp_path: Path) -> AsyncIterator[KubernetesBackend]
 async def pods(backend: KubernetesBackend) -> list[Any]:
     from lightkube.resources.core_v1 import Pod
 
-    managed = {"app.kubernetes.io/managed-by": "zeroserve"}
+    managed = {"app.kubernetes.io/managed-by": "zeroserve", "app.kubernetes.io/component": "replica"}
     return [pod async for pod in backend._client.list(Pod, labels=managed)
             if pod.metadata.deletionTimestamp is None]
 
@@ -98,6 +99,47 @@ async def test_a_replica_is_a_pod(backend: KubernetesBackend, model_dir: Path) -
         await asyncio.sleep(0.1)
     assert await pods(backend) == []
     assert await backend.health("fraud-logreg-1") is ReplicaHealth.EXITED
+
+
+@pytest.mark.slow
+async def test_scale_up_specializes_a_warm_pool_pod(kube: str, tmp_path: Path, model_dir: Path) -> None:
+    from lightkube.resources.core_v1 import Pod
+
+    backend = KubernetesBackend(settings(kube, tmp_path / "cache", pool_size=1))
+    await backend.open()
+    try:
+        async def idle_pool() -> list[Any]:
+            return [pod async for pod in backend._client.list(Pod, labels={"zeroserve.io/pool": "cpu"})
+                    if pod.metadata.deletionTimestamp is None and pod.status.podIP
+                    and await backend._idle(f"http://{pod.status.podIP}:8080")]
+
+        for _ in range(300):  # the pool pod imports the runtime: a few seconds
+            if await idle_pool():
+                break
+            await asyncio.sleep(0.1)
+        (pool_pod,) = await idle_pool()
+        info = await backend.start_replica(KEY, spec(model_dir), "fraud-logreg-3")
+        assert backend.specialized == 1
+        assert info.url == f"http://{pool_pod.status.podIP}:8080"  # the pool pod became the replica
+        async with httpx.AsyncClient() as client:
+            body = {"inputs": logreg_rows(20, 1).tolist()}
+            answer = await client.post(f"{info.url}/invocations", json=body)
+        assert answer.status_code == 200, answer.text
+        claimed = await backend._client.get(Pod, pool_pod.metadata.name)
+        assert "zeroserve.io/pool" not in (claimed.metadata.labels or {})
+        assert claimed.metadata.labels["zeroserve.io/endpoint"] == "fraud"
+        # The pool refills itself, and a restarted gateway finds the specialized pod as a replica.
+        for _ in range(300):
+            if await idle_pool():
+                break
+            await asyncio.sleep(0.1)
+        assert len(await idle_pool()) == 1
+        restarted = KubernetesBackend(backend.settings)
+        assert [r.replica_id for r in await restarted.discover()] == ["fraud-logreg-3"]
+        await restarted.detach()
+        await backend.stop_replica("fraud-logreg-3", 1)
+    finally:
+        await backend.close()
 
 
 @pytest.mark.slow
