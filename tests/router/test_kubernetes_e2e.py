@@ -43,6 +43,20 @@ def pod_names(kube: str, endpoint: str) -> list[str]:
     return asyncio.run(names())
 
 
+def delete_pod(kube: str, name: str, grace_s: int) -> None:
+    from lightkube import AsyncClient, KubeConfig
+    from lightkube.resources.core_v1 import Pod
+
+    async def delete() -> None:
+        client = AsyncClient(config=KubeConfig.from_file(kube), namespace="default")
+        try:
+            await client.delete(Pod, name, grace_period=grace_s)
+        finally:
+            await client.close()
+
+    asyncio.run(delete())
+
+
 def create(gateway: GatewayProcess, name: str, model_dir: Path, **entity: Any) -> None:
     served = {"name": "logreg", "entity_name": model_dir.as_uri(), "entity_version": "1", **entity}
     if "max_provisioned_concurrency" not in served:
@@ -113,3 +127,54 @@ def test_endpoints_run_as_pods(kube: str, tmp_path: Path, model_dir: Path) -> No
         assert "container exited" in state["deployment_state_message"], state
     finally:
         gateway.stop()
+
+
+def test_pods_come_and_go_without_losing_requests(kube: str, tmp_path: Path, model_dir: Path) -> None:
+    import threading
+
+    env = {"ZEROSERVE_BACKEND": "kubernetes", "ZEROSERVE_KUBERNETES_KUBECONFIG": kube,
+           "ZEROSERVE_KUBERNETES_PYTHON": sys.executable,
+           "ZEROSERVE_KUBERNETES_CACHE_HOST_PATH": str(tmp_path / "node-cache")}
+    gateway = GatewayProcess(tmp_path / "home", env).start()
+    failures: list[str] = []
+    sent = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with gateway.client(timeout=60) as client:
+            while not stop.is_set():
+                answer = client.post("/serving-endpoints/steady/invocations", json=BODY)
+                sent[0] += 1
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+
+    try:
+        create(gateway, "steady", model_dir, scale_to_zero_enabled=False, min_provisioned_concurrency=8,
+               max_provisioned_concurrency=8)
+        with gateway.client(timeout=30) as client:
+            wait_for(lambda: (body := client.get(f"{API}/steady").json()).get("config") is not None and body[
+                "config"]["served_entities"][0]["state"]["replicas"]["ready"] == 2, 60, "two ready pods")
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        # A pod deleted as `kubectl delete pod --grace-period=0` does (kubectl turns 0 into 1 s without
+        # --force): it drains what it holds, the router stops sending to it, a new pod replaces it.
+        victim = pod_names(kube, "steady")[0]
+        delete_pod(kube, victim, grace_s=1)
+        wait_for(lambda: victim not in pod_names(kube, "steady") and len(pod_names(kube, "steady")) == 2,
+                 60, "the replacement pod")
+        # A config update with zero downtime: the new entity's pods come up, traffic moves, the old drain.
+        with gateway.client(timeout=30) as client:
+            served = {"name": "logreg-v2", "entity_name": model_dir.as_uri(), "entity_version": "2",
+                      "scale_to_zero_enabled": False, "min_provisioned_concurrency": 4,
+                      "max_provisioned_concurrency": 4}
+            updated = client.put(f"{API}/steady/config", json={"served_entities": [served]})
+            assert updated.status_code == 200, updated.text
+            wait_for(lambda: client.get(f"{API}/steady").json()["state"]["config_update"] == "NOT_UPDATING",
+                     90, "the update")
+        wait_for(lambda: len(pod_names(kube, "steady")) == 1, 60, "the old pods to drain")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        gateway.stop()
+    assert failures == [] and sent[0] > 50, (failures[:5], sent[0])
