@@ -80,6 +80,9 @@ class KubernetesBackendSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     # The node-local model cache, mounted at the same path in every replica; empty: a per-pod emptyDir.
     cache_host_path: str = "/var/cache/zeroserve"
+    # A PersistentVolumeClaim to hold the cache instead (ReadWriteMany, or one per node pool), mounted
+    # at cache_host_path.
+    cache_pvc: str | None = None
     # GPU workload types: where their pods may go (JSON objects).
     gpu_node_selector: dict[str, str] = Field(default_factory=dict)
     gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -392,8 +395,13 @@ class KubernetesBackend:
         volumes: list[dict[str, Any]] = []
         mounts: list[dict[str, Any]] = []
         cache = settings.cache_host_path or "/var/cache/zeroserve"
-        source = ({"hostPath": {"path": cache, "type": "DirectoryOrCreate"}} if settings.cache_host_path
-                  else {"emptyDir": {}})
+        source: dict[str, Any]
+        if settings.cache_pvc:
+            source = {"persistentVolumeClaim": {"claimName": settings.cache_pvc}}
+        elif settings.cache_host_path:
+            source = {"hostPath": {"path": cache, "type": "DirectoryOrCreate"}}
+        else:
+            source = {"emptyDir": {}}
         volumes.append({"name": "model-cache", **source})
         mounts.append({"name": "model-cache", "mountPath": cache})
         env.append({"name": "ZEROSERVE_CACHE_DIR", "value": cache})

@@ -78,7 +78,8 @@ def test_endpoints_run_as_pods(kube: str, tmp_path: Path, model_dir: Path) -> No
     gateway = GatewayProcess(tmp_path / "home", env).start()
     try:
         # From zero: the first query waits while a pod starts, and is answered by it.
-        create(gateway, "sleepy", model_dir, scale_to_zero_enabled=True)
+        create(gateway, "sleepy", model_dir, scale_to_zero_enabled=True,
+               autoscaling={"stable_window_s": 2, "scale_to_zero_grace_s": 0})
         with gateway.client(timeout=30) as client:
             wait_for(lambda: client.get(f"{API}/sleepy").json()["state"]["config_update"] == "NOT_UPDATING",
                      30, "the config")
@@ -88,6 +89,8 @@ def test_endpoints_run_as_pods(kube: str, tmp_path: Path, model_dir: Path) -> No
         assert answer.status_code == 200, answer.text
         assert time.monotonic() - started < 30
         assert len(pod_names(kube, "sleepy")) == 1
+        # Idle: back to zero, its pod gone.
+        wait_for(lambda: pod_names(kube, "sleepy") == [], 60, "the idle endpoint to scale to zero")
 
         # A floor of two pods (8 concurrent requests at 4 each), kept across a gateway restart.
         create(gateway, "floor", model_dir, scale_to_zero_enabled=False, min_provisioned_concurrency=8,

@@ -77,6 +77,12 @@ def test_the_pod_says_what_it_runs(tmp_path: Path, model_dir: Path) -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert manifest["spec"]["nodeSelector"] == {"gpu": "a100"}
     assert manifest["spec"]["terminationGracePeriodSeconds"] == 7
+    assert manifest["spec"]["volumes"][0]["hostPath"]["path"] == "/var/cache/zeroserve"
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["ZEROSERVE_CACHE_DIR"] == "/var/cache/zeroserve"
+    on_claim = KubernetesBackend(KubernetesBackendSettings(cache_pvc="models")).pod_manifest(
+        KEY, spec(model_dir), "fraud-logreg-8")
+    assert on_claim["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models"}
 
 
 @pytest.mark.slow
