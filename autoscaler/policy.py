@@ -340,11 +340,11 @@ def _floor_ceiling(desired: int, spec: AutoscalingSpec, why: list[Why]) -> int:
     # Reserved floor ceil(10 / 4) = 3 holds even when idle; ceiling ceil(16 / 4) = 4 for Medium.
     floor = spec.floor_replicas
     if desired < floor:
-        why.append(("floor {}", (floor,)))
+        why.append(("the reserved floor keeps {}", (floor,)))
         return floor
     ceiling = spec.ceiling_replicas
     if desired > ceiling:
-        why.append(("ceiling {}", (ceiling,)))
+        why.append(("max provisioned concurrency caps it at {}", (ceiling,)))
         return ceiling
     return desired
 

@@ -5,7 +5,8 @@ For each model, a gateway process (``zeroserve serve``) with the local backend s
 scales to zero two seconds after its last request; each run waits until it is at zero, sends one query
 and times the answer. Models: a small ONNX model (LogisticRegression, 20 features) and the quick start's
 example (an MLflow pyfunc around a scikit-learn pipeline), the latter with the warm pool preloading only
-ONNX (the default) and preloading scikit-learn too (what ``zeroserve up --example`` sets).
+ONNX (the default) and preloading scikit-learn too (what ``zeroserve up --example`` sets). Beside each
+row, the same replica started by the local backend alone (no gateway), and what the gateway adds.
 
     python -m benchmarks.gateway_cold_start [--quick] [--runs N]
 """
@@ -75,6 +76,38 @@ def first_answers(url: str, model: Path, query: dict[str, Any], runs: int) -> li
         return seconds
 
 
+def replica_alone(model: Path, query: dict[str, Any], preload: str, runs: int) -> list[float]:
+    """Seconds from asking the local backend for a replica (a warm pool worker, model cached) to its
+    first answer, without a gateway: what the gateway's cold path is measured against."""
+    import asyncio
+
+    from autoscaler.backends.local import LocalBackend
+    from autoscaler.spec import EntitySpec
+    from autoscaler.types import EntityKey
+
+    async def measure() -> list[float]:
+        backend = LocalBackend(warm_pool_size=1, preload=tuple(preload.split(",")), unix_sockets=False)
+        await backend.open()
+        spec = EntitySpec(model_uri=model.as_uri(), served_name="m")
+        seconds = []
+        try:
+            async with httpx.AsyncClient(timeout=120) as client:
+                for run in range(runs + 1):  # the first, uncounted, fills the cache
+                    assert backend.pool is not None
+                    await backend.pool.wait_full()
+                    started = time.perf_counter()
+                    info = await backend.start_replica(EntityKey("ep", "m"), spec, f"r{run}")
+                    (await client.post(f"{info.url}/invocations", json=query)).raise_for_status()
+                    if run:
+                        seconds.append(time.perf_counter() - started)
+                    await backend.stop_replica(info.replica_id, 5.0)
+        finally:
+            await backend.close()
+        return seconds
+
+    return asyncio.run(measure())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = args.runs or (3 if args.quick else 7)
     from runtime.examples import logreg_rows, make_logreg_onnx, make_propensity_mlflow, propensity_request
 
-    print(f"first answer from zero through a real gateway, model cached, {runs} runs a row")
-    print(f"{'model':<36} {'warm pool preloads':<20} {'p50 ms':>8} {'min ms':>8} {'max ms':>8}")
+    print(f"first answer from zero through a real gateway, model cached, {runs} runs a row; 'replica'"
+          " is the same start without a gateway (local backend, warm pool), 'gateway adds' the difference")
+    print(f"{'model':<36} {'warm pool preloads':<20} {'p50 ms':>8} {'min ms':>8} {'max ms':>8}"
+          f" {'replica ms':>10} {'gateway adds':>12}")
     with tempfile.TemporaryDirectory(prefix="zeroserve-gateway-cold-") as scratch:
         root = Path(scratch)
         onnx = make_logreg_onnx(root / "logreg")
@@ -103,8 +138,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name:<36} {preload:<20} failed: {error}")
                 continue
             milliseconds = [value * 1000 for value in seconds]
+            try:
+                alone = statistics.median(replica_alone(model, query, preload, runs)) * 1000
+                alone_text, adds = f"{alone:>10.0f}", f"{statistics.median(milliseconds) - alone:>12.0f}"
+            except Exception as error:  # the gateway row stands; say why this column is missing
+                alone_text, adds = f"{'failed':>10}", f" {error}"
             print(f"{name:<36} {preload:<20} {statistics.median(milliseconds):>8.0f} "
-                  f"{min(milliseconds):>8.0f} {max(milliseconds):>8.0f}")
+                  f"{min(milliseconds):>8.0f} {max(milliseconds):>8.0f} {alone_text} {adds}")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ class DataPlane:
         self.max_body_bytes = max_body_bytes
         # The model name a replica answers to on its /v2/models/{name} routes (the runtime's --name).
         self.upstream_model_name = upstream_model_name
+        # Whether the gateway around it has restored its endpoints (``/v2/health/ready``); a bare data
+        # plane is ready as soon as it exists. ``version``: what ``GET /v2`` reports.
+        self.ready = True
+        self.version = _package_version()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -572,13 +576,17 @@ def _as_requested_model(response: UpstreamResponse, scope: Scope) -> UpstreamRes
     return response._replace(body=orjson.dumps(document))
 
 
-def _v2_server_ready(_: Request) -> Response:
+def _v2_server_live(_: Request) -> Response:
     return Response(b"", status_code=200)
 
 
-def _v2_server_metadata(_: Request) -> Response:
-    body = {"name": "zeroserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-    return Response(orjson.dumps(body), media_type="application/json")
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zeroserve")
+    except PackageNotFoundError:
+        return "0"
 
 
 _INVOCATIONS_PREFIX = "/serving-endpoints/"
@@ -658,6 +666,19 @@ def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
     name is the endpoint name (and any version maps to the endpoint's current config)."""
     ready = _Handler(dataplane.handle_model_ready)
     model = dataplane.upstream_model_name
+
+    async def server_ready(_: Request) -> Response:
+        # Not before the gateway has restored its endpoints: a probe must not send traffic to a gateway
+        # that would answer 404 for endpoints it has not routed yet.
+        if not dataplane.ready:
+            return Response(orjson.dumps({"error": "the gateway is starting: endpoints not restored yet"}),
+                            status_code=503, media_type="application/json")
+        return Response(b"", status_code=200)
+
+    async def server_metadata(_: Request) -> Response:
+        body = {"name": "zeroserve", "version": dataplane.version, "extensions": ["binary_tensor_data"]}
+        return Response(orjson.dumps(body), media_type="application/json")
+
     metadata = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}", _as_requested_model)
     infer = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}/infer")
     return [
@@ -666,9 +687,9 @@ def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
             _proxied(dataplane, _invocations_path),
             methods=["POST"],
         ),
-        Route("/v2", _v2_server_metadata, methods=["GET"]),
-        Route("/v2/health/live", _v2_server_ready, methods=["GET"]),
-        Route("/v2/health/ready", _v2_server_ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", _v2_server_live, methods=["GET"]),
+        Route("/v2/health/ready", server_ready, methods=["GET"]),
         Route("/v2/models/{name}", metadata, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}", metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", ready, methods=["GET"]),

@@ -110,6 +110,7 @@ class Gateway:
         # One body limit for the whole gateway (ZEROSERVE_MAX_BODY_BYTES): the data plane's own default
         # (16 MiB) made raising the setting do nothing for queries.
         self.dataplane = DataPlane(max_body_bytes=self.front_door.settings.max_body_bytes)
+        self.dataplane.ready = False  # until start() has restored the endpoints
         self.observability = Observability(
             stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock
         )
@@ -242,11 +243,13 @@ class Gateway:
             await self.fleet.start()
         await self.observability.start()
         self.ready = True
+        self.dataplane.ready = True
         for hook in self.on_ready:
             await hook(self)
 
     async def aclose(self) -> None:
         self.ready = False
+        self.dataplane.ready = False
         self._forget_url()
         for task in self.background:
             task.cancel()

@@ -164,7 +164,10 @@ class KubernetesBackend:
         from lightkube.resources.core_v1 import Pod
 
         await self.open()
-        if self.settings.pool_size > 0 and spec.workload_type == "CPU":
+        # Pool pods are CPU pods with the Small size's requests, and a pod's resources cannot change in
+        # place: other entities get a pod of their own.
+        poolable = spec.workload_type == "CPU" and spec.autoscaling.workload_size.value == "Small"
+        if self.settings.pool_size > 0 and poolable:
             claimed = await self._specialize(entity, spec, replica_id)
             if claimed is not None:
                 name, url = claimed

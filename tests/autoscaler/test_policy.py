@@ -192,24 +192,28 @@ def test_rate_limits(case: Case) -> None:
 
 FLOOR_CEILING_CASES = [
     Case("no-scale-to-zero-floor-1", want=1, stable=0.0, ready=1, state=PolicyState(desired=1),
-         spec=ROOMY_FLOOR_1, last_busy_at=0.0, reason="floor 1"),
+         spec=ROOMY_FLOOR_1, last_busy_at=0.0, reason="the reserved floor keeps 1"),
     Case("reserved-floor-3", want=3, stable=0.0, ready=3, state=PolicyState(desired=3),
-         spec=replace(ROOMY, min_provisioned_concurrency=10), last_busy_at=0.0, reason="floor 3"),
+         spec=replace(ROOMY, min_provisioned_concurrency=10), last_busy_at=0.0,
+         reason="the reserved floor keeps 3"),
     Case("rate-limit-above-the-floor-still-applies", want=5, stable=0.0, ready=10,
          state=PolicyState(desired=10), spec=replace(ROOMY, min_provisioned_concurrency=12),
          last_busy_at=0.0),
     Case("reserved-floor-under-the-rate-limit", want=3, stable=0.0, ready=4, state=PolicyState(desired=4),
-         spec=replace(ROOMY, min_provisioned_concurrency=12), last_busy_at=0.0, reason="floor 3"),
+         spec=replace(ROOMY, min_provisioned_concurrency=12), last_busy_at=0.0,
+         reason="the reserved floor keeps 3"),
     Case("small-ceiling-1", want=1, stable=28.0, ready=1, state=PolicyState(desired=1),
-         spec=AutoscalingSpec(), reason="ceiling 1"),
+         spec=AutoscalingSpec(), reason="max provisioned concurrency caps it at 1"),
     Case("medium-ceiling-4", want=4, stable=28.0, ready=1, state=PolicyState(desired=1),
-         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM), reason="ceiling 4"),
+         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM),
+         reason="max provisioned concurrency caps it at 4"),
     Case("large-ceiling-16", want=16, stable=100.0, ready=4, state=PolicyState(desired=4),
          spec=AutoscalingSpec(workload_size=WorkloadSize.LARGE)),
     Case("explicit-max-ceiling", want=3, stable=100.0, ready=1, state=PolicyState(desired=1),
          spec=AutoscalingSpec(max_provisioned_concurrency=10)),
     Case("ceiling-caps-panic", want=4, stable=5.0, panic=100.0, ready=1, state=PolicyState(desired=1),
-         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM), panicking=True, reason="ceiling 4"),
+         spec=AutoscalingSpec(workload_size=WorkloadSize.MEDIUM), panicking=True,
+         reason="max provisioned concurrency caps it at 4"),
     Case("ceiling-lowered-scales-down-at-once", want=1, stable=28.0, ready=10, state=PolicyState(desired=10),
          spec=AutoscalingSpec()),
 ]
@@ -533,7 +537,7 @@ def test_scenario_ceiling_bounds_a_burst() -> None:
     sim.run(20, 200)
     assert sim.desired == 4
     assert max(d.desired for d in sim.history) == 4
-    assert "ceiling 4" in sim.history[-1].reason
+    assert "caps it at 4" in sim.history[-1].reason
 
 
 def test_scenario_every_reason_reads_as_a_sentence() -> None:
@@ -548,7 +552,8 @@ def test_scenario_every_reason_reads_as_a_sentence() -> None:
     assert {"no", "cold", "stable", "panic"} <= kinds
     for decision in sim.history:
         assert "None" not in decision.reason
-        # The last number said is the outcome ("... -> 14", "holds 4", "floor 3"), or it says zero.
+        # The last number said is the outcome ("... -> 14", "holds 4", "the reserved floor keeps 3"), or it
+        # says zero.
         if decision.reason.endswith("scale to zero"):
             assert decision.desired == 0
         else:

@@ -66,3 +66,26 @@ def test_the_body_limit_setting_reaches_the_data_plane(tmp_path: Path) -> None:
             assert gateway.dataplane.max_body_bytes == limit
         finally:
             gateway.db.close()
+
+
+async def test_v2_ready_only_once_endpoints_are_restored(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    import httpx
+
+    clock = FakeClock()
+    gateway = Gateway(GatewaySettings(home=tmp_path), backend=FakeBackend(clock), clock=clock,
+                      security=SecuritySettings(admin_token=SecretStr("t" * 40), public_v2_health=True))
+    transport = httpx.ASGITransport(app=gateway.asgi)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        # Constructed, not started: alive, not ready (a load balancer must not send traffic yet).
+        assert (await client.get("/v2/health/live")).status_code == 200
+        starting = await client.get("/v2/health/ready")
+        assert starting.status_code == 503 and "not restored" in starting.text
+        await gateway.start()
+        try:
+            assert (await client.get("/v2/health/ready")).status_code == 200
+            metadata = (await client.get("/v2", headers={"Authorization": "Bearer " + "t" * 40})).json()
+            assert metadata["version"] == version("zeroserve")
+        finally:
+            await gateway.aclose()
