@@ -42,6 +42,9 @@ class ColumnSpec:
     dtype: np.dtype[Any]
     type_name: str  # the MLflow type ("double", "long", "string", ...), for messages and metadata
     required: bool = True
+    # The signature's own label when it is an integer (a model trained on pd.DataFrame(X) has columns
+    # 0, 1, 2): requests name the column by ``name`` (its text), the model gets its frame with ``label``.
+    label: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

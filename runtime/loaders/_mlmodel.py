@@ -90,12 +90,15 @@ def _input_schema(items: list[dict[str, Any]]) -> tuple[InputSchema, bool]:
         if type_name not in MLFLOW_COLUMN_DTYPES:
             # Arrays, objects and maps: leave validation to mlflow itself.
             return None, False
+        label = item.get("name")
         columns.append(
             ColumnSpec(
-                name=item.get("name") or str(position),
+                # Only a column with no name at all is named by its position; 0 is a name.
+                name=str(label) if label is not None else str(position),
                 dtype=MLFLOW_COLUMN_DTYPES[type_name],
                 type_name=type_name,
                 required=bool(item.get("required", True)),
+                label=label if isinstance(label, int) and not isinstance(label, bool) else None,
             )
         )
     return ColumnSchema(tuple(columns)), False

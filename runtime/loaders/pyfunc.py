@@ -53,6 +53,8 @@ class PyfuncModel(LoadedModel):
         if isinstance(info.input_schema, ColumnSchema) and impl is not None and hasattr(impl, "predict"):
             self._validated_predict = impl.predict
         schema = info.input_schema
+        self._labels = ({column.name: column.label for column in schema.columns if column.label is not None}
+                        if isinstance(schema, ColumnSchema) else {})
         self._uniform_float = (
             isinstance(schema, ColumnSchema)
             and len({column.dtype for column in schema.columns}) == 1
@@ -92,10 +94,16 @@ class PyfuncModel(LoadedModel):
                 return inputs
         if self._uniform_float and len(inputs) > 1:
             # One 2-D block makes a single-block DataFrame: far cheaper than one block per column.
-            return self._pd.DataFrame(
+            frame = self._pd.DataFrame(
                 np.column_stack(list(inputs.values())), columns=list(inputs), copy=False
             )
-        return self._pd.DataFrame(inputs, copy=False)
+        else:
+            frame = self._pd.DataFrame(inputs, copy=False)
+        if self._labels:
+            # A signature with integer column labels (a model trained on pd.DataFrame(X)): the model,
+            # and MLflow's own schema check, know its columns as integers.
+            frame.columns = [self._labels.get(name, name) for name in frame.columns]
+        return frame
 
     def _prediction(self, result: Any) -> Prediction:
         pd = self._pd

@@ -114,13 +114,18 @@ def _split(value: Any) -> tuple[list[str] | None, list[Any]]:
     if not isinstance(data, list) or not data:
         raise InvalidInput("dataframe_split.data must be a non-empty list of rows")
     columns = value.get("columns")
+    # Integer labels are what pandas' default to_dict(orient="split") writes, and MLflow takes them: a
+    # column is named by its text from here on ("0"), as JSON object keys (dataframe_records) name it.
     if columns is not None and (
-        not isinstance(columns, list) or not all(isinstance(name, str) for name in columns)
+        not isinstance(columns, list)
+        or not all(isinstance(name, str) or (isinstance(name, int) and not isinstance(name, bool))
+                   for name in columns)
     ):
-        raise InvalidInput("dataframe_split.columns must be a list of column names")
-    if columns is not None and len(set(columns)) != len(columns):
+        raise InvalidInput("dataframe_split.columns must be a list of column names (strings or integers)")
+    names = [str(name) for name in columns] if columns is not None else None
+    if names is not None and len(set(names)) != len(names):
         raise InvalidInput(f"dataframe_split.columns has duplicate names: {columns}")
-    return columns, data
+    return names, data
 
 
 def decode_csv(body: bytes) -> Payload:
