@@ -34,6 +34,7 @@ from router.api.models import (
     parse_body,
     validate_name,
 )
+from router.api.registry import check_registered
 from router.api.specs import check_specs, routing_for
 from router.routing import EndpointRouting
 from router.state.endpoints import EndpointRecord, EndpointStore
@@ -102,6 +103,7 @@ class EndpointController:
             raise InvalidParameterValue(f"config.name {request.config.name!r} does not match name {name!r}")
         config = normalize_config(request.config)
         check_specs(config)
+        await check_registered(config)
         await self._removed(name)
         record = self.store.create(
             name,
@@ -119,6 +121,7 @@ class EndpointController:
         self.store.get(name)  # 404 before 400: a missing endpoint is the first thing to tell
         config = normalize_config(parse_body(EndpointCoreConfigInput, body, ""), prefix="")
         check_specs(config, "served_entities")
+        await check_registered(config, "served_entities")
         record = self.store.submit_config(name, config, principal)
         if self.leading:
             self._start_rollout(record)
