@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtime.loaders.base import LoadedModel
 
-READY_PREFIX = "ZEROSERVE_REPLICA_READY"
+from runtime.ready import READY_PREFIX
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

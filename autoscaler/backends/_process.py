@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Mapping
 
 from autoscaler.backends._worker import IDLE_MARKER
+from runtime.ready import READY_PREFIX as READY_MARKER
 
-READY_MARKER = "ZEROSERVE_REPLICA_READY"
 _MAX_LINE_CHARS = 4096
 
 

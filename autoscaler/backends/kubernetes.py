@@ -35,7 +35,8 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import Field
@@ -48,6 +49,7 @@ from autoscaler.types import EntityKey, ReplicaInfo
 from runtime.pool import ASSIGN_PATH, POOL_PATH
 
 logger = logging.getLogger("zeroserve.autoscaler.kubernetes")
+T = TypeVar("T")
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "zeroserve", "app.kubernetes.io/component": "replica"}
 ENDPOINT_LABEL = "zeroserve.io/endpoint"
@@ -172,29 +174,28 @@ class KubernetesBackend:
             if claimed is not None:
                 name, url = claimed
                 self._refill_later()
-                try:
-                    async with asyncio.timeout(spec.start_timeout_s):
-                        await self._until_answering(name, replica_id, url)
-                except BaseException as error:
-                    await self._delete(name, grace_s=0)
-                    if isinstance(error, TimeoutError):
-                        raise ReplicaStartError(f"replica {replica_id} (pool pod {name}) was not ready within"
-                                                f" {spec.start_timeout_s:g} s") from None
-                    raise
+                await self._within_start_timeout(self._until_answering(name, replica_id, url), name,
+                                                 replica_id, spec)
                 return self._ready(replica_id, name, entity, url, spec)
         name = pod_name(replica_id)
         self.api_calls += 1
         await self._client.create(Pod.from_dict(self.pod_manifest(entity, spec, replica_id)))
+        url = await self._within_start_timeout(self._until_ready(name, replica_id), name, replica_id, spec)
+        return self._ready(replica_id, name, entity, url, spec)
+
+    async def _within_start_timeout(self, waiting: Coroutine[Any, Any, T], name: str, replica_id: str,
+                                    spec: EntitySpec) -> T:
+        """``waiting`` for the pod to serve, bounded by the spec's start timeout; the pod is deleted
+        when it does not make it (or the start is cancelled)."""
         try:
             async with asyncio.timeout(spec.start_timeout_s):
-                url = await self._until_ready(name, replica_id)
+                return await waiting
         except BaseException as error:
             await self._delete(name, grace_s=0)
             if isinstance(error, TimeoutError):
                 raise ReplicaStartError(f"replica {replica_id} (pod {name}) was not ready within"
                                         f" {spec.start_timeout_s:g} s") from None
             raise
-        return self._ready(replica_id, name, entity, url, spec)
 
     def _ready(self, replica_id: str, name: str, entity: EntityKey, url: str, spec: EntitySpec
                ) -> ReplicaInfo:

@@ -205,9 +205,6 @@ class EndpointController:
         self._rollouts.clear()
         self._removals.clear()
 
-    def rolling_out(self, name: str) -> bool:
-        return name in self._rollouts
-
     async def wait_rollout(self, name: str) -> None:
         task = self._rollouts.get(name)
         if task is not None:

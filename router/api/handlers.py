@@ -31,21 +31,13 @@ PREFIX = "/api/2.0/serving-endpoints"
 
 
 class Access(Protocol):
-    """Permission checks (implemented over the front door's authorizer; ``OpenAccess`` when auth is off)."""
+    """Permission checks (``router.auth.access.FrontDoorAccess``, over the front door's authorizer)."""
 
     def check(self, principal: Any, endpoint: str, level: str) -> None:
         """Raise ``NotFound`` if the caller may not see the endpoint, ``PermissionDenied`` if it may not
         act on it at ``level`` (``CAN_VIEW``, ``CAN_QUERY``, ``CAN_MANAGE``)."""
 
     def visible(self, principal: Any, records: list[EndpointRecord]) -> list[EndpointRecord]: ...
-
-
-class OpenAccess:
-    def check(self, principal: Any, endpoint: str, level: str) -> None:
-        return None
-
-    def visible(self, principal: Any, records: list[EndpointRecord]) -> list[EndpointRecord]:
-        return records
 
 
 class JSONResponse(Response):

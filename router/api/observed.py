@@ -22,10 +22,9 @@ from router.api.lifecycle import Deployment
 from router.api.views import EntityState
 from router.stats import DataPlaneStats
 from runtime.errors import NotFound
+from runtime.ready import READY_PREFIX as READY_MARKER
 
 SCALING_REASONS_SHOWN = 5
-# What a replica prints once its model is loaded and warm (runtime/__main__.py).
-READY_MARKER = "ZEROSERVE_REPLICA_READY"
 
 
 class AutoscalerScaler:

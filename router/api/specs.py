@@ -13,10 +13,6 @@ from router.routing import EndpointRouting
 from runtime.errors import InvalidParameterValue
 
 
-def entity_key(endpoint: str, entity: ServedEntity) -> EntityKey:
-    return EntityKey(endpoint, entity.name)
-
-
 def entity_spec(entity: ServedEntity) -> EntitySpec:
     autoscaling = AutoscalingSpec(
         **entity.autoscaling,

@@ -14,8 +14,7 @@ from pathlib import Path
 import orjson
 
 from autoscaler.types import EntityKey, ReplicaInfo
-
-READY_PREFIX = "ZEROSERVE_REPLICA_READY"
+from runtime.ready import READY_PREFIX
 
 
 @dataclass

@@ -26,12 +26,12 @@ from runtime.errors import InvalidInput, ModelLoadError
 from runtime.loaders import LoadedModel, load_model
 from runtime.optimize.loader import OptimizedMlflowModel
 from runtime.payload import Payload
+from runtime.ready import READY_PREFIX
 from runtime.types import Prediction
 from runtime.validation import conform
 
 ModelFactory = Callable[[str], tuple[Path, Any]]
 REPO = Path(__file__).resolve().parents[3]
-READY_PREFIX = "ZEROSERVE_REPLICA_READY"
 
 
 def tensors(inputs: Any) -> dict[str, np.ndarray[Any, Any]]:

@@ -108,3 +108,20 @@ def test_unusual_outputs_still_serialize() -> None:
         "b": [{"k": 1.5}],
         "c": ["raw"],
     }
+
+
+def test_the_nesting_limit_does_not_depend_on_the_recursion_limit() -> None:
+    # Any library may raise the process's recursion limit; Python's json would then parse a body that
+    # orjson refused for its depth. It is refused all the same.
+    import sys
+
+    from runtime.errors import InvalidInput
+    from runtime.protocol.mlflow import loads
+
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        with pytest.raises(InvalidInput, match="nested deeper than 1024 levels"):
+            loads(b'{"inputs": ' + b"[" * 1100 + b"1" + b"]" * 1100 + b"}")
+    finally:
+        sys.setrecursionlimit(previous)
