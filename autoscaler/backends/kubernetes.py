@@ -23,7 +23,7 @@ model), relabel it out of the pool (conditionally on its resourceVersion, so two
 the same one), assign it the model over HTTP and refill the pool in the background — Fission's pool
 pattern; with no idle pool pod, a new pod is created.
 
-The RBAC this needs, in its namespace only (``infra/kubernetes/rbac.yaml``): pods (create, get, list,
+The RBAC this needs, in its namespace only (``infra/kubernetes/base/rbac.yaml``): pods (create, get, list,
 watch, patch, delete) and pods/log (get).
 """
 

@@ -181,7 +181,7 @@ def test_start_problems_in_kubernetes_words() -> None:
     assert start_problem(oom) == "the container exited (OOMKilled, exit code 137) before it was ready"
 
 
-RBAC = Path(__file__).resolve().parents[3] / "infra" / "kubernetes" / "rbac.yaml"
+RBAC = Path(__file__).resolve().parents[3] / "infra" / "kubernetes" / "base" / "rbac.yaml"
 
 
 def token_kubeconfig(kube: str, token: str, target: Path) -> str:
@@ -196,7 +196,7 @@ def token_kubeconfig(kube: str, token: str, target: Path) -> str:
 
 @pytest.mark.slow
 async def test_the_shipped_rbac_is_enough(kube: str, tmp_path: Path, model_dir: Path) -> None:
-    # The Role of infra/kubernetes/rbac.yaml, in a namespace of its own, and nothing else: the backend
+    # The Role of infra/kubernetes/base/rbac.yaml, in a namespace of its own, and nothing else: the backend
     # runs a replica under that service account's token.
     from lightkube import AsyncClient, KubeConfig, codecs
     from lightkube.models.authentication_v1 import TokenRequestSpec
