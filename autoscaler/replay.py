@@ -27,7 +27,7 @@ from autoscaler.policy import Fleet, PolicyState, decide
 from autoscaler.spec import AutoscalingSpec
 
 TICK_S = 2.0  # autoscaler.loop's default tick
-POKE_INTERVAL_S = 0.1  # router.balancer's default
+POKE_INTERVAL_S = 0.1  # router.dataplane.balancer's default
 
 
 @dataclass
@@ -51,7 +51,7 @@ class _Replica:
 
 
 _ARRIVAL, _DONE, _READY, _TICK, _REPORT = range(5)
-REPORT_INTERVAL_S = 1.0  # router.activator's default
+REPORT_INTERVAL_S = 1.0  # router.dataplane.activator's default
 
 
 def replay(

@@ -30,10 +30,10 @@ from starlette.types import ASGIApp as ASGI
 from starlette.types import Message, Receive, Scope, Send
 
 from autoscaler.types import EntityKey
+from router.dataplane.stats import DataPlaneStats
 from router.observability.inference_tables import InferenceTables
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.observability.metrics import MetricsHub
-from router.stats import DataPlaneStats
 
 KEY = EntityKey("bench", "bench-1")
 BUDGET_US = 500.0

@@ -276,9 +276,9 @@ async def _serve_router(args: argparse.Namespace) -> None:
 
     from autoscaler.types import EntityKey, ReplicaInfo
     from router.auth.tls import HeaderLimitedHttpToolsProtocol
-    from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
-    from router.queries import GatewayQueries, query_protocol
-    from router.routing import EndpointRouting
+    from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, error_response
+    from router.dataplane.queries import GatewayQueries, query_protocol
+    from router.dataplane.routing import EndpointRouting
     from runtime.errors import ZeroserveError
 
     entity = EntityKey(ENDPOINT, "m")
@@ -349,7 +349,7 @@ async def _serve_router(args: argparse.Namespace) -> None:
 
 
 async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
-    from router.proxy import UpstreamPool
+    from router.dataplane.proxy import UpstreamPool
 
     pool = UpstreamPool(max_idle_per_host=args.concurrency + 8)
     headers = [*HEADERS, (b"authorization", f"Bearer {args.token}".encode())] if args.token else HEADERS
@@ -432,7 +432,7 @@ async def _compare_clients(port: int, requests: int) -> list[tuple[str, float, f
     import aiohttp
     import httpx
 
-    from router.proxy import UpstreamPool
+    from router.dataplane.proxy import UpstreamPool
 
     url = f"http://127.0.0.1:{port}/invocations"
 

@@ -38,11 +38,11 @@ from pydantic import SecretStr
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.api.models import EndpointCoreConfigInput, normalize_config
 from router.auth.settings import SecuritySettings
+from router.dataplane.proxy import _Connection
+from router.dataplane.queries import GatewayQueries, QueryRoute
+from router.dataplane.routing import EndpointRouting
 from router.gateway import Gateway
 from router.observability.logging import configure_logging, flush_logging
-from router.proxy import _Connection
-from router.queries import GatewayQueries, QueryRoute
-from router.routing import EndpointRouting
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
 

@@ -47,7 +47,8 @@ from router.auth.directory import StoreDirectory
 from router.auth.frontdoor import FrontDoor
 from router.auth.middleware import DATABRICKS_DISCOVERY
 from router.auth.settings import SecuritySettings
-from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response
+from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, error_response
+from router.dataplane.queries import GatewayQueries, query_protocol
 from router.fleet.member import (
     INTERNAL_PREFIX,
     LIVE_HEARTBEATS,
@@ -64,7 +65,6 @@ from router.observability.catalog import StoreCatalog, with_cost
 from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.observability.metrics import ReplicaCounts
-from router.queries import GatewayQueries, query_protocol
 from router.settings import GatewaySettings
 from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
@@ -184,9 +184,9 @@ class Gateway:
         # a request id on every answer (401s included) and one JSON access-log line per request. Queries
         # skip the app's route scan: the data plane's fast path answers them right behind the front door.
         self.asgi = RequestIdMiddleware(self.front_door.wrap(QueryFastPath(self.app, self.dataplane)))
-        # Over HTTP, queries skip ASGI altogether (router.queries): the same checks in one coroutine on
-        # the protocol object. Behind trusted proxies the client address comes from X-Forwarded-For,
-        # which only the ASGI stack applies, so there every request takes the ASGI path.
+        # Over HTTP, queries skip ASGI altogether (router.dataplane.queries): the same checks in one
+        # coroutine on the protocol object. Behind trusted proxies the client address comes from
+        # X-Forwarded-For, which only the ASGI stack applies, so there every request takes the ASGI path.
         self.queries = (
             None
             if self.front_door.settings.trusted_proxies

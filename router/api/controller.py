@@ -36,7 +36,7 @@ from router.api.models import (
 )
 from router.api.registry import check_registered
 from router.api.specs import check_specs, routing_for
-from router.routing import EndpointRouting
+from router.dataplane.routing import EndpointRouting
 from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import InvalidParameterValue
 
@@ -58,7 +58,7 @@ class Scaler(RolloutProbe, Protocol):
 
 
 class Router(Protocol):
-    """Where traffic goes (``router.dataplane.DataPlane``, or a bare ``RoutingTable``)."""
+    """Where traffic goes (``router.dataplane.plane.DataPlane``, or a bare ``RoutingTable``)."""
 
     def set_endpoint(
         self, name: str, routes: Iterable[tuple[EntityKey, int]], settings: EndpointRouting | None = None

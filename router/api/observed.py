@@ -20,7 +20,7 @@ from autoscaler.status import EntityStatus
 from autoscaler.types import EntityKey
 from router.api.lifecycle import Deployment
 from router.api.views import EntityState
-from router.stats import DataPlaneStats
+from router.dataplane.stats import DataPlaneStats
 from runtime.errors import NotFound
 from runtime.ready import READY_PREFIX as READY_MARKER
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey
 from router.api.models import EndpointConfig, ServedEntity
-from router.routing import EndpointRouting
+from router.dataplane.routing import EndpointRouting
 from runtime.errors import InvalidParameterValue
 
 

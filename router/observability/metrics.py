@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from autoscaler.types import EntityKey
-from router.stats import LATENCY_BUCKETS_S, DataPlaneStats, RequestStats
+from router.dataplane.stats import LATENCY_BUCKETS_S, DataPlaneStats, RequestStats
 
 COLD_START_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 ENTITY_LABELS = ("endpoint", "served_entity")

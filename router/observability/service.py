@@ -28,13 +28,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from autoscaler.backend import Clock, MonotonicClock
 from autoscaler.status import EntityStatus
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaListener, ReplicaState
+from router.dataplane.stats import DataPlaneStats
 from router.observability.cost import CostLedger, CostSettings, cost_fields
 from router.observability.inference_tables import InferenceTables, InferenceTableSettings, TableCollector
 from router.observability.logging import flush_logging
 from router.observability.metrics import MetricsHub, ReplicaCounts, by_class
 from router.observability.timeseries import TimeSeriesSampler, TimeSeriesStore
 from router.state.db import DatabaseUnavailable
-from router.stats import DataPlaneStats
 from runtime.errors import NotFound
 
 logger = logging.getLogger("zeroserve.observability")

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from autoscaler.types import EntityKey
+from router.dataplane.stats import LATENCY_BUCKETS_S
 from router.observability.cost import CostLedger
 from router.observability.metrics import STATUS_CLASSES, MetricsHub, by_class, quantile_from_counts
-from router.stats import LATENCY_BUCKETS_S
 
 # The columns of a point, in the order the JSON API returns them.
 FIELDS: tuple[str, ...] = (

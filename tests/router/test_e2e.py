@@ -28,8 +28,8 @@ from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey
-from router.dataplane import DataPlane, dataplane_routes, error_response, running
-from router.routing import EndpointRouting
+from router.dataplane.plane import DataPlane, dataplane_routes, error_response, running
+from router.dataplane.routing import EndpointRouting
 from runtime.errors import ZeroserveError
 from runtime.examples import logreg_rows, make_logreg_onnx
 from tests.router._replicas import replicas_for_test, start_replica

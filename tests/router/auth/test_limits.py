@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from router.auth.limits import LimitsMiddleware, json_depth, loads_json
 from router.auth.tls import uvicorn_options
-from router.dataplane import error_response
+from router.dataplane.plane import error_response
 from runtime.errors import InvalidInput, ZeroserveError
 from tests.router.auth.conftest import running_server
 

@@ -18,7 +18,7 @@ from autoscaler.testing import FakeClock
 from autoscaler.types import EntityKey
 from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
 from router.auth.tokens import TokenStore
-from router.dataplane import error_response
+from router.dataplane.plane import error_response
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes, endpoint_metrics
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings
 from router.state.db import SqliteDatabase

@@ -27,7 +27,7 @@ from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
 from router.auth.tokens import TokenStore
-from router.dataplane import DataPlane, dataplane_routes, error_response
+from router.dataplane.plane import DataPlane, dataplane_routes, error_response
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes
 from router.observability.logging import RequestIdMiddleware
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings

@@ -6,6 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.types import EntityKey
+from router.dataplane.stats import DataPlaneStats
 from router.observability.metrics import (
     MetricsHub,
     ReplicaCounts,
@@ -13,7 +14,6 @@ from router.observability.metrics import (
     quantile_from_counts,
     status_class,
 )
-from router.stats import DataPlaneStats
 
 A = EntityKey("fraud", "fraud-1")
 B = EntityKey("fraud", "fraud-2")

@@ -14,11 +14,11 @@ from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.testing import FakeBackend, FakeClock, RecordingListener
 from autoscaler.types import EntityKey
+from router.dataplane.stats import DataPlaneStats
 from router.observability._views import overview as overview_json
 from router.observability._views import timeseries_json
 from router.observability.cost import CostSettings
 from router.observability.service import EndpointView, EntityView, Observability, ObservabilitySettings
-from router.stats import DataPlaneStats
 
 IDLE = EntityKey("idle", "idle-1")
 FLOOR = EntityKey("floor", "floor-1")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.types import EntityKey
+from router.dataplane.stats import DataPlaneStats
 from router.observability.cost import CostLedger, CostSettings
 from router.observability.metrics import MetricsHub, ReplicaCounts
 from router.observability.timeseries import FIELDS, Ring, TimeSeriesSampler, TimeSeriesStore
-from router.stats import DataPlaneStats
 
 A = EntityKey("fraud", "fraud-1")
 B = EntityKey("fraud", "fraud-2")

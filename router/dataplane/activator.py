@@ -1,4 +1,4 @@
-"""The activator: the async shell around the balancer's state machine (``router.balancer``).
+"""The activator: the async shell around the balancer's state machine (``router.dataplane.balancer``).
 
 It is the router's ``ReplicaListener``: the autoscaler's backends tell it when replicas become ready,
 start draining, die, or cannot be started, and it holds requests that find no replica with room until
@@ -23,7 +23,17 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.balancer import Action, Balancer, Dispatch, Drained, Eject, Poke, Reject, ReplicaSlot, Waiter
+from router.dataplane.balancer import (
+    Action,
+    Balancer,
+    Dispatch,
+    Drained,
+    Eject,
+    Poke,
+    Reject,
+    ReplicaSlot,
+    Waiter,
+)
 from runtime.errors import NoCapacity, ZeroserveError
 
 logger = logging.getLogger(__name__)

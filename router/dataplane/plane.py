@@ -36,18 +36,18 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.activator import Activator, ClientGone, ScaleRequester
-from router.balancer import EntityRemoved
-from router.proxy import (
+from router.dataplane.activator import Activator, ClientGone, ScaleRequester
+from router.dataplane.balancer import EntityRemoved
+from router.dataplane.proxy import (
     HOP_BY_HOP,
     UpstreamConnectError,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
 )
-from router.routing import EndpointEntry, EndpointRouting, RoutingTable
-from router.stats import DataPlaneStats
-from router.traffic import choose_entity, peek_client_request_id, shadow_targets
+from router.dataplane.routing import EndpointEntry, EndpointRouting, RoutingTable
+from router.dataplane.stats import DataPlaneStats
+from router.dataplane.traffic import choose_entity, peek_client_request_id, shadow_targets
 from runtime.errors import NoCapacity, PayloadTooLarge, UpstreamTimeout, ZeroserveError
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class DataPlane:
         """The replica's answer to one query whose body has been read, and the entity that gave it.
 
         Shared by the ASGI handler above and the gateway's protocol-level query path
-        (``router.queries``), so both route, retry, record stats and capture alike. Raises
+        (``router.dataplane.queries``), so both route, retry, record stats and capture alike. Raises
         ``ZeroserveError`` (with a ``served-model-name`` header once an entity was chosen) or
         ``ClientGone``. ``first_choice``: the entity ``query_at_once`` chose before it fell back.
         """

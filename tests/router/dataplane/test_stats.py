@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.types import EntityKey
-from router.stats import LATENCY_BUCKETS_S, DataPlaneStats, RequestStats
+from router.dataplane.stats import LATENCY_BUCKETS_S, DataPlaneStats, RequestStats
 
 A = EntityKey("ep", "a")
 

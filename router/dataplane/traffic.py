@@ -13,7 +13,7 @@ from collections.abc import Callable
 import orjson
 
 from autoscaler.types import EntityKey
-from router.routing import EndpointEntry, Route
+from router.dataplane.routing import EndpointEntry, Route
 from runtime.errors import InvalidParameterValue, NoCapacity
 
 _CLIENT_REQUEST_ID = b'"client_request_id"'

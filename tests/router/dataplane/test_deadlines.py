@@ -1,10 +1,10 @@
-"""One loop timer for many deadlines (router.deadlines): what expires, when, and what does not."""
+"""One loop timer for many deadlines (router.dataplane.deadlines): what expires, when, and what does not."""
 
 from __future__ import annotations
 
 import asyncio
 
-from router.deadlines import Deadlines
+from router.dataplane.deadlines import Deadlines
 
 
 async def test_overdue_items_expire_in_time_and_forgotten_ones_never() -> None:

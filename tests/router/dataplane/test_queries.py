@@ -1,4 +1,4 @@
-"""The gateway's query path below ASGI (``router.queries``), over real sockets.
+"""The gateway's query path below ASGI (``router.dataplane.queries``), over real sockets.
 
 One real gateway (fake autoscaler backend, a real stand-in replica server) is served by two uvicorn
 servers in the test's loop: one with the gateway's query protocol (as ``zeroserve serve`` runs it) and one
@@ -29,9 +29,9 @@ import router.auth.tokens
 from autoscaler.testing import FakeClock
 from router.auth.settings import SecuritySettings
 from router.auth.tls import uvicorn_options
+from router.dataplane.queries import GatewayQueries
 from router.gateway import Gateway
 from router.observability.logging import configure_logging, flush_logging
-from router.queries import GatewayQueries
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
 from tests._uvicorn import uvicorn_server

@@ -45,13 +45,14 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, cast
 
 from autoscaler.types import EntityKey
-from router.activator import ClientGone
 from router.auth.limits import RequestTimeout, content_length
 from router.auth.middleware import authenticate_token, challenge, token_of
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
-from router.dataplane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
-from router.deadlines import Deadlines
+from router.dataplane.activator import ClientGone
+from router.dataplane.deadlines import Deadlines
+from router.dataplane.plane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
+from router.dataplane.proxy import UpstreamResponse
 from router.observability.logging import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -60,7 +61,6 @@ from router.observability.logging import (
     request_id_of,
     request_id_var,
 )
-from router.proxy import UpstreamResponse
 from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
 from runtime.http import ClientDisconnected, DirectExchange, DirectHandler, ImmediateHandler
 
@@ -113,7 +113,7 @@ class GatewayQueries:
         self.access_log = access_log
         self.routes = QueryRoutes(dataplane)
         self.match = self.routes.match
-        # The front door's request timeout: one timer for all queries in flight (router.deadlines);
+        # The front door's request timeout: one timer for all queries in flight (router.dataplane.deadlines);
         # an overdue query's task is cancelled, and the handler turns that cancellation into the 504.
         self._overdue: set[asyncio.Task[Any]] = set()
         self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(self._expire)

@@ -20,8 +20,8 @@ replica may still run (a tmp cleaner removed it), the replica is reached over TC
 healthy replica never becomes unreachable because of a file.
 
 Upstream timeouts cost no timer per request (a loop timer is several microseconds under uvloop, an
-``asyncio.timeout`` twice that): the pool's ``Deadlines`` (router.deadlines) holds the deadline of each
-exchange in flight under one timer, and fails those that are overdue.
+``asyncio.timeout`` twice that): the pool's ``Deadlines`` (router.dataplane.deadlines) holds the
+deadline of each exchange in flight under one timer, and fails those that are overdue.
 
 ``UpstreamPool.try_send`` is the callback form of ``request`` for the gateway's immediate query path
 (``runtime.http.ImmediateHandler``): it sends over an idle pooled connection at once and reports the
@@ -40,7 +40,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
-from router.deadlines import Deadlines
+from router.dataplane.deadlines import Deadlines
 from runtime.errors import UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]

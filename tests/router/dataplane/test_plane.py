@@ -20,11 +20,11 @@ from starlette.applications import Starlette
 
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
-from router.balancer import ReplicaSlot
-from router.dataplane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
-from router.proxy import UpstreamResponse
-from router.queries import GatewayQueries, query_protocol
-from router.routing import EndpointRouting
+from router.dataplane.balancer import ReplicaSlot
+from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, error_response, running
+from router.dataplane.proxy import UpstreamResponse
+from router.dataplane.queries import GatewayQueries, query_protocol
+from router.dataplane.routing import EndpointRouting
 from runtime.errors import UpstreamTimeout, ZeroserveError
 from tests.router._servers import echo_replica, free_port, raw_server, read_request, serving
 
@@ -54,8 +54,8 @@ async def dataplane() -> AsyncIterator[DataPlane]:
 @pytest.fixture(params=["routes", "fast_path", "protocol"])
 async def client(dataplane: DataPlane, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     # Every test runs against the Starlette routes, against the ASGI fast path in front of them, and
-    # over real HTTP against the query protocol (queries served below ASGI, router.queries): all three
-    # must answer alike.
+    # over real HTTP against the query protocol (queries served below ASGI, router.dataplane.queries):
+    # all three must answer alike.
     routes = dataplane_routes(dataplane)
     app: Any = Starlette(routes=routes, exception_handlers={ZeroserveError: error_response})
     if request.param == "routes":

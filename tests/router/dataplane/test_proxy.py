@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.proxy import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, forwardable
+from router.dataplane.proxy import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, forwardable
 from runtime.errors import UpstreamTimeout
 from tests.router._servers import echo_replica, free_port, raw_server, read_request
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.activator import Activator, ClientGone
-from router.balancer import ReplicaSlot
+from router.dataplane.activator import Activator, ClientGone
+from router.dataplane.balancer import ReplicaSlot
 from runtime.errors import NoCapacity, QueueFull
 
 A = EntityKey("ep", "a")

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from autoscaler.types import EntityKey
-from router.routing import EndpointRouting, RoutingTable
-from router.traffic import bucket_of, choose_entity, peek_client_request_id, shadow_targets
+from router.dataplane.routing import EndpointRouting, RoutingTable
+from router.dataplane.traffic import bucket_of, choose_entity, peek_client_request_id, shadow_targets
 from runtime.errors import InvalidParameterValue, NoCapacity, NotFound
 
 A = EntityKey("ep", "a")

@@ -1,7 +1,7 @@
 """The activator's state machine: per served entity, the ready replicas and a bounded FIFO of waiters.
 
 Every method is synchronous and does no I/O: it updates state and *returns the actions* the async shell
-(``router.activator``) must carry out — wake a waiter with its replica (``Dispatch``), fail a waiter
+(``router.dataplane.activator``) must carry out — wake a waiter with its replica (``Dispatch``), fail a waiter
 (``Reject``), ask the autoscaler for capacity (``Poke``), report a replica drained (``Drained``), start
 health-checking an ejected replica (``Eject``). This is httpcore's connection-pool shape: because no
 method awaits, each runs atomically on the event loop, and tests drive it with a fake clock.

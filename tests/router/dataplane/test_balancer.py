@@ -8,7 +8,17 @@ from dataclasses import dataclass
 import pytest
 
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.balancer import Action, Balancer, Dispatch, Drained, Eject, Poke, Reject, ReplicaSlot, Waiter
+from router.dataplane.balancer import (
+    Action,
+    Balancer,
+    Dispatch,
+    Drained,
+    Eject,
+    Poke,
+    Reject,
+    ReplicaSlot,
+    Waiter,
+)
 from runtime.errors import NoCapacity, QueueFull
 
 A = EntityKey("ep", "a")
