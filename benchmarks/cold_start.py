@@ -180,7 +180,8 @@ def mlflow_serve_runs(model_dir: Path, runs: int, environment: dict[str, str]) -
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     return row
 
@@ -264,6 +265,9 @@ def print_table(rows: list[Row]) -> None:
         target = ""
         if row.method == "zeroserve warm pool":
             target = ("met" if row.p50 <= TARGETS_MS[row.model] else "missed") + f" {TARGETS_MS[row.model]:g}"
+        if not row.times_ms:
+            print(f"{row.model:<8} {row.method:<24} {0:>4}  {row.note}")
+            continue
         print(f"{row.model:<8} {row.method:<24} {len(row.times_ms):>4} {row.p50:>9.0f} "
               f"{min(row.times_ms):>9.0f} {max(row.times_ms):>9.0f} {ratio:>11} {target:>8}"
               + (f"  ({row.note})" if row.note else ""))
@@ -282,17 +286,32 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(scratch)
         onnx_dir = make_logreg_onnx(root / "logreg-onnx", N_FEATURES)
         sklearn_dir = make_logreg_mlflow_sklearn(root / "logreg-sklearn", N_FEATURES)
-        environment = {**os.environ, "ZEROSERVE_HOME": str(root / "home")}
+        # Peers launch their own tools by name (mlflow models serve starts `uvicorn`): this interpreter's
+        # bin first, so that `python -m benchmarks.cold_start` works without an activated virtualenv.
+        environment = {**os.environ, "ZEROSERVE_HOME": str(root / "home"),
+                       "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
         rows: list[Row] = []
         for model, model_dir in (("onnx", onnx_dir), ("sklearn", sklearn_dir)):
             for variant in VARIANTS[model]:
-                row = asyncio.run(zeroserve_runs(model, model_dir.as_uri(), runs, variant, environment))
+                try:
+                    row = asyncio.run(zeroserve_runs(model, model_dir.as_uri(), runs, variant, environment))
+                except Exception as error:  # a row that says why; the rows measured so far are kept
+                    row = Row(model, variant.method, note=f"failed: {error}")
                 rows.append(row)
         if not args.skip_mlflow:
-            rows.append(mlflow_serve_runs(sklearn_dir, runs, environment))
-        handover = fork_vs_pool(onnx_dir, runs, environment)
+            try:
+                rows.append(mlflow_serve_runs(sklearn_dir, runs, environment))
+            except Exception as error:
+                rows.append(Row("sklearn", "mlflow models serve", note=f"failed: {error}"))
+        try:
+            handover: list[Row] | str = fork_vs_pool(onnx_dir, runs, environment)
+        except Exception as error:
+            handover = f"failed: {error}"
     print(f"cold start, scale 0 -> 1 to the first successful inference (model cached), {runs} runs each")
     print_table(rows)
+    if isinstance(handover, str):
+        print(f"\nwarm pool design comparison {handover}")
+        return
     print("\nwarm pool design: model hand-over to the replica's ready line (ONNX), p50 of "
           f"{runs}: idle pre-started worker {handover[0].p50:.0f} ms, fork of a pre-imported parent "
           f"{handover[1].p50:.0f} ms ({handover[1].p50 / handover[0].p50:.1f}x)")

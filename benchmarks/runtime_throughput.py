@@ -25,6 +25,7 @@ best peer measured. The load generator runs in its own process (``benchmarks._lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -173,11 +174,15 @@ def measure(target: Target, duration: float, workdir: Path) -> None:
     except Exception as exc:
         target.note = f"failed: {exc}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        # A peer that failed to start may be gone already (with its process group): the row says why,
+        # and the run goes on to the next.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
 
@@ -199,6 +204,9 @@ def check_labels(target: Target, port: int) -> None:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    # Peers launch their own tools by name (mlflow models serve starts `uvicorn`): this interpreter's
+    # bin first, so that `python -m benchmarks.X` works without an activated virtualenv.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("DO_NOT_TRACK", "true")
     return env
