@@ -139,9 +139,6 @@ class Autoscaler:
         self._notify("replica_ready", replica)  # the router may know it already: adding is idempotent
         return True
 
-    def set_listener(self, listener: ReplicaListener | None) -> None:
-        self._listener = listener
-
     async def settle(self) -> None:
         """Wait until no start, drain or stop is in progress (tests, and orderly shutdown)."""
         while self._tasks:

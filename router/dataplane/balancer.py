@@ -246,16 +246,6 @@ class Balancer:
             return []
         return [_reject(waiter, self._timeout_error(waiter, timeout_s))]
 
-    def expire_due(self, now: float) -> list[Action]:
-        """Reject every queued waiter whose deadline has passed (for a clock-driven sweep)."""
-        actions: list[Action] = []
-        for queue in self._queues.values():
-            due = [waiter for waiter in queue.waiters.values() if waiter.deadline <= now]
-            for waiter in due:
-                del queue.waiters[waiter.seq]
-                actions.append(_reject(waiter, self._timeout_error(waiter, None)))
-        return actions
-
     # -- replicas (the ReplicaListener events) ------------------------------------------------------
 
     def add_replica(self, info: ReplicaInfo) -> list[Action]:

@@ -169,10 +169,6 @@ class MetricsHub:
         self._lifecycle.pop(key, None)
         self.request_stats.forget(key)
 
-    def forget_endpoint(self, endpoint: str) -> None:
-        for key in self.entities(endpoint):
-            self.untrack(key)
-
     def entities(self, endpoint: str | None = None) -> list[EntityKey]:
         keys = set(self._served) | set(self._lifecycle) | {key for key, _ in self.request_stats.items()}
         return sorted(key for key in keys if endpoint is None or key.endpoint == endpoint)

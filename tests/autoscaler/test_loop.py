@@ -110,9 +110,10 @@ async def test_scales_up_under_load_then_back_down_to_zero(harness: Harness) -> 
     assert history[-1].at_unix_ms > 1_700_000_000_000
 
 
-async def test_scale_down_drains_before_the_backend_stops(harness: Harness) -> None:
+async def test_scale_down_drains_before_the_backend_stops() -> None:
     stopped_while_draining: list[bool] = []
-    backend = harness.backend
+    clock = FakeClock()
+    backend = FakeBackend(clock)
 
     class CheckingListener(RecordingListener):
         async def replica_draining(self, replica: ReplicaInfo) -> None:
@@ -120,7 +121,8 @@ async def test_scale_down_drains_before_the_backend_stops(harness: Harness) -> N
             await super().replica_draining(replica)
 
     listener = CheckingListener()
-    harness.scaler.set_listener(listener)
+    harness = Harness(clock, backend, listener, Autoscaler(backend, clock, listener, tick_s=2.0))
+    await harness.scaler.start()
     harness.scaler.apply(KEY, SPEC)
     harness.scaler.poke(KEY)
     await harness.run_for(10, in_flight=10)
@@ -131,6 +133,7 @@ async def test_scale_down_drains_before_the_backend_stops(harness: Harness) -> N
     for replica_id in backend.stops:
         events = [event for event, rid in listener.events if rid == replica_id]
         assert events == ["ready", "draining", "gone"]
+    await harness.scaler.stop()
 
 
 async def test_slow_start_is_starting_then_ready(harness: Harness) -> None:

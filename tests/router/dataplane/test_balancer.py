@@ -255,8 +255,8 @@ def test_waiters_past_their_deadline_get_503_with_retry_after() -> None:
     early = h.request(timeout=1.0)
     h.now += 0.5
     late = h.request(timeout=1.0)
-    h.now += 0.6  # early's deadline (100 + 1.0) has passed, late's (100.5 + 1.0) has not
-    rejected = h.balancer.expire_due(h.now)
+    h.now += 0.6  # early's timer (100 + 1.0) fires, late's (100.5 + 1.0) has not
+    rejected = h.balancer.expire(early, 1.0)
     assert isinstance(early.error, NoCapacity)
     assert rejected == [Reject(early, early.error)]
     assert early.error.status_code == 503 and early.error.headers["Retry-After"]

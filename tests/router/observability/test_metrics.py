@@ -144,7 +144,7 @@ def test_a_tracked_entity_without_traffic_exports_zeros() -> None:
     found = samples(hub.exposition())
     assert value(found, "zeroserve_requests_total", endpoint="idle", served_entity="idle-1",
                  status_class="2xx") == 0
-    hub.forget_endpoint("idle")
+    hub.untrack(EntityKey("idle", "idle-1"))
     assert not any(dict(labels).get("endpoint") == "idle" for _, labels in samples(hub.exposition()))
 
 
