@@ -59,7 +59,14 @@ class Fleet:
     def leader(self) -> GatewayProcess:
         """The gateway that leads once the fleet agrees on one."""
         def agreed() -> GatewayProcess | None:
-            status = self.status()
+            try:
+                status = self.status()
+            except httpx.HTTPStatusError as error:
+                # Right after the database comes back, a gateway answers 503 until it has reconnected
+                # (within a second, by itself): ask again.
+                if error.response.status_code == 503:
+                    return None
+                raise
             leader = status["leader"]
             if leader is None:
                 return None
