@@ -3,8 +3,9 @@ the Kubernetes API (``ZEROSERVE_BACKEND=kubernetes``).
 
 The client is lightkube: async-native, typed models, small (one dependency tree, fast to import), and
 it speaks any cluster version through the stable ``v1`` Pod API this backend uses — the only API it
-needs, present in every version since 1.0. kubernetes_asyncio (generated, far larger, slower to import)
-and kr8s (untyped, warns on older clusters) were tried too.
+needs, present in every version since 1.0 — checked against the 1.20 test cluster. The others
+considered: kubernetes_asyncio (generated, far larger, slower to import) and kr8s (untyped; it warns
+that 1.20 is not supported).
 
 A replica is a pod of the zeroserve runtime: ``python -m runtime --model-uri ... --host $(POD_IP)
 --port 8080`` with the entity's served name, concurrency, batching and environment; a readiness probe
