@@ -117,6 +117,8 @@ class KubernetesBackend:
         self._pods: dict[str, str] = {}
         self._logs: dict[str, str] = {}
         self._refills: set[asyncio.Task[None]] = set()
+        # Why each starting pod is not running yet, when that may pass (Unschedulable): said on timeout.
+        self._waiting: dict[str, str | None] = {}
         self._pool_ids = itertools.count(1)
         self.specialized = 0  # scale-ups served from the pool (the rest created a pod)
         # Kubernetes API requests made for replicas (the benchmark reports them per scale event), and
@@ -193,10 +195,13 @@ class KubernetesBackend:
                 return await waiting
         except BaseException as error:
             await self._delete(name, grace_s=0)
+            why = self._waiting.pop(replica_id, None)
             if isinstance(error, TimeoutError):
-                raise ReplicaStartError(f"replica {replica_id} (pod {name}) was not ready within"
-                                        f" {spec.start_timeout_s:g} s") from None
+                late = f"replica {replica_id} (pod {name}) was not ready within {spec.start_timeout_s:g} s"
+                raise ReplicaStartError(late + (f": {why}" if why else "")) from None
             raise
+        finally:
+            self._waiting.pop(replica_id, None)
 
     def _ready(self, replica_id: str, name: str, entity: EntityKey, url: str, spec: EntitySpec
                ) -> ReplicaInfo:
@@ -271,7 +276,9 @@ class KubernetesBackend:
             if time.monotonic() - looked >= 0.5:
                 looked = time.monotonic()
                 self.api_calls += 1
-                problem = start_problem(await self._client.get(Pod, name))
+                pod = await self._client.get(Pod, name)
+                self._waiting[replica_id] = waiting_reason(pod)
+                problem = start_problem(pod)
                 if problem is not None:
                     await self._keep_logs(name, replica_id)
                     raise ReplicaStartError(f"replica {replica_id} (pod {name}) cannot start: {problem}",
@@ -476,6 +483,7 @@ class KubernetesBackend:
                     continue
                 _, pod = pending.result()
                 pending = None
+                self._waiting[replica_id] = waiting_reason(pod)
                 problem = start_problem(pod)
                 if problem is not None:
                     await self._keep_logs(name, replica_id)
@@ -538,10 +546,6 @@ def start_problem(pod: Any) -> str | None:
     status = pod.status
     if status is None:
         return None
-    for condition in status.conditions or []:
-        unschedulable = condition.status == "False" and condition.reason == "Unschedulable"
-        if condition.type == "PodScheduled" and unschedulable:
-            return f"Unschedulable: {condition.message or 'no node fits the pod'}"
     for container in status.containerStatuses or []:
         state = container.state
         if state is None:
@@ -556,6 +560,17 @@ def start_problem(pod: Any) -> str | None:
             return f"the container exited ({reason}) before it was ready{message}"
     if status.phase in ("Failed", "Succeeded"):
         return f"the pod ended ({status.phase}{': ' + status.reason if status.reason else ''})"
+    return None
+
+
+def waiting_reason(pod: Any) -> str | None:
+    """Why a pod has not started yet when that may pass (no node fits it now: a node may become ready,
+    a cluster autoscaler may add one): reported if the start times out, not fatal before."""
+    status = pod.status
+    for condition in (status.conditions if status is not None else None) or []:
+        unschedulable = condition.status == "False" and condition.reason == "Unschedulable"
+        if condition.type == "PodScheduled" and unschedulable:
+            return f"Unschedulable: {condition.message or 'no node fits the pod'}"
     return None
 
 

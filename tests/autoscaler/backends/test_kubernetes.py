@@ -20,6 +20,7 @@ from autoscaler.backends.kubernetes import (
     KubernetesBackendSettings,
     pod_name,
     start_problem,
+    waiting_reason,
 )
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey
@@ -170,7 +171,9 @@ def test_start_problems_in_kubernetes_words() -> None:
     unschedulable = pod({"phase": "Pending", "conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
         "message": "0/1 nodes: Insufficient nvidia.com/gpu"}]})
-    assert start_problem(unschedulable) == "Unschedulable: 0/1 nodes: Insufficient nvidia.com/gpu"
+    # No node fits it now: that may pass (a node becomes ready, one is added); said on a start timeout.
+    assert start_problem(unschedulable) is None
+    assert waiting_reason(unschedulable) == "Unschedulable: 0/1 nodes: Insufficient nvidia.com/gpu"
     pulling = pod({"phase": "Pending", "containerStatuses": [{
         "name": "runtime", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]})
