@@ -17,7 +17,17 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to ``cli``.
-    from router.cli import apply, cost, db, endpoints, models, replica, serve, tokens  # noqa: F401
+    from router.cli import (  # noqa: F401
+        apply,
+        cost,
+        db,
+        endpoints,
+        models,
+        replica,
+        serve,
+        terraform,
+        tokens,
+    )
 
 
 def main() -> None:
