@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,16 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kubeconfig
     finally:
         subprocess.run([str(k8s / "stop-control-plane"), str(state)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def terraform_mirror(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The Terraform provider's filesystem mirror (``router.terraform.mirror``). Its interpreter is
+    ``ZEROSERVE_TERRAFORM_PYTHON`` when set, else one the mirror makes with ``tf`` from the package
+    index, as ``zeroserve terraform mirror`` does for a user."""
+    import os
+
+    from router.terraform.mirror import write_mirror
+
+    python = os.environ.get("ZEROSERVE_TERRAFORM_PYTHON")
+    return write_mirror(tmp_path_factory.mktemp("terraform-mirror"), python)

@@ -1,8 +1,7 @@
 """The Terraform provider under the real ``terraform`` binary, against a real gateway process: init from
 the mirror (with its lock file), plan, apply, update in place, import, drift, a refused config, destroy.
 
-The provider's interpreter is ``ZEROSERVE_TERRAFORM_PYTHON`` when set (CI makes one), else the mirror
-makes one with ``tf`` from the package index, as ``zeroserve terraform mirror`` does for a user.
+The mirror is ``tests/conftest.py``'s ``terraform_mirror``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.terraform.mirror import Mirror, write_mirror
+from router.terraform.mirror import Mirror
 from runtime.examples import logreg_rows, make_logreg_onnx
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess
 
@@ -45,8 +44,8 @@ provider "zeroserve" {
 
 
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Mirror:
-    return write_mirror(tmp_path_factory.mktemp("mirror"), os.environ.get("ZEROSERVE_TERRAFORM_PYTHON"))
+def mirror(terraform_mirror: Mirror) -> Mirror:
+    return terraform_mirror
 
 
 @pytest.fixture(scope="module")
@@ -288,5 +287,6 @@ def test_the_cli_writes_a_mirror_with_its_lock_entry(tmp_path: Path, mirror: Mir
     assert "zeroserve.local/zeroserve/zeroserve 0.1.0" in done.output and mirror.hash in done.output
     lock = (tmp_path / "m" / ".terraform.lock.hcl").read_text()
     assert f'"{mirror.hash}"' in lock  # the same sources and interpreter: the same package hash
-    refused = CliRunner().invoke(cli, ["terraform", "mirror", str(tmp_path / "n"), "--python", sys.executable])
+    refused = CliRunner().invoke(cli, ["terraform", "mirror", str(tmp_path / "n"),
+                                       "--python", sys.executable])
     assert refused.exit_code != 0 and "cannot import the `tf` framework" in refused.output
