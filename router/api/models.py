@@ -63,6 +63,9 @@ class AutoscalingInput(_Lenient):
     scale_to_zero_grace_s: float | None = Field(default=None, ge=0, le=86_400)
     max_queue: int | None = Field(default=None, ge=0, le=1_000_000)
     queue_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    # How long a replica may take from start to ready (fetch, load, warm-up) before it is stopped and
+    # the start counts as failed: a big model needs longer, a hung one should fail sooner.
+    start_timeout_s: float | None = Field(default=None, gt=0, le=3600)
     # [{"start": "08:30", "end": "10:00", "min_replicas": 3}]: checked by the autoscaler's spec.
     prewarm: list[dict[str, Any]] | None = Field(default=None, max_length=48)
 

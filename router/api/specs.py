@@ -6,6 +6,8 @@ above the ceiling of the workload size, say) is a 400 on the request that set it
 
 from __future__ import annotations
 
+import dataclasses
+
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey
 from router.api.models import EndpointConfig, ServedEntity
@@ -14,14 +16,17 @@ from runtime.errors import InvalidParameterValue
 
 
 def entity_spec(entity: ServedEntity) -> EntitySpec:
+    given = dict(entity.autoscaling)
+    # Under ``autoscaling`` in the API (where users look for replica settings), but the entity's own.
+    start_timeout_s = given.pop("start_timeout_s", None)
     autoscaling = AutoscalingSpec(
-        **entity.autoscaling,
+        **given,
         scale_to_zero_enabled=entity.scale_to_zero_enabled,
         min_provisioned_concurrency=entity.min_provisioned_concurrency,
         max_provisioned_concurrency=entity.max_provisioned_concurrency,
         workload_size=entity.workload_size,  # type: ignore[arg-type]  # parsed by __post_init__
     )
-    return EntitySpec(
+    spec = EntitySpec(
         model_uri=entity.model_uri,
         served_name=entity.name,
         model_version=entity.entity_version,
@@ -30,6 +35,9 @@ def entity_spec(entity: ServedEntity) -> EntitySpec:
         autoscaling=autoscaling,
         optimization=entity.optimization,
     )
+    if start_timeout_s is not None:
+        spec = dataclasses.replace(spec, start_timeout_s=float(start_timeout_s))
+    return spec
 
 
 def check_specs(config: EndpointConfig, field: str = "config.served_entities") -> dict[str, EntitySpec]:

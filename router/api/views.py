@@ -162,8 +162,10 @@ def _entity_keys(record: EndpointRecord) -> list[EntityKey]:
 
 def autoscaling_view(entity: ServedEntity) -> dict[str, Any]:
     """The effective autoscaling settings of an entity (its own plus the defaults)."""
-    autoscaling = dataclasses.asdict(entity_spec(entity).autoscaling)
+    spec = entity_spec(entity)
+    autoscaling = dataclasses.asdict(spec.autoscaling)
     autoscaling["workload_size"] = autoscaling["workload_size"].value
+    autoscaling["start_timeout_s"] = spec.start_timeout_s
     return autoscaling
 
 

@@ -10,14 +10,16 @@ neither the scan over every route of the gateway nor Starlette's exception middl
 
 One request: read the body → find the endpoint → pick a served entity by traffic share → get a replica
 slot from the activator (waiting while the entity scales up) → forward over a pooled connection →
-answer with the replica's response and a ``served-model-name`` header. A connect error or a reset before
-any response byte is retried once on another replica.
+answer with the replica's response and a ``served-model-name`` header. A request that never reached a
+replica (refused, no socket) is retried once on another; one the replica had when it went away is not
+(it may be what crashed it) and gets a 503 that says so.
 
 ``query`` is that path as a coroutine. ``query_at_once`` is its first step without one, for the gateway's
 immediate query path: when the chosen entity has a replica with room, nobody queued before it and an
 idle pooled connection, the request is sent at once and the caller is called back with the answer;
-otherwise (and when the replica had closed that idle connection) the caller is told to fall back to
-``query``, with the entity already chosen so that the traffic split is not drawn twice.
+otherwise (and when that idle connection was closed before the request was written) the caller is
+told to fall back to ``query``, with the entity already chosen so that the traffic split is not drawn
+twice.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from router.dataplane.balancer import EntityRemoved
 from router.dataplane.proxy import (
     HOP_BY_HOP,
     UpstreamConnectError,
+    UpstreamLost,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -188,9 +191,11 @@ class DataPlane:
                 self.stats.entity(entity).retries += 1
                 exclude = frozenset({slot.replica_id})
                 continue
-            except (UpstreamTimeout, UpstreamProtocolError) as exc:
+            except (UpstreamTimeout, UpstreamProtocolError, UpstreamLost) as exc:
+                # Not retried: the replica had the request (a crash on this input must not take the
+                # next replica down too).
                 self.activator.release(slot, failed=True)
-                if isinstance(exc, UpstreamProtocolError):
+                if isinstance(exc, UpstreamProtocolError | UpstreamLost):
                     raise NoCapacity(f"The replica of '{entity.served_entity}' failed: {exc}") from exc
                 raise
             except BaseException:
@@ -344,8 +349,9 @@ class DataPlane:
                     caller.answered(response, entity)
                     return
                 if isinstance(error, UpstreamConnectError):
-                    # The replica had closed the idle connection: ``query`` opens a fresh one, as
-                    # ``UpstreamPool.request`` would have, without counting it against the replica.
+                    # The idle connection was closed before the request was written: ``query`` opens a
+                    # fresh one, as ``UpstreamPool.request`` would have, without counting it against the
+                    # replica. (``UpstreamLost`` — the replica had it — is a failure, below.)
                     self.activator.give_back(slot)
                     told = True
                     caller.fall_back(entity)

@@ -8,10 +8,14 @@ requests/s. It speaks only what replicas speak: one request at a time per connec
 (inference payloads are bounded by the gateway's body limit), ``Content-Length``, chunked or
 close-delimited responses.
 
-Errors say whether a retry is safe: ``UpstreamConnectError`` means the replica sent no byte of a
-response (refused, reset, closed before answering), so the request can go to another replica;
-``UpstreamProtocolError`` means it broke mid-response. An idle pooled connection that the replica closed
-meanwhile is retried once on a fresh connection here, so it never counts against the replica.
+Errors say whether a retry is safe: ``UpstreamConnectError`` means the request never reached a replica
+(refused, no such socket, a pooled connection already closed when it was to be written), so it can go
+to another replica; ``UpstreamLost`` means the replica had the request and closed the connection
+without a byte of answer — it went away holding it, and the request may be what killed it (a model that
+crashes on one input), so it is not sent to another replica to do the same there;
+``UpstreamProtocolError`` means it broke mid-response. Replicas keep idle connections open longer than
+this pool does (75 s against 4 s), so a pooled connection is never closed under a request by a
+replica that is alive.
 
 A replica on this machine that listens on a Unix socket (``ReplicaInfo.unix_socket``) is reached
 there: a request and its answer over a Unix socket cost about half the system time of loopback TCP,
@@ -71,6 +75,11 @@ _DELIMITING = frozenset({b"content-length", b"transfer-encoding"})
 
 class UpstreamConnectError(ConnectionError):
     """No response byte came back: the request may be retried on another replica."""
+
+
+class UpstreamLost(ConnectionError):
+    """The replica had the request and closed the connection before any byte of answer: not retried
+    elsewhere (see the module docstring)."""
 
 
 class _SocketGone(UpstreamConnectError):
@@ -177,7 +186,9 @@ class _Connection(asyncio.Protocol):
         if self.received_any:
             self._fail(UpstreamProtocolError("replica closed the connection mid-response"))
         else:
-            self._fail(UpstreamConnectError(f"replica closed the connection before answering ({exc})"))
+            cause = f" ({exc})" if exc is not None else ""
+            self._fail(UpstreamLost(f"the replica closed the connection while serving the request, without"
+                                    f" answering: it stopped or crashed{cause}"))
 
     # httptools callbacks ---------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -293,11 +304,18 @@ class UpstreamPool:
         key = self._key(host, port, unix_socket)
         deadline = asyncio.get_running_loop().time() + timeout_s
         connection = self._take_idle(key)
+        lost: UpstreamLost | None = None
         if connection is not None:
             try:
                 response = await self._send(connection, data, deadline, timeout_s)
             except UpstreamConnectError:
-                # The replica closed this idle connection meanwhile; a fresh one decides.
+                # Closed before the request could be written: nothing was delivered; a fresh one decides.
+                connection = None
+            except UpstreamLost as exc:
+                # A keep-alive close that crossed this request (an HTTP server may close an idle
+                # connection as a request is written), or the replica went away holding it: a fresh
+                # connection decides — if none can be opened, the replica is gone and so is the request.
+                lost = exc
                 connection = None
             else:
                 self._put_idle(key, connection)
@@ -313,6 +331,10 @@ class UpstreamPool:
                     connection = await self._connect(key)
         except TimeoutError:
             raise UpstreamTimeout(f"The model did not answer within {timeout_s:g} s.") from None
+        except UpstreamConnectError:
+            if lost is not None:
+                raise lost from None
+            raise
         response = await self._send(connection, data, deadline, timeout_s)
         self._put_idle(key, connection)
         return response

@@ -79,6 +79,17 @@ def test_optimization_extension_defaults_to_auto_and_is_normalised() -> None:
     assert first.replica_identity() != second.model_copy(update={"name": "a"}).replica_identity()
 
 
+def test_the_start_timeout_is_the_replicas_and_shown_with_the_autoscaling_settings() -> None:
+    from router.api.specs import entity_spec
+    from router.api.views import autoscaling_view
+
+    (served,) = config({"served_entities": [entity(autoscaling={"start_timeout_s": 600})]}).served_entities
+    assert entity_spec(served).start_timeout_s == 600.0
+    assert autoscaling_view(served)["start_timeout_s"] == 600.0
+    (default,) = config({"served_entities": [entity()]}).served_entities
+    assert entity_spec(default).start_timeout_s == 120.0
+
+
 def test_autoscaling_extension_keeps_only_given_settings() -> None:
     result = config({"served_entities": [entity(autoscaling={"container_concurrency": 8, "max_queue": 10})]})
     assert result.served_entities[0].autoscaling == {"container_concurrency": 8, "max_queue": 10}
@@ -101,6 +112,8 @@ def test_autoscaling_extension_keeps_only_given_settings() -> None:
                      "config.served_entities[0].name", id="bad-name"),
         pytest.param({"served_entities": [entity(autoscaling={"target_utilization": 1.5})]},
                      "config.served_entities[0].autoscaling.target_utilization", id="bad-utilization"),
+        pytest.param({"served_entities": [entity(autoscaling={"start_timeout_s": 0})]},
+                     "config.served_entities[0].autoscaling.start_timeout_s", id="zero-start-timeout"),
         pytest.param({"served_entities": [entity(autoscaling={"container_concurrency": 0})]},
                      "config.served_entities[0].autoscaling.container_concurrency", id="zero-concurrency"),
         pytest.param({"served_entities": [entity(scale_to_zero_enabled="sometimes")]},

@@ -25,7 +25,7 @@ from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, e
 from router.dataplane.proxy import UpstreamResponse
 from router.dataplane.queries import GatewayQueries, query_protocol
 from router.dataplane.routing import EndpointRouting
-from runtime.errors import UpstreamTimeout, ZeroserveError
+from runtime.errors import NoCapacity, UpstreamTimeout, ZeroserveError
 from tests.router._servers import echo_replica, free_port, raw_server, read_request, serving
 
 A = EntityKey("ep", "a")
@@ -503,19 +503,38 @@ async def test_an_idle_connection_the_replica_closed_falls_back_without_blame(da
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
-        await read_request(reader)
         if first:
-            return  # closes the connection without answering its second request
+            return  # closes the idle connection: nothing of a second request reaches it
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
 
     async with raw_server(script) as port:
         slot = _route_to(dataplane, ReplicaInfo("raw", A, f"http://127.0.0.1:{port}", 4))
         await _query(dataplane)
+        await asyncio.sleep(0.05)  # the close arrives while the connection is idle in the pool
         assert await _at_once(dataplane) == ("fall_back", A, None)
         assert slot.in_flight == 0 and slot.consecutive_failures == 0
         assert (await _query(dataplane, first_choice=A)).body == b"ok"  # a fresh connection
     assert connections == 2
+
+
+async def test_a_replica_that_goes_away_holding_the_request_is_not_sent_another(dataplane: DataPlane) -> None:
+    # A model that crashes on one input: retrying the request elsewhere would crash the next replica too.
+    async def crashes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)  # then the process "dies": the connection closes without an answer
+
+    async with raw_server(crashes) as port, echo_replica("healthy") as healthy:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(ReplicaInfo("crashing", A, f"http://127.0.0.1:{port}", 1))
+        sent = asyncio.create_task(_query(dataplane, first_choice=A))
+        await asyncio.sleep(0.05)
+        # A second replica arrives: a retry would be sent to it (and crash it in earnest).
+        dataplane.activator.replica_ready(healthy.info(A))
+        with pytest.raises(NoCapacity, match="closed the connection while serving the request"):
+            await sent
+        assert healthy.requests == 0
+        assert dataplane.stats.entity(A).retries == 0
 
 
 async def test_query_at_once_timeouts_name_whose_deadline_passed(dataplane: DataPlane) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from router.dataplane.proxy import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, forwardable
+from router.dataplane.proxy import (
+    UpstreamConnectError,
+    UpstreamLost,
+    UpstreamPool,
+    UpstreamProtocolError,
+    forwardable,
+)
 from runtime.errors import UpstreamTimeout
 from tests.router._servers import echo_replica, free_port, raw_server, read_request
 
@@ -145,12 +151,12 @@ async def test_connection_refused_is_a_retryable_connect_error(pool: UpstreamPoo
         await pool.request("127.0.0.1", free_port(), "POST", "/invocations", [], b"{}", timeout_s=5)
 
 
-async def test_close_before_any_response_byte_is_a_retryable_connect_error(pool: UpstreamPool) -> None:
+async def test_a_close_after_the_request_arrived_is_lost_not_retryable(pool: UpstreamPool) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)  # then hang up without a word
+        await read_request(reader)  # then hang up without a word, as a replica that crashed on it
 
     async with raw_server(script) as port:
-        with pytest.raises(UpstreamConnectError, match="before answering"):
+        with pytest.raises(UpstreamLost, match="while serving the request, without answering"):
             await pool.request("127.0.0.1", port, "POST", "/invocations", [], b"{}", timeout_s=5)
 
 

@@ -1,0 +1,564 @@
+"""Faults survived, measured: each fault is made to happen to a real gateway process under load, and
+every request sent is accounted for.
+
+A request ends one of three ways: ``ok`` (200), ``clear`` (an error status with a JSON body that says
+what went wrong: ``error_code`` and ``message``, or OIP's ``error``), or ``lost`` (no answer — a reset
+connection, a timeout — or an answer that does not say why, such as a 500 or an empty body). The goal
+is 0 lost for every fault a gateway can see coming; the gateway's own SIGKILL is the exception (what
+was in flight in the killed process cannot be answered by it) and its row says so.
+
+Faults:
+
+* ``replica SIGKILL`` — an endpoint with a floor of two replicas under steady load; one replica is
+  SIGKILLed. Recovery: until two replicas are ready again.
+* ``crash on one input`` — a model that exits its process on one poison value; the poison request is
+  sent once among steady traffic. Only its replica dies; the poison answer says why. Recovery: until
+  the floor is back.
+* ``gateway SIGKILL + restart`` — the gateway is SIGKILLed under load and started again on the same
+  home. Endpoints, tokens and floors come back; no replica process is orphaned. Recovery: from the kill
+  to the first 200 after the restart (requests sent while no gateway listens are refused by the OS,
+  counted as ``refused``, not lost: nothing had accepted them).
+* ``store down`` — S3 (moto, a subprocess on loopback) is stopped. A model fetched before cold-starts
+  from the cache; one never fetched fails fast, naming the store. Recovery: the cold start from cache.
+* ``model hangs on load`` — with ``autoscaling.start_timeout_s`` of 4 s, each start is stopped when it
+  runs out; after three the config update fails, naming why, and no replica is left; queries meanwhile
+  get a clear 503. Recovery: the seconds until the failure is reported.
+
+    python -m benchmarks.reliability_report [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_TOKEN = "reliability-admin-" + "r" * 32
+API = "/api/2.0/serving-endpoints"
+_CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'; cli()"
+_READY_LINE = re.compile(r"ZEROSERVE_REPLICA_READY (\{.*\})")
+POISON = 666.0
+
+# A model from code (MLflow's models-from-code): doubles ``x``; exits its process on the poison value,
+# or sleeps forever while loading when the HANG flag is set.
+_MODEL_CODE = """
+import os
+import time
+
+import mlflow
+import pandas as pd
+
+POISON = {poison!r}
+HANG = {hang!r}
+
+
+class Model(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        while HANG:
+            time.sleep(3600)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        if (model_input["x"] == POISON).any():
+            os._exit(3)  # a native crash, as a segfaulting library would: no exception, no answer
+        return model_input["x"] * 2.0
+
+
+mlflow.models.set_model(Model())
+"""
+
+
+# ---- accounting ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    at: float
+    kind: str  # ok | clear | lost | refused
+    detail: str
+
+
+@dataclass
+class Tally:
+    outcomes: list[Outcome] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, detail: str = "") -> None:
+        with self.lock:
+            self.outcomes.append(Outcome(time.monotonic(), kind, detail))
+
+    def count(self, kind: str) -> int:
+        return sum(1 for o in self.outcomes if o.kind == kind)
+
+    def details(self, kind: str, limit: int = 3) -> list[str]:
+        return list(dict.fromkeys(o.detail for o in self.outcomes if o.kind == kind))[:limit]
+
+
+def classify(response: httpx.Response) -> tuple[str, str]:
+    if response.status_code == 200:
+        return "ok", ""
+    try:
+        body = response.json()
+    except ValueError:
+        return "lost", f"{response.status_code} without a JSON body: {response.text[:120]!r}"
+    said = body.get("message") or body.get("error") if isinstance(body, dict) else None
+    if response.status_code == 500 or not said:
+        return "lost", f"{response.status_code} {str(body)[:160]}"
+    return "clear", f"{response.status_code} {str(said)[:400]}"
+
+
+def send(client: httpx.Client, url: str, body: Any, tally: Tally, token: str = ADMIN_TOKEN) -> str:
+    try:
+        response = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    except httpx.ConnectError as exc:
+        tally.add("refused", f"connect: {exc}")
+        return "refused"
+    except httpx.HTTPError as exc:
+        tally.add("lost", f"{type(exc).__name__}: {exc}")
+        return "lost"
+    kind, detail = classify(response)
+    tally.add(kind, detail)
+    return kind
+
+
+class Load:
+    """``threads`` clients sending ``body`` to ``url()`` back to back until stopped."""
+
+    def __init__(self, url: Callable[[], str], body: Any, threads: int, token: str = ADMIN_TOKEN) -> None:
+        self.url, self.body, self.token = url, body, token
+        self.tally = Tally()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                if send(client, self.url(), self.body, self.tally, self.token) == "refused":
+                    time.sleep(0.02)  # no gateway listening: do not spin
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+@dataclass
+class Row:
+    fault: str
+    sent: int
+    ok: int
+    clear: int
+    lost: int
+    refused: int
+    recovery_s: float | None
+    outcome: str
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fault: str, tally: Tally, recovery_s: float | None, outcome: str,
+           checks: dict[str, bool]) -> Row:
+        counts = {kind: tally.count(kind) for kind in ("ok", "clear", "lost", "refused")}
+        lost = "; lost: " + " | ".join(tally.details("lost")) if counts["lost"] else ""
+        return cls(fault, len(tally.outcomes), counts["ok"], counts["clear"], counts["lost"],
+                   counts["refused"], recovery_s, outcome + lost, checks)
+
+
+# ---- a gateway process ---------------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.env = {**os.environ, "ZEROSERVE_HOME": str(home), "ZEROSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+                    **(env or {})}
+        self.env.pop("ZEROSERVE_URL", None)
+        # The replicas' interpreter finds its tools beside this one (benchmarks run without a venv).
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout_s: float = 90) -> Gateway:
+        self.home.mkdir(parents=True, exist_ok=True)
+        announced = self.home / "gateway.json"
+        announced.unlink(missing_ok=True)
+        log = open(self.home / "gateway.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.process = subprocess.Popen([sys.executable, "-c", _CLI, "serve", "--host", "127.0.0.1",
+                                         "--port", "0"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}: {self.log_tail()}")
+            with suppress(OSError, ValueError, httpx.HTTPError):
+                info = json.loads(announced.read_text())
+                mine = info.get("pid") == self.process.pid
+                if mine and httpx.get(f"{info['url']}/readyz", timeout=2).status_code == 200:
+                    self.url = str(info["url"])
+                    return self
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"the gateway did not come up within {timeout_s} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with suppress(OSError):
+            return (self.home / "gateway.log").read_text(errors="replace")[-3000:]
+        return ""
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def invocations(self, name: str) -> str:
+        return f"{self.url}/serving-endpoints/{name}/invocations"
+
+
+@contextmanager
+def gateway(home: Path, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    process = Gateway(home, env).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def create(gw: Gateway, name: str, model_uri: str, **entity: Any) -> None:
+    served = {"name": "m", "entity_name": model_uri, "optimization": "off", **entity}
+    with gw.client() as client:
+        answer = client.post(API, json={"name": name, "config": {"served_entities": [served]}})
+        if answer.status_code != 200:
+            raise RuntimeError(f"create {name}: {answer.status_code} {answer.text}")
+
+
+def entity_state(gw: Gateway, name: str) -> dict[str, Any]:
+    with gw.client() as client:
+        body = client.get(f"{API}/{name}").json()
+    config = body.get("pending_config") or body.get("config") or {}
+    entities = config.get("served_entities") or [{}]
+    return {"endpoint": body.get("state", {}), **(entities[0].get("state") or {})}
+
+
+def ready_replicas(gw: Gateway, name: str) -> int:
+    return int((entity_state(gw, name).get("replicas") or {}).get("ready", 0))
+
+
+def replica_pids(gw: Gateway, name: str) -> list[int]:
+    """The pids of the entity's ready replicas, from the READY lines in its logs."""
+    with gw.client() as client:
+        logs = client.get(f"{API}/{name}/served-models/m/logs").json().get("logs", "")
+    pids = [int(json.loads(match)["pid"]) for match in _READY_LINE.findall(logs)]
+    return [pid for pid in dict.fromkeys(pids) if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) is not alive for our purposes.
+    with suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> float:
+    """Seconds until ``condition`` held; TimeoutError naming ``what`` otherwise."""
+    start = time.monotonic()
+    while True:
+        with suppress(httpx.HTTPError, ValueError, OSError):
+            if condition():
+                return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+def onnx_model(root: Path) -> tuple[str, dict[str, Any]]:
+    from runtime.examples import logreg_rows, make_logreg_onnx
+
+    path = root / "logreg"
+    if not path.exists():
+        make_logreg_onnx(path, n_features=20)
+    return path.as_uri(), {"inputs": logreg_rows(20, 1).tolist()}
+
+
+def code_model(root: Path, name: str, *, hang: bool = False) -> str:
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    path = root / name
+    if path.exists():
+        return path.as_uri()
+    code = root / f"{name}_model.py"
+    code.write_text(_MODEL_CODE.format(poison=POISON, hang=hang))
+    signature = ModelSignature(inputs=Schema([ColSpec("double", "x")]), outputs=Schema([ColSpec("double")]))
+    with warnings.catch_warnings():  # mlflow's own deprecation and style warnings while saving
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(str(path), python_model=str(code), signature=signature,
+                                 pip_requirements=["mlflow"])
+    return path.as_uri()
+
+
+# ---- faults --------------------------------------------------------------------------------------
+
+FLOOR_OF_TWO = {"min_provisioned_concurrency": 8, "max_provisioned_concurrency": 8,
+                "autoscaling": {"container_concurrency": 4}}
+
+
+def replica_sigkill(root: Path, duration_s: float) -> Row:
+    uri, body = onnx_model(root)
+    with gateway(root / "home-replica-kill") as gw:
+        create(gw, "fraud", uri, **FLOOR_OF_TWO)
+        wait_until(lambda: ready_replicas(gw, "fraud") == 2, 120, "two replicas")
+        victim = replica_pids(gw, "fraud")[0]
+        with Load(lambda: gw.invocations("fraud"), body, threads=4) as load:
+            time.sleep(duration_s / 3)
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_until(lambda: not alive(victim) and victim not in replica_pids(gw, "fraud")
+                       and ready_replicas(gw, "fraud") == 2, 120, "the floor of two back")
+            recovery = time.monotonic() - killed
+            time.sleep(max(0.0, duration_s - (time.monotonic() - killed) - duration_s / 3))
+        checks = {"floor back": ready_replicas(gw, "fraud") == 2, "none lost": load.tally.count("lost") == 0}
+        return Row.of("replica SIGKILL under load", load.tally, recovery,
+                      "in flight on the killed replica: a clear 503 each; the rest served by the other;"
+                      " floor restored", checks)
+
+
+def crash_on_input(root: Path, duration_s: float) -> Row:
+    uri = code_model(root, "poison")
+    with gateway(root / "home-poison") as gw:
+        create(gw, "scores", uri, **FLOOR_OF_TWO)
+        wait_until(lambda: ready_replicas(gw, "scores") == 2, 180, "two replicas")
+        before = set(replica_pids(gw, "scores"))
+        with Load(lambda: gw.invocations("scores"), {"inputs": {"x": [1.0]}}, threads=4) as load:
+            time.sleep(duration_s / 3)
+            with httpx.Client(timeout=60) as client:
+                poison = Tally()
+                send(client, gw.invocations("scores"), {"inputs": {"x": [POISON]}}, poison)
+            sent = time.monotonic()
+            wait_until(lambda: len(before & set(replica_pids(gw, "scores"))) == 1
+                       and ready_replicas(gw, "scores") == 2, 180, "the floor of two back")
+            recovery = time.monotonic() - sent
+            time.sleep(max(0.0, duration_s * 2 / 3 - recovery))
+        survivors = before & set(replica_pids(gw, "scores"))
+        (poisoned,) = poison.outcomes
+        checks = {"only one replica died": len(survivors) == 1,
+                  "the poison request is told why": poisoned.kind == "clear",
+                  "none lost": load.tally.count("lost") == 0}
+        load.tally.outcomes.append(poisoned)
+        return Row.of("model crashes on one input", load.tally, recovery,
+                      f"poison request: {poisoned.detail}", checks)
+
+
+def gateway_restart(root: Path, duration_s: float) -> Row:
+    uri, body = onnx_model(root)
+    home = root / "home-gateway-kill"
+    gw = Gateway(home).start()
+    try:
+        create(gw, "ltv", uri, min_provisioned_concurrency=4, max_provisioned_concurrency=4)
+        with gw.client() as client:
+            token = client.post("/api/2.0/zeroserve/tokens", json={"principal": "pipeline"}).json()["token"]
+            endpoint_id = client.get(f"{API}/ltv").json()["id"]
+            client.put(f"/api/2.0/permissions/serving-endpoints/{endpoint_id}", json={
+                "access_control_list": [{"user_name": "pipeline", "permission_level": "CAN_QUERY"}]})
+        wait_until(lambda: ready_replicas(gw, "ltv") == 1, 120, "the floor replica")
+        old_replicas = set(replica_pids(gw, "ltv"))
+        with Load(lambda: gw.invocations("ltv"), body, threads=2, token=token) as load:
+            time.sleep(duration_s / 3)
+            gw.kill()
+            killed = time.monotonic()
+            gw.start()
+            wait_until(lambda: load.tally.outcomes and load.tally.outcomes[-1].kind == "ok"
+                       and load.tally.outcomes[-1].at > killed, 120, "a 200 after the restart")
+            recovery = time.monotonic() - killed
+            time.sleep(max(0.0, duration_s * 2 / 3 - recovery))
+        wait_until(lambda: ready_replicas(gw, "ltv") == 1, 120, "the floor replica after the restart")
+        now = set(replica_pids(gw, "ltv"))
+        orphans = [pid for pid in old_replicas - now if alive(pid)]
+        with httpx.Client(timeout=30) as client:
+            token_works = client.post(gw.invocations("ltv"), json=body,
+                                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        checks = {"endpoint, token and grant back": token_works, "floor kept": len(now) == 1,
+                  "no orphan replica": not orphans}
+        in_flight = load.tally.count("lost")
+        return Row.of("gateway SIGKILL + restart", load.tally, recovery,
+                      f"{in_flight} in flight in the killed gateway; replicas "
+                      f"{'adopted' if now & old_replicas else 'replaced'}", checks)
+    finally:
+        gw.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def store_down(root: Path, duration_s: float) -> Row:
+    import boto3
+
+    from runtime.examples import logreg_rows
+
+    uri, body = onnx_model(root)
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        wait_until(lambda: httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code == 200, 30, "moto")
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        local = Path(uri.removeprefix("file://"))
+        for prefix in ("cached", "never-fetched"):
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                s3.upload_file(str(path), "models", f"{prefix}/{path.relative_to(local).as_posix()}")
+        zero = {"scale_to_zero_enabled": True,
+                "autoscaling": {"scale_to_zero_grace_s": 0.5, "stable_window_s": 1, "scale_down_delay_s": 0}}
+        tally = Tally()
+        with gateway(root / "home-store", {**aws, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}) as gw:
+            create(gw, "cached", "s3://models/cached", **zero)
+            create(gw, "never-fetched", "s3://models/never-fetched", **zero)
+            with httpx.Client(timeout=120) as client:
+                send(client, gw.invocations("cached"), body, tally)  # cold start: fetched, cached
+                wait_until(lambda: ready_replicas(gw, "cached") == 0, 120, "scale to zero")
+                moto.kill()
+                moto.wait(timeout=30)
+                started = time.monotonic()
+                from_cache = send(client, gw.invocations("cached"), body, tally)
+                recovery = time.monotonic() - started
+                started = time.monotonic()
+                send(client, gw.invocations("never-fetched"), {"inputs": logreg_rows(20, 1).tolist()}, tally)
+                failed_in = time.monotonic() - started
+        names_store = any("models" in o.detail or "store" in o.detail.lower() or "s3" in o.detail.lower()
+                          for o in tally.outcomes if o.kind == "clear")
+        checks = {"cold start from the cache": from_cache == "ok",
+                  "uncached model fails clearly": tally.count("clear") == 1 and names_store,
+                  "none lost": tally.count("lost") == 0}
+        return Row.of("object store down", tally, recovery,
+                      f"cached model served from cache; uncached failed in {failed_in:.1f} s: "
+                      f"{tally.details('clear', 1)}", checks)
+    finally:
+        if moto.poll() is None:
+            moto.kill()
+            moto.wait(timeout=30)
+
+
+def hang_on_load(root: Path, duration_s: float) -> Row:
+    uri = code_model(root, "hangs", hang=True)
+    start_timeout_s = 4.0
+    with gateway(root / "home-hang") as gw:
+        started = time.monotonic()
+        create(gw, "stuck", uri, min_provisioned_concurrency=4,
+               autoscaling={"start_timeout_s": start_timeout_s})
+        tally = Tally()
+        with httpx.Client(timeout=60) as client:
+            while time.monotonic() - started < start_timeout_s:
+                send(client, gw.invocations("stuck"), {"inputs": {"x": [1.0]}}, tally)
+                time.sleep(0.5)
+        wait_until(lambda: entity_state(gw, "stuck")["endpoint"].get("config_update") == "UPDATE_FAILED",
+                   start_timeout_s * 3 + 60, "the update to fail")
+        failed_after = time.monotonic() - started
+        state = entity_state(gw, "stuck")
+        reason = state["endpoint"].get("config_update_message") or state.get("deployment_state_message", "")
+        def running() -> int:  # ``desired`` stays at the floor: the failed deployment is not retried
+            replicas = entity_state(gw, "stuck").get("replicas") or {}
+            return sum(int(replicas.get(kind, 0)) for kind in ("starting", "ready", "draining"))
+
+        wait_until(lambda: running() == 0, 30, "no replica left starting")
+        with httpx.Client(timeout=60) as client:
+            send(client, gw.invocations("stuck"), {"inputs": {"x": [1.0]}}, tally)
+        checks = {"the update fails, saying why": f"within {start_timeout_s:g} s" in reason,
+                  "no replica left running": running() == 0,
+                  "none lost": tally.count("lost") == 0,
+                  "queries get a clear error": tally.count("clear") == len(tally.outcomes)}
+        return Row.of("model hangs on load", tally, failed_after, f"update failed: {reason[:200]}", checks)
+
+
+FAULTS: dict[str, Callable[[Path, float], Row]] = {
+    "replica-sigkill": replica_sigkill,
+    "crash-on-input": crash_on_input,
+    "gateway-restart": gateway_restart,
+    "store-down": store_down,
+    "hang-on-load": hang_on_load,
+}
+
+
+def run(fault: str, root: Path, duration_s: float) -> Row:
+    try:
+        return FAULTS[fault](root, duration_s)
+    except Exception as exc:  # a fault that could not be staged is a row that says why
+        return Row(fault, 0, 0, 0, 0, 0, None, f"not measured: {type(exc).__name__}: {exc}"[:400],
+                   {"staged": False})
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| fault | sent | ok | clear errors | lost | refused (no gateway) | recovery s | checks"
+             " | outcome |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        checks = ", ".join(f"{name} {'✓' if ok else '✗'}" for name, ok in row.checks.items())
+        recovery = f"{row.recovery_s:.2f}" if row.recovery_s is not None else "-"
+        outcome = " ".join(row.outcome.split()).replace("|", "/")[:300]
+        lines.append(f"| {row.fault} | {row.sent} | {row.ok} | {row.clear} | {row.lost} | {row.refused} "
+                     f"| {recovery} | {checks} | {outcome} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="6 s of load per fault instead of 30")
+    parser.add_argument("--only", choices=sorted(FAULTS), action="append", help="run only these faults")
+    args = parser.parse_args(argv)
+    duration = 6.0 if args.quick else 30.0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="zeroserve-reliability-") as scratch:
+        for fault in args.only or list(FAULTS):
+            print(f"... {fault}", file=sys.stderr, flush=True)
+            rows.append(run(fault, Path(scratch), duration))
+    mode = "--quick" if args.quick else "full"
+    print(f"python -m benchmarks.reliability_report ({mode}; {duration:g} s of load per fault)\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
