@@ -306,6 +306,15 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interv
         time.sleep(interval_s)
 
 
+def holds(condition: Callable[[], Any], timeout_s: float) -> bool:
+    """Whether ``condition`` holds within ``timeout_s`` (a state read once can be mid-change)."""
+    try:
+        wait_until(condition, timeout_s, "")
+    except TimeoutError:
+        return False
+    return True
+
+
 # ---- models --------------------------------------------------------------------------------------
 
 
@@ -356,7 +365,8 @@ def replica_sigkill(root: Path, duration_s: float) -> Row:
                        and ready_replicas(gw, "fraud") == 2, 120, "the floor of two back")
             recovery = time.monotonic() - killed
             time.sleep(max(0.0, duration_s - (time.monotonic() - killed) - duration_s / 3))
-        checks = {"floor back": ready_replicas(gw, "fraud") == 2, "none lost": load.tally.count("lost") == 0}
+        checks = {"floor back": holds(lambda: ready_replicas(gw, "fraud") == 2, 30),
+                  "none lost": load.tally.count("lost") == 0}
         return Row.of("replica SIGKILL under load", load.tally, recovery,
                       "in flight on the killed replica: a clear 503 each; the rest served by the other;"
                       " floor restored", checks)

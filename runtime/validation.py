@@ -46,7 +46,9 @@ def to_array(
         if dtype is None:
             array = _infer(value)
         elif dtype.kind == "f":
-            array = np.asarray(value, dtype=dtype)
+            # A number beyond the type's range (1e39 for float32) is refused, not turned into inf.
+            with np.errstate(over="raise"):
+                array = np.asarray(value, dtype=dtype)
         elif dtype.kind in "iu":
             array = _to_integer(value, dtype, what)
         elif dtype.kind == "b":
@@ -55,6 +57,9 @@ def to_array(
             array = _to_strings(value, allow_missing)
         else:
             array = np.asarray(value, dtype=dtype)
+    except FloatingPointError:
+        assert dtype is not None
+        raise InvalidInput(f"{what}: a number is out of range for {dtype.name}") from None
     except (ValueError, TypeError, OverflowError) as exc:
         expected = "numbers or strings" if dtype is None else "strings" if dtype.kind == "O" else dtype.name
         raise InvalidInput(f"{what}: {_first_line(exc)} (expected {expected})") from exc

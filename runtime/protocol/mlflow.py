@@ -137,7 +137,11 @@ def decode_csv(body: bytes) -> Payload:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"CSV body is not UTF-8: {exc}") from None
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    try:
+        # newline="": the csv module reads \r\n, \n and a bare \r itself (as the csv docs require).
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except csv.Error as exc:  # a NUL byte, a quote left open at the end, ...
+        raise InvalidInput(f"the CSV body cannot be read: {exc}") from None
     if not rows:
         raise InvalidInput("the request body is empty")
     header, data = rows[0], rows[1:]
