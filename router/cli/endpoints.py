@@ -92,7 +92,7 @@ def _entity_changes(opts: dict[str, Any]) -> dict[str, Any]:
 def config_from_current(client: GatewayClient, name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """The endpoint's current config with the options' changes to one served entity (--served-name, or
     the only one): ``update NAME --scale-to-zero`` needs no --model."""
-    from autoscaler.spec import AutoscalingSpec
+    from autoscaler.spec import AutoscalingSpec, EntitySpec
     from router.api.models import AutoscalingInput
 
     changes = _entity_changes(opts)
@@ -112,6 +112,8 @@ def config_from_current(client: GatewayClient, name: str, opts: dict[str, Any]) 
     # JSON has lists where the spec has tuples (prewarm): compare them as lists.
     defaults = {key: list(value) if isinstance(value, tuple) else value
                 for key, value in dataclasses.asdict(AutoscalingSpec()).items()}
+    # The view shows the replica's start timeout beside the autoscaling settings (EntitySpec's own).
+    defaults["start_timeout_s"] = EntitySpec("model", "model").start_timeout_s
     rebuilt = []
     for entity in entities:
         given = {key: entity[key] for key in _ENTITY_INPUT_FIELDS if entity.get(key) is not None}
