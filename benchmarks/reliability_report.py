@@ -49,6 +49,8 @@ from typing import Any
 
 import httpx
 
+from runtime.store.cache import pid_alive
+
 ADMIN_TOKEN = "reliability-admin-" + "r" * 32
 API = "/api/2.0/serving-endpoints"
 _CLI = "import sys; from router.cli import cli, serve; sys.argv[0] = 'zeroserve'; cli()"
@@ -282,13 +284,9 @@ def replica_pids(gw: Gateway, name: str) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """``pid_alive``, except that a zombie (killed, not yet reaped by its parent) counts as gone."""
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    # A zombie (killed, not yet reaped by its parent) is not alive for our purposes.
     with suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     return True

@@ -36,8 +36,11 @@ ENTITY_DEFAULTS: dict[str, Any] = {
 ENTITY_FIELDS = ("name", "entity_name", *ENTITY_DEFAULTS)
 RATE_LIMIT_DEFAULTS: dict[str, Any] = {"key": "endpoint"}
 # Answers worth another try: the gateway (or the fleet's leader) is restarting, or its database is
-# reconnecting. Each is answered before anything was changed, so a write may be tried again too.
+# reconnecting. A read is tried again on any of them; a write only where nothing was done (503, which
+# the gateway answers before changing anything, and no connection at all): a 502 or 504 may come after
+# the change was made, and a create tried twice would then be refused as a duplicate.
 _RETRY_STATUSES = {502, 503, 504}
+_WRITE_RETRY_STATUSES = {0, 503}
 _RETRIES = 6
 
 
@@ -78,7 +81,8 @@ class Client:
             try:
                 return self._once(method, path, body)
             except ApiError as exc:
-                if attempt == _RETRIES - 1 or not (exc.status == 0 or exc.status in _RETRY_STATUSES):
+                retried = _RETRY_STATUSES | {0} if method == "GET" else _WRITE_RETRY_STATUSES
+                if attempt == _RETRIES - 1 or exc.status not in retried:
                     raise
             self._sleep(delay)
             delay = min(delay * 2, 4.0)

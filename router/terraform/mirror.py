@@ -67,7 +67,7 @@ def has_tf(python: str) -> bool:
     return probe.returncode == 0
 
 
-def provider_python(root: Path, python: str | None, *, log: object = None) -> str:
+def provider_python(root: Path, python: str | None) -> str:
     """The interpreter the launcher names: ``python`` (which must have ``tf``), else this one when it
     has ``tf``, else ``root/python`` (made with ``tf`` installed by pip on first use)."""
     if python:

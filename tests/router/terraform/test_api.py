@@ -180,6 +180,15 @@ def test_the_client_reads_the_gateways_error_and_retries_only_what_is_worth_retr
             self.end_headers()
             self.wfile.write(data)
 
+        def do_POST(self) -> None:  # a 502 may come after the change was made: a write is not retried
+            seen.append(self.path)
+            data = b'{"error_code": "BAD_GATEWAY", "message": "upstream went away"}'
+            self.send_response(502)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def log_message(self, *args: Any) -> None:
             pass
 
@@ -192,6 +201,9 @@ def test_the_client_reads_the_gateways_error_and_retries_only_what_is_worth_retr
             client.call("GET", "/api/2.0/serving-endpoints/x")
         assert caught.value.not_found and caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
         assert len(seen) == 2  # the 503 was tried again, the 404 was not
+        with pytest.raises(api.ApiError) as bad_gateway:
+            client.call("POST", "/api/2.0/serving-endpoints", {"name": "x"})
+        assert bad_gateway.value.status == 502 and len(seen) == 3
         unreachable = api.Client("http://127.0.0.1:1", None, timeout_s=2, sleep=lambda s: None)
         with pytest.raises(api.ApiError) as down:
             unreachable.call("GET", "/x")

@@ -102,8 +102,7 @@ class Workdir:
 
 @pytest.fixture
 def workdir(tmp_path: Path, mirror: Mirror, gateway: GatewayProcess) -> Workdir:
-    work = Workdir(tmp_path, mirror, gateway)
-    return work
+    return Workdir(tmp_path, mirror, gateway)
 
 
 def endpoint(name: str, model: str, extra: str = "") -> str:
