@@ -40,7 +40,7 @@ from router.api.controller import EndpointController
 from router.api.handlers import ControlPlane, JSONResponse
 from router.api.lifecycle import Deployment
 from router.api.observed import AutoscalerScaler
-from router.api.openapi import gateway_openapi
+from router.api.openapi import allowed_methods, gateway_openapi
 from router.api.views import EntityState
 from router.auth.access import FrontDoorAccess, require_admin
 from router.auth.directory import StoreDirectory
@@ -534,7 +534,7 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         """The OpenAPI document of every route of this gateway."""
-        return JSONResponse(gateway_openapi(self.app.routes, _version()))
+        return JSONResponse(gateway_openapi(self.app.routes, _version(), self.front_door.public_paths()))
 
     def _cache_counters(self) -> tuple[int, int, int]:
         """Model-cache counters of this process (models stored by the gateway) and of its replicas."""
@@ -580,6 +580,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         code, message = "ENDPOINT_NOT_FOUND", f"No API found for '{request.method} {request.url.path}'"
     elif exc.status_code == 405:
         code, message = "BAD_REQUEST", f"Method {request.method} is not allowed on {request.url.path}"
+        # Starlette's Allow names the first route that matched the path; a path served by several
+        # routes (GET and POST /api/2.0/serving-endpoints) must list every method (RFC 9110, 15.5.6).
+        allowed = allowed_methods(request.app.routes, request.url.path)
+        return JSONResponse({"error_code": code, "message": message}, status_code=405,
+                            headers={"Allow": ", ".join(allowed)})
     else:
         code, message = "BAD_REQUEST", str(exc.detail)
     return JSONResponse({"error_code": code, "message": message}, status_code=exc.status_code,

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
-from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute, compile_path
 
 from router.api.models import CreateEndpointInput, EndpointCoreConfigInput, PatchTagsInput
 from router.state.endpoints import EndpointRecord
@@ -23,27 +23,117 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("patch", _SERVING + "/{name}/tags"): PatchTagsInput,
 }
 
-_ERROR = {
+_ERROR_PROPERTIES = {"error_code": {"type": "string"}, "message": {"type": "string"}}
+_ERROR = {"type": "object", "properties": _ERROR_PROPERTIES, "required": ["error_code", "message"]}
+# Open Inference Protocol errors carry the message as "error" too (its clients read that field).
+_V2_ERROR = {
     "type": "object",
-    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
-    "required": ["error_code", "message"],
+    "properties": {**_ERROR_PROPERTIES, "error": {"type": "string"}},
+    "required": ["error"],
+}
+
+# MCP answers a malformed JSON-RPC message with a JSON-RPC error, the protocol's own shape.
+_JSON_RPC_ERROR = {
+    "type": "object",
+    "properties": {"jsonrpc": {"const": "2.0"}, "id": {}, "error": {
+        "type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        "required": ["code", "message"]}},
+    "required": ["jsonrpc", "error"],
+}
+
+_DATAFRAME_RECORDS = {"type": "array", "items": {"type": "object"}}
+_DATAFRAME_SPLIT = {
+    "type": "object",
+    "properties": {
+        "columns": {"type": "array", "items": {"type": ["string", "integer"]}},
+        "data": {"type": "array", "items": {"type": "array"}},
+        "index": {"type": "array"},
+    },
+    "required": ["data"],
+}
+_SCORING = {"oneOf": [
+    {"type": "object", "properties": {"dataframe_split": _DATAFRAME_SPLIT}, "required": ["dataframe_split"]},
+    {"type": "object", "properties": {"dataframe_records": _DATAFRAME_RECORDS},
+     "required": ["dataframe_records"]},
+    {"type": "object", "properties": {"instances": {"type": "array"}}, "required": ["instances"]},
+    {"type": "object", "properties": {"inputs": {}}, "required": ["inputs"]},
+]}
+_SCORING_CONTENT = {"application/json": {"schema": _SCORING}, "text/csv": {"schema": {"type": "string"}}}
+_TENSOR = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                   "datatype": {"type": "string"}, "data": {"type": "array"}},
+    "required": ["name", "shape", "datatype"],
+}
+_V2_INFER_CONTENT = {
+    "application/json": {"schema": {
+        "type": "object",
+        "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": _TENSOR},
+                       "outputs": {"type": "array"}, "parameters": {"type": "object"}},
+        "required": ["inputs"],
+    }},
+    # The binary tensor extension: a JSON header of Inference-Header-Content-Length bytes, then raw data.
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}
+_ACL = {"type": "object", "properties": {"access_control_list": {"type": "array", "items": {
+    "type": "object",
+    "properties": {"user_name": {"type": "string"}, "group_name": {"type": "string"},
+                   "service_principal_name": {"type": "string"},
+                   "permission_level": {"type": "string", "enum": ["CAN_VIEW", "CAN_QUERY", "CAN_MANAGE"]}},
+    "required": ["permission_level"],
+}}}}
+_RATE_LIMITS = {"type": "object", "properties": {"rate_limits": {"type": "array", "items": {
+    "type": "object",
+    "properties": {"calls": {"type": "integer", "minimum": 0},
+                   "key": {"type": "string", "enum": ["user", "endpoint"]},
+                   "renewal_period": {"type": "string", "enum": ["minute"]}},
+    "required": ["calls", "renewal_period"],
+}}}}
+_TOKEN = {
+    "type": "object",
+    "properties": {"principal": {"type": "string", "minLength": 1, "maxLength": 256},
+                   "comment": {"type": "string"},
+                   "lifetime_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                   "groups": {"type": "array", "items": {"type": "string"}}, "admin": {"type": "boolean"}},
+    "required": ["principal"],
+}
+_PERMISSIONS = "/api/2.0/permissions/serving-endpoints/{endpoint_id}"
+# Bodies that are not pydantic models: the data plane's protocols and the access routes' plain JSON.
+PLAIN_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/serving-endpoints/{name}/invocations"): _SCORING_CONTENT,
+    ("post", "/v2/models/{name}/infer"): _V2_INFER_CONTENT,
+    ("post", "/v2/models/{name}/versions/{version}/infer"): _V2_INFER_CONTENT,
+    ("put", _PERMISSIONS): {"application/json": {"schema": _ACL}},
+    ("patch", _PERMISSIONS): {"application/json": {"schema": _ACL}},
+    ("put", _SERVING + "/{name}/rate-limits"): {"application/json": {"schema": _RATE_LIMITS}},
+    ("post", "/api/2.0/zeroserve/tokens"): {"application/json": {"schema": _TOKEN}},
+    # Model Context Protocol over Streamable HTTP: one JSON-RPC message (or a batch) per POST.
+    ("post", "/mcp"): {"application/json": {"schema": {"type": ["object", "array"]}}},
 }
 
 
-def gateway_openapi(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
+def gateway_openapi(
+    routes: Iterable[BaseRoute], version: str, public_paths: Iterable[str] = ()
+) -> dict[str, Any]:
+    """``public_paths`` answer without a token (their operations say so with an empty ``security``)."""
     paths: dict[str, dict[str, Any]] = {}
-    schemas: dict[str, Any] = {"Error": _ERROR}
+    schemas: dict[str, Any] = {"Error": _ERROR, "V2Error": _V2_ERROR, "JsonRpcError": _JSON_RPC_ERROR}
+    public = frozenset(public_paths)
     for path, method, endpoint in _walk(routes, ""):
+        error: dict[str, Any] = {"$ref": "#/components/schemas/Error"}
+        if path.startswith("/v2/"):
+            error = {"$ref": "#/components/schemas/V2Error"}
+        elif path == "/mcp":
+            error = {"anyOf": [error, {"$ref": "#/components/schemas/JsonRpcError"}]}
         operation: dict[str, Any] = {
             "summary": _summary(endpoint),
             "responses": {
                 "200": {"description": "OK"},
-                "default": {
-                    "description": "Error",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                },
+                "default": {"description": "Error", "content": {"application/json": {"schema": error}}},
             },
         }
+        if path in public:
+            operation["security"] = []
         parameters = [
             {"name": part[1:-1].split(":")[0], "in": "path", "required": True, "schema": {"type": "string"}}
             for part in path.split("/")
@@ -58,6 +148,8 @@ def gateway_openapi(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]
             schemas[model.__name__] = schema
             ref = {"$ref": f"#/components/schemas/{model.__name__}"}
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+        elif (method, path) in PLAIN_BODIES:
+            operation["requestBody"] = {"required": True, "content": PLAIN_BODIES[(method, path)]}
         paths.setdefault(_openapi_path(path), {})[method] = operation
     return {
         "openapi": "3.1.0",
@@ -84,6 +176,15 @@ def _walk(routes: Iterable[BaseRoute], prefix: str) -> Iterable[tuple[str, str, 
             continue
 
 
+def allowed_methods(routes: Iterable[BaseRoute], path: str) -> list[str]:
+    """The methods some route answers at ``path`` (the ``Allow`` header of a 405), HEAD with GET."""
+    methods = {method.upper() for template, method, _ in _walk(routes, "")
+               if compile_path(template)[0].match(path)}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def _summary(endpoint: Any) -> str:
     doc = inspect.getdoc(endpoint) or ""
     return doc.split("\n\n")[0].replace("\n", " ").strip() or getattr(endpoint, "__name__", "")
@@ -96,30 +197,11 @@ def _openapi_path(path: str) -> str:
     )
 
 
-_DATAFRAME_RECORDS = {"type": "array", "items": {"type": "object"}}
-_DATAFRAME_SPLIT = {
-    "type": "object",
-    "properties": {
-        "columns": {"type": "array", "items": {"type": "string"}},
-        "data": {"type": "array", "items": {"type": "array"}},
-        "index": {"type": "array"},
-    },
-    "required": ["data"],
-}
-
 
 def endpoint_openapi(record: EndpointRecord, base_url: str) -> dict[str, Any]:
     """How to query one endpoint: the MLflow scoring protocol at its invocations URL."""
     active = record.config or record.pending
     served = [e.name for e in active.config.served_entities] if active is not None else []
-    one_of = [
-        {"type": "object", "properties": {"dataframe_split": _DATAFRAME_SPLIT},
-         "required": ["dataframe_split"]},
-        {"type": "object", "properties": {"dataframe_records": _DATAFRAME_RECORDS},
-         "required": ["dataframe_records"]},
-        {"type": "object", "properties": {"instances": {"type": "array"}}, "required": ["instances"]},
-        {"type": "object", "properties": {"inputs": {}}, "required": ["inputs"]},
-    ]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -134,10 +216,7 @@ def endpoint_openapi(record: EndpointRecord, base_url: str) -> dict[str, Any]:
                     "summary": f"Query {record.name}",
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {"schema": {"oneOf": one_of}},
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
+                        "content": _SCORING_CONTENT,
                     },
                     "responses": {
                         "200": {

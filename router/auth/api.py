@@ -7,6 +7,7 @@ Handlers raise ``ZeroserveError``s; the gateway's one exception handler answers 
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,7 +39,13 @@ _UNSUPPORTED_AI_GATEWAY = ("guardrails", "fallback_config")
 
 
 def _json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+    try:
+        body = orjson.dumps(content)
+    except TypeError:
+        # Audit rows written before bodies were parsed like the data plane parses them can hold integers
+        # past 64 bits, which orjson does not write; the standard encoder does.
+        body = json.dumps(content, separators=(",", ":")).encode()
+    return Response(body, status_code=status_code, media_type="application/json")
 
 
 def permissions_body(ref: EndpointRef, entries: tuple[AclEntry, ...]) -> dict[str, Any]:
@@ -92,12 +99,16 @@ class FrontDoorApi:
         comment = body.get("comment", "")
         if not isinstance(comment, str):
             raise InvalidParameterValue("comment must be a string")
+        admin = body.get("admin", False)
+        if not isinstance(admin, bool):
+            # bool("false") is True: anything but a JSON boolean would mint admin tokens by accident.
+            raise InvalidParameterValue(f"admin must be true or false, got {json.dumps(admin)[:40]}")
         caller = principal_of(request)
         token, info = self.front_door.tokens.create(
             body.get("principal"),  # type: ignore[arg-type]  # validated by create()
             expires_in_s=lifetime,
             groups=groups,
-            is_admin=bool(body.get("admin", False)),
+            is_admin=admin,
             comment=comment,
             created_by=caller.name if caller is not None else None,
         )

@@ -20,8 +20,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.auth.limits import loads_json
 from router.auth.types import PRINCIPAL_SCOPE_KEY, Principal
 from router.state.db import Database
+from runtime.errors import InvalidInput
 
 log = logging.getLogger("zeroserve.audit")
 
@@ -87,8 +89,10 @@ def describe_body(body: bytes, truncated: bool) -> Any:
     if truncated:
         return f"<body of more than {MAX_RECORDED_BODY} bytes, not recorded>"
     try:
-        return redact(json.loads(body))
-    except (ValueError, RecursionError):
+        # The data plane's own parser: what it refuses (lone surrogates, nesting past its limit) is
+        # described rather than stored, and big integers come back as floats that any encoder can write.
+        return redact(loads_json(body))
+    except InvalidInput:
         return f"<{len(body)} bytes, not JSON>"
 
 

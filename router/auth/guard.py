@@ -84,8 +84,6 @@ class EndpointGuard:
                     else:
                         self.front_door.authorizer.authorize(principal, name, rule.level)
                 except ZeroserveError as error:
-                    # Open Inference Protocol clients read the message from "error".
-                    extra_body = {"error": error.message} if scope["path"].startswith("/v2/") else None
-                    await send_error(send, error, extra_body=extra_body)
+                    await send_error(send, error, path=scope["path"])
                     return
         await self.app(scope, receive, send)

@@ -66,7 +66,7 @@ class LimitsMiddleware:
             return
         declared = content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await send_error(send, self._too_large(), {"Connection": "close"})
+            await send_error(send, self._too_large(), {"Connection": "close"}, path=scope["path"])
             return
         received = 0
         body_done = False
@@ -110,14 +110,15 @@ class LimitsMiddleware:
             if response_started or not deadline.expired():
                 raise
             await send_error(
-                send, UpstreamTimeout(f"The request took longer than {self.request_timeout_s:g} s.")
+                send, UpstreamTimeout(f"The request took longer than {self.request_timeout_s:g} s."),
+                path=scope["path"],
             )
         except ZeroserveError as error:
             # Raised by limited_receive where the app did not turn it into a response itself.
             if response_started:
                 raise
             extra = {"Connection": "close"} if isinstance(error, PayloadTooLarge | RequestTimeout) else None
-            await send_error(send, error, extra)
+            await send_error(send, error, extra, path=scope["path"])
         except Exception as exc:
             if response_started:
                 raise  # the server logs it; the client already has its answer
@@ -125,7 +126,7 @@ class LimitsMiddleware:
             message = "Internal error."
             if self.debug:
                 message += "\n" + "".join(traceback.format_exception(exc))
-            await send_error(send, ZeroserveError(message))
+            await send_error(send, ZeroserveError(message), path=scope["path"])
 
     def _too_large(self) -> PayloadTooLarge:
         return _BodyTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.")

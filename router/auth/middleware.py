@@ -89,7 +89,7 @@ class AuthMiddleware:
             # 1008: policy violation, the websocket equivalent of 401.
             await send({"type": "websocket.close", "code": 1008})
             return
-        await send_error(send, principal, {"WWW-Authenticate": challenge(principal)})
+        await send_error(send, principal, {"WWW-Authenticate": challenge(principal)}, path=scope["path"])
 
 
 def authenticate(tokens: TokenStore, scope: Scope) -> Principal | Unauthenticated:

@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
+from router.auth._respond import error_body
 from router.dataplane.activator import Activator, ClientGone, ScaleRequester
 from router.dataplane.balancer import EntityRemoved
 from router.dataplane.proxy import (
@@ -531,14 +532,6 @@ def error_response(request: Request, exc: Exception) -> Response:
         headers=exc.headers,
         media_type="application/json",
     )
-
-
-def error_body(error: ZeroserveError, path: str) -> bytes:
-    """``{"error_code", "message"}``, plus ``error`` on Open Inference Protocol paths."""
-    payload: dict[str, str] = error.to_dict()
-    if path.startswith("/v2/"):
-        payload["error"] = error.message
-    return orjson.dumps(payload)
 
 
 def body_too_large(limit: int) -> PayloadTooLarge:

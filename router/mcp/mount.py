@@ -15,8 +15,9 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+import orjson
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.api.views import StateOf
 from router.mcp.hosts import host_policy
@@ -30,6 +31,41 @@ if TYPE_CHECKING:
 log = logging.getLogger("zeroserve.mcp")
 
 MCP_PATH = "/mcp"
+
+
+_ERROR_CODES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST"}
+
+
+def plain_errors_as_json(send: Send) -> Send:
+    """The SDK refuses some requests (a missing Content-Type, an unacceptable Accept, a wrong Host) with
+    a bare text body and no Content-Type; this renders them in the gateway's one error shape, so that
+    every 4xx a client gets is ``{"error_code", "message"}`` JSON. JSON-RPC answers pass unchanged."""
+    held: Message | None = None
+    text = b""
+
+    async def sending(message: Message) -> None:
+        nonlocal held, text
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if message["status"] >= 400 and not any(name.lower() == b"content-type" for name, _ in headers):
+                held = message
+                return
+        elif held is not None and message["type"] == "http.response.body":
+            text += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            status = int(held["status"])
+            body = orjson.dumps({"error_code": _ERROR_CODES.get(status, "BAD_REQUEST"),
+                                 "message": text.decode("utf-8", "replace").strip() or f"HTTP {status}"})
+            kept = [(name, value) for name, value in held.get("headers", [])
+                    if name.lower() != b"content-length"]
+            await send({**held, "headers": [*kept, (b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    return sending
 
 
 class McpMount:
@@ -72,7 +108,7 @@ class McpMount:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = await self._started()
-        await service.manager.handle_request(scope, receive, send)
+        await service.manager.handle_request(scope, receive, plain_errors_as_json(send))
 
     async def _started(self) -> McpService:
         if self._service is not None:

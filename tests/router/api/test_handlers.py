@@ -152,12 +152,31 @@ async def test_logs_metrics_openapi_and_events(harness: Harness) -> None:
                  "/serving-endpoints/{name}/invocations", "/v2/models/{name}/infer", "/healthz"):
         assert path in paths
     assert "requestBody" in paths["/api/2.0/serving-endpoints"]["post"]
+    # Queries and tokens are documented too, public probes say they need no token, and a v2 error is
+    # documented with the "error" field its clients read.
+    for path in ("/serving-endpoints/{name}/invocations", "/v2/models/{name}/infer",
+                 "/api/2.0/zeroserve/tokens"):
+        assert "requestBody" in paths[path]["post"], path
+    assert paths["/healthz"]["get"]["security"] == [] and "security" not in paths["/v2"]["get"]
+    v2_error = paths["/v2/models/{name}/infer"]["post"]["responses"]["default"]["content"]["application/json"]
+    schema_name = v2_error["schema"]["$ref"].rsplit("/", 1)[1]
+    assert document["components"]["schemas"][schema_name]["required"] == ["error"]
     endpoint_doc = (await harness.client.get(f"{API}/ep/openapi")).json()
     assert "/serving-endpoints/ep/invocations" in endpoint_doc["paths"]
 
     events = (await harness.client.get(f"{API}/ep/events")).json()["events"]
     assert [e["kind"] for e in events] == ["CREATED", "UPDATE_SUCCEEDED"]
     assert events[0]["principal"] == "admin"
+
+
+async def test_a_405_lists_every_method_the_path_answers(harness: Harness) -> None:
+    # Found by schemathesis: GET and POST /api/2.0/serving-endpoints are two routes, and Starlette's
+    # Allow named only the first.
+    refused = await harness.client.request("OPTIONS", API)
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD, POST"
+    refused = await harness.client.request("POST", f"{API}/ep")
+    assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET, HEAD"
+    assert refused.json()["message"] == f"Method POST is not allowed on {API}/ep"
 
 
 async def test_no_token_is_401_and_probes_are_public(harness: Harness) -> None:

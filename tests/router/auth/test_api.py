@@ -135,6 +135,10 @@ async def test_token_lifecycle(served: ServedGateway) -> None:
     assert (await served.admin.delete(f"{TOKENS}/ffffffffffffffff")).status_code == 404
     bad = await served.admin.post(TOKENS, json={"principal": "", "lifetime_seconds": -1})
     assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    # Found by schemathesis: "admin" was read with bool(), so the string "false" minted an admin token.
+    for not_a_boolean in ("false", {}, 0, None):
+        bad = await served.admin.post(TOKENS, json={"principal": "svc", "admin": not_a_boolean})
+        assert bad.status_code == 400 and "admin must be true or false" in bad.json()["message"], bad.text
 
 
 async def test_bad_bodies_get_4xx_and_the_gateway_stays_healthy(tmp_path: Path) -> None:

@@ -4,13 +4,15 @@ import json
 import logging
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from router.auth.audit import REDACTED, AuditLog, AuditMiddleware, redact
+from router.auth.api import _json_response
+from router.auth.audit import REDACTED, AuditLog, AuditMiddleware, describe_body, redact
 from router.auth.middleware import AuthMiddleware
 from router.auth.tokens import TokenStore
 from router.state.db import Database
@@ -77,3 +79,19 @@ async def test_changes_are_recorded_with_principal_time_and_body(
     assert "zs_secret" not in caplog.text and token not in caplog.text
     assert audit.list(principal="nobody") == []
     assert len(audit.list(since_ms=records[0].time_ms)) == 1
+
+
+@pytest.mark.parametrize("body", [
+    b'{"n": 186322047455125379752803696640}',  # past 64 bits: orjson writes it back as a float
+    b'{"name": "\\ud800"}',  # a lone surrogate: no encoder can write it as UTF-8
+    b"[" * 5000 + b"]" * 5000,  # deeper than the data plane accepts
+    b'{"x": 1e999}',
+])
+def test_whatever_a_client_sends_is_stored_in_a_form_the_audit_api_can_return(body: bytes) -> None:
+    # Found by schemathesis: one create with a huge integer made every later GET of the audit log a 500.
+    orjson.dumps(describe_body(body, truncated=False))
+
+
+def test_the_audit_api_answers_rows_written_before_bodies_were_parsed_that_way() -> None:
+    response = _json_response({"records": [{"detail": {"n": 2**100}}]})
+    assert json.loads(response.body) == {"records": [{"detail": {"n": 2**100}}]}

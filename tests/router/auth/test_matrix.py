@@ -291,6 +291,12 @@ async def test_authorization_matrix(world: World) -> None:
                 assert response.headers["www-authenticate"].startswith("Bearer")
             elif expected == 429:
                 assert int(response.headers["retry-after"]) >= 1
+            if expected in (401, 403, 404, 429) and not template.startswith("/mcp"):
+                # One error shape whichever layer refused: Open Inference Protocol clients read "error".
+                body = response.json()
+                assert body["error_code"] and body["message"], (method, template, caller, body)
+                if template.startswith("/v2/"):
+                    assert body.get("error") == body["message"], (method, template, caller, body)
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -292,6 +292,12 @@ async def test_only_the_allowed_host_names_are_answered(deployment: Deployment) 
         assert await post(Host=f"localhost:{port}") == 421  # not among the configured names
         assert await post(Origin="http://rebound.attacker.example") == 403
         assert await post(Origin=f"https://{PUBLIC_HOST}", Host=PUBLIC_HOST) == 200
+        # The SDK's bare-text refusals come in the gateway's error shape (found by schemathesis).
+        rebound = await http.post("/mcp", json=initialize, headers={**base, "Host": "rebound.example"})
+        assert rebound.headers["content-type"] == "application/json"
+        assert rebound.json()["error_code"] == "BAD_REQUEST" and "host" in rebound.json()["message"].lower()
+        untyped = await http.post("/mcp", content=b"{}", headers=base)
+        assert untyped.status_code == 400 and "Content-Type" in untyped.json()["message"], untyped.text
         anonymous = await http.post("/mcp", json=initialize)
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
