@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -143,16 +145,7 @@ async def _materialize(
             if handle is not None:
                 return handle
             metrics.add("misses")
-            entries = await _download_all(cache, resolved, settings, progress)
-            manifest = Manifest(
-                version_key=key,
-                uri=uri,
-                location=resolved.location,
-                immutable=resolved.immutable,
-                files=tuple(entries),
-                created_at=time.time(),
-            )
-            path = cache.publish_version(manifest)
+            manifest, path = await _download_making_room(cache, uri, key, resolved, settings, progress)
         cache.write_ref(Ref(uri, key, resolved.immutable, time.time()))
         evicted = evict(cache, settings.cache_max_bytes)
         if evicted:
@@ -163,6 +156,49 @@ async def _materialize(
     except BaseException:
         pin.release()
         raise
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _download_and_publish(
+    cache: Cache, uri: str, key: str, resolved: Resolved, settings: StoreSettings,
+    progress: FetchProgress | None,
+) -> tuple[Manifest, Path]:
+    entries = await _download_all(cache, resolved, settings, progress)
+    manifest = Manifest(version_key=key, uri=uri, location=resolved.location, immutable=resolved.immutable,
+                        files=tuple(entries), created_at=time.time())
+    return manifest, cache.publish_version(manifest)
+
+
+async def _download_making_room(
+    cache: Cache, uri: str, key: str, resolved: Resolved, settings: StoreSettings,
+    progress: FetchProgress | None,
+) -> tuple[Manifest, Path]:
+    """Download and publish; when the cache's disk is full, make room from versions no replica uses
+    (least recently used first, as the budget would) and try once more; a second failure says so."""
+    freed: list[str] | None = None
+    while True:
+        try:
+            return await _download_and_publish(cache, uri, key, resolved, settings, progress)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            if freed is not None:
+                raise StoreError(_disk_full(cache, uri, resolved, freed)) from exc
+            freed = evict(cache, settings.cache_max_bytes, force_all_unpinned=True)
+            log.warning("cache disk full fetching %s; evicted %d unused version(s), trying again",
+                        uri, len(freed))
+
+
+def _disk_full(cache: Cache, uri: str, resolved: Resolved, freed: list[str]) -> str:
+    needed = sum(file.size for file in resolved.files)
+    try:
+        free = f"{shutil.disk_usage(cache.root).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return (f"no space left on the model cache's disk ({cache.root}, {free}) for {uri}, which needs "
+            f"{needed:,} bytes; {len(freed)} cached version(s) no replica uses were evicted first")
 
 
 def _adopt_if_published(

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from runtime.errors import StoreError
 from runtime.store import StoreSettings, cache_stats, fetch_model, open_model
+from runtime.store.cache import Cache
 from runtime.store.testing import S3Proxy
 from tests.runtime.store.conftest import upload_tree
 
@@ -272,3 +274,43 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a real disk that fills up. Mounting needs root (CAP_SYS_ADMIN): where it is not
+    allowed the test is skipped, saying why, since no other real way to run out of disk exists here."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_cache_disk_evicts_unused_versions_or_fails_saying_so(
+    s3: Any, bucket: str, settings: StoreSettings, small_disk: Path
+) -> None:
+    on_small_disk = settings.model_copy(update={"cache_dir": small_disk / "cache"})
+    models = {name: {"model.onnx": os.urandom(1_400_000), "data/weights.bin": os.urandom(1_400_000)}
+              for name in ("a", "b", "c")}
+    for name, files in models.items():
+        upload_tree(s3, bucket, name, files)
+    with open_model(f"s3://{bucket}/a", on_small_disk) as handle:
+        assert read_tree(handle.path) == models["a"]
+    # b does not fit beside a: a (no replica holds it) is evicted and b fetched on the second try.
+    with open_model(f"s3://{bucket}/b", on_small_disk) as held:
+        assert read_tree(held.path) == models["b"]
+        assert Cache(small_disk / "cache").version_keys() == [held.version_key]
+        # c does not fit beside b, which is in use: a clear failure, and nothing half-written left.
+        with pytest.raises(StoreError, match=r"no space left on the model cache's disk .* needs 2,800,000"):
+            open_model(f"s3://{bucket}/c", on_small_disk)
+        assert read_tree(held.path) == models["b"]
+        assert not list(Cache(small_disk / "cache").tmp.iterdir())
+    # b released: c now fits.
+    with open_model(f"s3://{bucket}/c", on_small_disk) as handle:
+        assert read_tree(handle.path) == models["c"]
