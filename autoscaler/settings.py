@@ -22,6 +22,9 @@ class LocalBackendSettings(BaseSettings):
     # Replicas also listen on an owner-only Unix socket, which the router uses instead of loopback TCP.
     replica_unix_sockets: bool = True
     replica_log_lines: int = Field(default=2000, ge=10)
+    # A replica whose resident memory passes this is killed and replaced, as a container's OOM killer
+    # would do on Kubernetes. Unset: its workload size's memory (Small 2 GiB, Medium 4, Large 8); 0: none.
+    replica_memory_limit_mib: int | None = Field(default=None, ge=0)
     kept_replica_logs: int = Field(default=64, ge=0)
 
     @field_validator("warm_pool_preload")

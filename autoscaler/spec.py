@@ -37,6 +37,11 @@ class WorkloadSize(enum.Enum):
     def default_max_concurrency(self) -> int:
         return _WORKLOAD_SIZE_MAX_CONCURRENCY[self]
 
+    @property
+    def memory_mib(self) -> int:
+        """A replica's memory: the pod's request and limit on Kubernetes, the RSS limit locally."""
+        return _WORKLOAD_SIZE_MEMORY_MIB[self]
+
     @classmethod
     def parse(cls, value: str | WorkloadSize) -> WorkloadSize:
         """Accept the enum or its API spelling, case-insensitively ("Small", "small", "SMALL")."""
@@ -50,6 +55,7 @@ class WorkloadSize(enum.Enum):
 
 
 _WORKLOAD_SIZE_MAX_CONCURRENCY = {WorkloadSize.SMALL: 4, WorkloadSize.MEDIUM: 16, WorkloadSize.LARGE: 64}
+_WORKLOAD_SIZE_MEMORY_MIB = {WorkloadSize.SMALL: 2048, WorkloadSize.MEDIUM: 4096, WorkloadSize.LARGE: 8192}
 
 _DAY_S = 86_400
 

@@ -65,8 +65,9 @@ _PROBE_PATH = "/v2/health/ready"
 # What Kubernetes says when a container cannot start; each ends a start at once with that reason.
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
-# Per-replica requests by workload size (limits: the same memory; CPU unbounded so a replica can burst).
-_SIZE_RESOURCES = {"Small": ("1", "2Gi"), "Medium": ("2", "4Gi"), "Large": ("4", "8Gi")}
+# Per-replica CPU requests by workload size; memory is the size's own (request = limit), CPU unbounded so
+# that a replica can burst.
+_SIZE_CPU = {"Small": "1", "Medium": "2", "Large": "4"}
 _GPUS = {"GPU_SMALL": 1, "GPU_MEDIUM": 1, "GPU_LARGE": 4, "MULTIGPU_MEDIUM": 4}
 
 
@@ -418,7 +419,8 @@ class KubernetesBackend:
         mounts.append({"name": "model-cache", "mountPath": cache})
         env.append({"name": "ZEROSERVE_CACHE_DIR", "value": cache})
         env += [{"name": key, "value": value} for key, value in spec.environment_vars.items()]
-        cpu, memory = _SIZE_RESOURCES.get(spec.autoscaling.workload_size.value, _SIZE_RESOURCES["Small"])
+        size = spec.autoscaling.workload_size
+        cpu, memory = _SIZE_CPU[size.value], f"{size.memory_mib // 1024}Gi"
         resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
         pod_spec: dict[str, Any] = {
             "restartPolicy": "Never",  # a replica that dies is replaced by the autoscaler, not restarted

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -83,6 +84,8 @@ class _LocalReplica:
     url: str | None = None
     optimization: ReplicaOptimization | None = None
     unix_socket: str | None = None  # as announced by the replica: it listens there too
+    memory_limit_mib: int | None = None
+    killed_for: str | None = None  # why this backend killed it, for the log line of its exit
 
     def info(self) -> ReplicaInfo:
         assert self.url is not None
@@ -94,6 +97,18 @@ class _LocalReplica:
 class _AdoptedReplica:
     info: ReplicaInfo
     pid: int | None
+
+
+def resident_mib(pid: int) -> int | None:
+    """A process's resident memory in MiB (Linux ``/proc``), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 async def terminate_pid(pid: int | None, timeout_s: float) -> None:
@@ -202,6 +217,8 @@ class LocalBackend:
         self._pool = (WarmPool(pool_size, pool_preload, self._environment, self._log_lines)
                       if pool_size > 0 else None)
         self._kept_logs = settings.kept_replica_logs
+        self._memory_limit_mib = settings.replica_memory_limit_mib
+        self._memory_watch: asyncio.Task[None] | None = None
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}
         # Replicas another gateway's backend started, taken over when this gateway began to lead.
@@ -231,6 +248,8 @@ class LocalBackend:
             await self._probe("http://127.0.0.1:1")
         if self._pool is not None:
             self._pool.start()
+        if self._memory_watch is None and sys.platform == "linux":  # reads /proc
+            self._memory_watch = asyncio.create_task(self._watch_memory(), name="replica memory limits")
 
     # --- the Backend protocol ---
 
@@ -258,6 +277,9 @@ class LocalBackend:
             output = ProcessOutput(process.stdout, self._log_lines)
         replica = _LocalReplica(replica_id, entity, process, output, spec.autoscaling.container_concurrency,
                                 from_pool=worker is not None)
+        limit = self._memory_limit_mib  # None: the workload size's; 0: none
+        size_limit = spec.autoscaling.workload_size.memory_mib
+        replica.memory_limit_mib = size_limit if limit is None else limit or None
         self._replicas[replica_id] = replica
         try:
             async with asyncio.timeout(spec.start_timeout_s):
@@ -301,8 +323,9 @@ class LocalBackend:
         if replica is None:
             return ReplicaHealth.EXITED
         if replica.process.returncode is not None:
+            why = f": {replica.killed_for}" if replica.killed_for else ""
             replica.output.note(f"--- replica {replica_id} exited unexpectedly "
-                                f"(exit code {replica.process.returncode}) ---")
+                                f"(exit code {replica.process.returncode}){why} ---")
             await self._retire(replica)
             return ReplicaHealth.EXITED
         if replica.url is None:
@@ -323,6 +346,11 @@ class LocalBackend:
         return output.text() if output is not None else ""
 
     async def close(self) -> None:
+        if self._memory_watch is not None:
+            self._memory_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._memory_watch
+            self._memory_watch = None
         if self._pool is not None:
             await self._pool.close()
         replicas = list(self._replicas.values())
@@ -338,6 +366,26 @@ class LocalBackend:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+    async def _watch_memory(self, interval_s: float = 0.5) -> None:
+        """Kill a replica whose resident memory passes its limit, as a container's OOM killer would: a
+        model that leaks must not take the machine (and every other replica on it) down with it. The
+        autoscaler sees it exit at its next health check and replaces it; its log says why."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for replica in list(self._replicas.values()):
+                limit = replica.memory_limit_mib
+                if limit is None or replica.process.returncode is not None or replica.killed_for:
+                    continue
+                used = resident_mib(replica.process.pid)
+                if used is not None and used > limit:
+                    replica.killed_for = (f"killed for using {used:,} MiB of memory, over its limit of "
+                                          f"{limit:,} MiB")
+                    replica.output.note(f"--- replica {replica.replica_id} {replica.killed_for} ---")
+                    logger.warning("replica %s of %s %s", replica.replica_id, replica.entity,
+                                   replica.killed_for)
+                    with contextlib.suppress(ProcessLookupError):
+                        replica.process.send_signal(signal.SIGKILL)
 
     # --- extras for tests and the CLI ---
 
@@ -407,7 +455,8 @@ class LocalBackend:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await output.closed.wait()
-        last_line = next((line for line in reversed(output.tail().splitlines()) if line.strip()), "")
+        last_line = replica.killed_for or next(
+            (line for line in reversed(output.tail().splitlines()) if line.strip()), "")
         raise ReplicaStartError(f"replica {replica.replica_id} exited with code {code} before it was ready"
                                 + (f": {last_line}" if last_line else ""), log_tail=output.tail())
 

@@ -30,7 +30,8 @@ from autoscaler.backends.local import (
 )
 from autoscaler.lifecycle import DeploymentState
 from autoscaler.loop import Autoscaler
-from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec
+from autoscaler.settings import LocalBackendSettings
+from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec, WorkloadSize
 from autoscaler.testing import RecordingListener
 from autoscaler.types import EntityKey, ReplicaOptimization
 
@@ -190,6 +191,29 @@ async def test_start_timeout_kills_the_process_and_keeps_its_logs(
         assert await backend.health("slow-1") is ReplicaHealth.EXITED
     finally:
         await backend.close()
+
+
+async def test_a_replica_over_its_memory_limit_is_killed_saying_so(
+    onnx_model_uri: str, replica_environment: dict[str, str]
+) -> None:
+    # 20 MiB is less than any Python process: the replica is killed while it starts, as a container
+    # whose model does not fit its workload size's memory would be.
+    backend = LocalBackend(LocalBackendSettings(replica_memory_limit_mib=20), warm_pool_size=0,
+                           environment=replica_environment)
+    await backend.open()
+    try:
+        with pytest.raises(ReplicaStartError, match=r"exited with code -9 before it was ready: killed for "
+                                                    r"using [\d,]+ MiB of memory, over its limit of 20 MiB"):
+            await backend.start_replica(KEY, spec_for(onnx_model_uri), "big-1")
+        assert "over its limit of 20 MiB" in backend.logs("big-1")
+    finally:
+        await backend.close()
+
+
+def test_the_memory_limit_is_the_workload_sizes_unless_set() -> None:
+    assert [size.memory_mib for size in WorkloadSize] == [2048, 4096, 8192]
+    assert LocalBackendSettings().replica_memory_limit_mib is None
+    assert LocalBackendSettings(replica_memory_limit_mib=0).replica_memory_limit_mib == 0  # no limit
 
 
 async def test_import_time_environment_forces_a_fresh_process(
