@@ -23,6 +23,17 @@ Faults:
 * ``model hangs on load`` — with ``autoscaling.start_timeout_s`` of 4 s, each start is stopped when it
   runs out; after three the config update fails, naming why, and no replica is left; queries meanwhile
   get a clear 503. Recovery: the seconds until the failure is reported.
+* ``model leaks memory`` — a model that keeps 8 MiB per call, its replicas limited to 450 MiB
+  (``ZEROSERVE_REPLICA_MEMORY_LIMIT_MIB``; the workload size's memory by default), paced traffic to it
+  and to a healthy endpoint beside it. A replica at the limit is killed (its log says why) and replaced;
+  what it held gets a clear 503; the other endpoint does not notice. Recovery: first kill to floor back.
+* ``store flaky at cold start`` — S3 behind a fault-injecting proxy; five endpoints cold-start once
+  each while the store answers 500 twice, cuts the connection mid-object twice, sends a corrupted body,
+  is slow, or answers 500 to everything. The first four are absorbed (retries, resumed ranges, checksum
+  refetch); the last fails, naming the store. Recovery: the slowest of the five cold starts.
+
+The cache disk filling up is tested where it happens, in ``tests/runtime/store/test_fetch.py`` (a real
+4 MiB tmpfs): unused versions are evicted and the fetch tried again, else a clear error.
 
     python -m benchmarks.reliability_report [--quick]
 """
@@ -58,7 +69,7 @@ _READY_LINE = re.compile(r"ZEROSERVE_REPLICA_READY (\{.*\})")
 POISON = 666.0
 
 # A model from code (MLflow's models-from-code): doubles ``x``; exits its process on the poison value,
-# or sleeps forever while loading when the HANG flag is set.
+# sleeps forever while loading when the HANG flag is set, and keeps LEAK_MIB more memory per call.
 _MODEL_CODE = """
 import os
 import time
@@ -68,6 +79,8 @@ import pandas as pd
 
 POISON = {poison!r}
 HANG = {hang!r}
+LEAK_MIB = {leak_mib!r}
+_KEPT = []
 
 
 class Model(mlflow.pyfunc.PythonModel):
@@ -76,6 +89,8 @@ class Model(mlflow.pyfunc.PythonModel):
             time.sleep(3600)
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
+        if LEAK_MIB:
+            _KEPT.append(b"\\x01" * (LEAK_MIB << 20))  # written, so resident: a real leak
         if (model_input["x"] == POISON).any():
             os._exit(3)  # a native crash, as a segfaulting library would: no exception, no answer
         return model_input["x"] * 2.0
@@ -325,7 +340,7 @@ def onnx_model(root: Path) -> tuple[str, dict[str, Any]]:
     return path.as_uri(), {"inputs": logreg_rows(20, 1).tolist()}
 
 
-def code_model(root: Path, name: str, *, hang: bool = False) -> str:
+def code_model(root: Path, name: str, *, hang: bool = False, leak_mib: int = 0) -> str:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -334,7 +349,7 @@ def code_model(root: Path, name: str, *, hang: bool = False) -> str:
     if path.exists():
         return path.as_uri()
     code = root / f"{name}_model.py"
-    code.write_text(_MODEL_CODE.format(poison=POISON, hang=hang))
+    code.write_text(_MODEL_CODE.format(poison=POISON, hang=hang, leak_mib=leak_mib))
     signature = ModelSignature(inputs=Schema([ColSpec("double", "x")]), outputs=Schema([ColSpec("double")]))
     with warnings.catch_warnings():  # mlflow's own deprecation and style warnings while saving
         warnings.simplefilter("ignore")
@@ -523,12 +538,132 @@ def hang_on_load(root: Path, duration_s: float) -> Row:
         return Row.of("model hangs on load", tally, failed_after, f"update failed: {reason[:200]}", checks)
 
 
+def _paced(gw: Gateway, name: str, body: Any, rate: float, tally: Tally, stop: threading.Event) -> None:
+    """``rate`` requests a second to ``name`` until ``stop`` is set (a closed loop would outrun a leak)."""
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            send(client, gw.invocations(name), body, tally)
+            stop.wait(1.0 / rate)
+
+
+def memory_leak(root: Path, duration_s: float) -> Row:
+    leaky = code_model(root, "leaky", leak_mib=8)
+    uri, body = onnx_model(root)
+    limit_mib = 450  # a pyfunc replica of this model starts at about 200 MiB resident
+    with gateway(root / "home-leak", {"ZEROSERVE_REPLICA_MEMORY_LIMIT_MIB": str(limit_mib)}) as gw:
+        create(gw, "leaky", leaky, **FLOOR_OF_TWO)
+        create(gw, "steady", uri, **FLOOR_OF_TWO)
+        wait_until(lambda: ready_replicas(gw, "leaky") == 2 and ready_replicas(gw, "steady") == 2, 180,
+                   "two replicas of each")
+        steady_pids = set(replica_pids(gw, "steady"))
+
+        def kills() -> int:
+            with gw.client() as client:
+                return client.get(f"{API}/leaky/served-models/m/logs").json()["logs"].count(
+                    f"over its limit of {limit_mib} MiB")
+
+        leaking, steady, stop = Tally(), Tally(), threading.Event()
+        loads = [threading.Thread(target=_paced, args=(gw, "leaky", {"inputs": {"x": [1.0]}}, 10.0, leaking,
+                                                       stop)),
+                 threading.Thread(target=_paced, args=(gw, "steady", body, 20.0, steady, stop))]
+        started = time.monotonic()
+        for thread in loads:
+            thread.start()
+        try:
+            first_kill = wait_until(lambda: kills() >= 1, 120, "a leaking replica to be killed")
+            wait_until(lambda: ready_replicas(gw, "leaky") == 2, 120, "the floor of two back")
+            recovery = time.monotonic() - started - first_kill
+            time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
+        finally:
+            stop.set()
+            for thread in loads:
+                thread.join()
+        killed = kills()
+        with gw.client() as client:
+            healthy = client.get("/readyz").status_code == 200
+        tally = Tally(leaking.outcomes + steady.outcomes)
+        checks = {"leaking replicas killed at the limit": killed >= 1,
+                  "the other endpoint untouched": steady.count("ok") == len(steady.outcomes)
+                  and set(replica_pids(gw, "steady")) == steady_pids,
+                  "gateway healthy": healthy, "none lost": tally.count("lost") == 0}
+        return Row.of("model leaks memory", tally, recovery,
+                      f"{killed} replica(s) killed at {limit_mib} MiB and replaced; the leaking endpoint: "
+                      f"{leaking.count('ok')} ok, {leaking.count('clear')} clear "
+                      f"({leaking.details('clear', 1)}); the other endpoint: {steady.count('ok')} ok", checks)
+
+
+def store_flaky(root: Path, duration_s: float) -> Row:
+    """The store misbehaves at cold start, one way per endpoint: each cold start is one request."""
+    import boto3
+
+    from runtime.store.testing import S3Proxy
+
+    uri, body = onnx_model(root)
+    port = _free_port()
+    upstream = f"127.0.0.1:{port}"
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = S3Proxy(upstream).start()
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    slow_s = 2.0
+    faults: dict[str, Callable[[], None]] = {
+        "answers 500 twice": lambda: proxy.fail_gets(2, 500),
+        "cuts the connection mid-object twice": lambda: proxy.cut_gets(2, after_bytes=64),
+        "sends a corrupted body once": lambda: proxy.corrupt_gets(1),
+        f"takes {slow_s:g} s per object": lambda: setattr(proxy, "before_get", lambda: time.sleep(slow_s)),
+        "answers 500 to every read": lambda: proxy.fail_gets(10_000, 500),
+    }
+    try:
+        wait_until(lambda: httpx.get(f"http://{upstream}/moto-api/", timeout=1).status_code == 200, 30,
+                   "moto")
+        s3 = boto3.client("s3", endpoint_url=f"http://{upstream}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        import onnx
+
+        graph = onnx.load(str(Path(uri.removeprefix("file://")) / "model.onnx"))
+        names = [f"cold-{index}" for index in range(len(faults))]
+        for name in names:
+            # Each its own bytes: the cache reuses an object it already holds (same ETag) without a GET.
+            graph.doc_string = name
+            s3.put_object(Bucket="models", Key=f"{name}/model.onnx", Body=graph.SerializeToString())
+        tally, results = Tally(), []
+        with gateway(root / "home-flaky", {**aws, "ZEROSERVE_S3_ENDPOINT_URL": proxy.endpoint_url}) as gw:
+            for name in names:
+                create(gw, name, f"s3://models/{name}", scale_to_zero_enabled=True)
+            with httpx.Client(timeout=120) as client:
+                for name, (what, make_fault) in zip(names, faults.items(), strict=True):
+                    proxy.clear_faults()
+                    proxy.before_get = None
+                    make_fault()
+                    started = time.monotonic()
+                    kind = send(client, gw.invocations(name), body, tally)
+                    results.append((what, kind, time.monotonic() - started, tally.outcomes[-1].detail))
+            proxy.clear_faults()
+            proxy.before_get = None
+        expected = ["ok"] * (len(faults) - 1) + ["clear"]
+        persistent = results[-1]
+        checks = {"transient faults absorbed": [kind for _, kind, _, _ in results] == expected,
+                  "a store that keeps failing is named": "models" in persistent[3] or "s3" in persistent[3],
+                  "none lost": tally.count("lost") == 0}
+        summary = "; ".join(f"{what}: {kind} in {seconds:.1f} s" for what, kind, seconds, _ in results)
+        return Row.of("object store flaky at cold start", tally, max(seconds for _, _, seconds, _ in results),
+                      f"{summary}. Persistent: {persistent[3][:200]}", checks)
+    finally:
+        proxy.stop()
+        moto.kill()
+        moto.wait(timeout=30)
+
+
 FAULTS: dict[str, Callable[[Path, float], Row]] = {
     "replica-sigkill": replica_sigkill,
     "crash-on-input": crash_on_input,
     "gateway-restart": gateway_restart,
     "store-down": store_down,
     "hang-on-load": hang_on_load,
+    "memory-leak": memory_leak,
+    "store-flaky": store_flaky,
 }
 
 

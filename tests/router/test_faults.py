@@ -54,3 +54,13 @@ def test_with_the_store_down_a_cached_model_cold_starts_and_an_uncached_one_fail
 def test_a_model_that_hangs_on_load_fails_its_deployment_and_leaves_no_replica(models: Path) -> None:
     row = staged("hang-on-load", models)
     assert row.lost == 0 and all(row.checks.values()), row
+
+
+def test_a_leaking_model_is_killed_at_its_limit_and_its_neighbours_are_untouched(models: Path) -> None:
+    row = staged("memory-leak", models)
+    assert row.lost == 0 and all(row.checks.values()), row
+
+
+def test_a_flaky_store_at_cold_start_is_absorbed_and_a_failing_one_named(models: Path) -> None:
+    row = staged("store-flaky", models)
+    assert row.lost == 0 and row.ok == 4 and row.clear == 1 and all(row.checks.values()), row
