@@ -282,6 +282,7 @@ class UpstreamPool:
         self._closed = False
         # The deadlines of the connections with an exchange in flight.
         self._deadlines: Deadlines[_Connection] = Deadlines(_Connection.time_out)
+        self._swept_at = time.monotonic()
 
     async def request(
         self,
@@ -432,8 +433,28 @@ class UpstreamPool:
         if len(idle) >= self._max_idle_per_host:
             connection.close()
             return
-        connection.idle_since = time.monotonic()
+        connection.idle_since = now = time.monotonic()
         idle.append(connection)
+        if now - self._swept_at > self._idle_timeout_s:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the idle connections that closed or expired, and the addresses left with none: a replica
+        that scaled away is never asked for again, and its closed connections (each with its parser and
+        buffers) stayed listed under its address — found by the soak, 814 cold starts in 10 minutes."""
+        self._swept_at = now
+        expired_before = now - self._idle_timeout_s
+        for key in list(self._idle):
+            kept = []
+            for connection in self._idle[key]:
+                if connection.closed or connection.idle_since <= expired_before:
+                    connection.close()
+                else:
+                    kept.append(connection)
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
 
     def idle_connections(self) -> int:
         return sum(len(idle) for idle in self._idle.values())

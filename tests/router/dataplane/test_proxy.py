@@ -179,6 +179,23 @@ async def test_stale_idle_connection_is_replaced_transparently(pool: UpstreamPoo
     assert connections == 3
 
 
+async def test_connections_of_replicas_that_went_away_are_not_kept() -> None:
+    # Found by the soak: each replica that scaled away left its closed connections listed under its
+    # address, never asked for again — a leak of one parser and its buffers per connection per cold start.
+    pool = UpstreamPool(idle_timeout_s=0.2)
+    try:
+        async with echo_replica("r1") as r1, echo_replica("r2") as r2, echo_replica("r3") as r3:
+            for replica in (r1, r2, r3):
+                await pool.request("127.0.0.1", replica.port, "POST", "/invocations", [], b"{}", timeout_s=5)
+        assert pool.idle_connections() == 3  # the replicas are gone; their connections are still listed
+        await asyncio.sleep(0.25)
+        async with echo_replica("r4") as replica:
+            await pool.request("127.0.0.1", replica.port, "POST", "/invocations", [], b"{}", timeout_s=5)
+            assert pool.idle_connections() == 1  # a sweep ran: only the live replica's is left
+    finally:
+        await pool.aclose()
+
+
 async def test_reset_mid_response_is_a_protocol_error(pool: UpstreamPool) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
