@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute, compile_path
 
 from router.api.models import CreateEndpointInput, EndpointCoreConfigInput, PatchTagsInput
+from router.dataplane.routes import DATAPLANE_ROUTES
 from router.state.endpoints import EndpointRecord
 
 _SERVING = "/api/2.0/serving-endpoints"
@@ -97,12 +98,13 @@ _TOKEN = {
                    "groups": {"type": "array", "items": {"type": "string"}}, "admin": {"type": "boolean"}},
     "required": ["principal"],
 }
+_QUERY_CONTENT = {"mlflow": _SCORING_CONTENT, "oip": _V2_INFER_CONTENT}
 _PERMISSIONS = "/api/2.0/permissions/serving-endpoints/{endpoint_id}"
-# Bodies that are not pydantic models: the data plane's protocols and the access routes' plain JSON.
+# Bodies that are not pydantic models: the data plane's protocols (from its route table) and the access
+# routes' plain JSON.
 PLAIN_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("post", "/serving-endpoints/{name}/invocations"): _SCORING_CONTENT,
-    ("post", "/v2/models/{name}/infer"): _V2_INFER_CONTENT,
-    ("post", "/v2/models/{name}/versions/{version}/infer"): _V2_INFER_CONTENT,
+    **{(route.method.lower(), route.path): _QUERY_CONTENT[route.protocol]
+       for route in DATAPLANE_ROUTES if route.query},
     ("put", _PERMISSIONS): {"application/json": {"schema": _ACL}},
     ("patch", _PERMISSIONS): {"application/json": {"schema": _ACL}},
     ("put", _SERVING + "/{name}/rate-limits"): {"application/json": {"schema": _RATE_LIMITS}},
@@ -119,9 +121,10 @@ def gateway_openapi(
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": _ERROR, "V2Error": _V2_ERROR, "JsonRpcError": _JSON_RPC_ERROR}
     public = frozenset(public_paths)
+    oip = {route.path for route in DATAPLANE_ROUTES if route.protocol == "oip"}
     for path, method, endpoint in _walk(routes, ""):
         error: dict[str, Any] = {"$ref": "#/components/schemas/Error"}
-        if path.startswith("/v2/"):
+        if path in oip:
             error = {"$ref": "#/components/schemas/V2Error"}
         elif path == "/mcp":
             error = {"anyOf": [error, {"$ref": "#/components/schemas/JsonRpcError"}]}

@@ -16,7 +16,7 @@ def error_body(error: ZeroserveError, path: str) -> bytes:
     """``{"error_code", "message"}``, plus ``error`` on Open Inference Protocol paths (its clients read
     the message there): the one rendering of an error, whichever layer refused the request."""
     payload: dict[str, str] = error.to_dict()
-    if path.startswith("/v2/"):
+    if path.startswith("/v2/") or path == "/v2":
         payload["error"] = error.message
     return orjson.dumps(payload)
 

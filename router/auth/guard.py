@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.auth._respond import send_error
 from router.auth.types import PRINCIPAL_SCOPE_KEY, PermissionLevel
+from router.dataplane.routes import DATAPLANE_ROUTES
 from runtime.errors import ZeroserveError
 
 if TYPE_CHECKING:
@@ -38,20 +39,10 @@ class GuardRule:
         object.__setattr__(self, "regex", compile_path(self.path)[0])
 
 
-def _rule(path: str, method: str, level: PermissionLevel, query: bool = False) -> GuardRule:
-    return GuardRule(path, frozenset({method}), level, query)
-
-
-VIEW, QUERY = PermissionLevel.CAN_VIEW, PermissionLevel.CAN_QUERY
-DATAPLANE_RULES = (
-    _rule("/serving-endpoints/{name}/invocations", "POST", QUERY, query=True),
-    _rule("/v2/models/{name}", "GET", VIEW),
-    _rule("/v2/models/{name}/versions/{version}", "GET", VIEW),
-    _rule("/v2/models/{name}/ready", "GET", VIEW),
-    _rule("/v2/models/{name}/versions/{version}/ready", "GET", VIEW),
-    _rule("/v2/models/{name}/infer", "POST", QUERY, query=True),
-    _rule("/v2/models/{name}/versions/{version}/infer", "POST", QUERY, query=True),
-)
+# From the data plane's one route table: each route that names an endpoint, with its level; queries
+# are also charged the rate limits.
+DATAPLANE_RULES = tuple(GuardRule(route.path, frozenset({route.method}), route.level, route.query)
+                        for route in DATAPLANE_ROUTES if route.level is not None)
 
 
 class EndpointGuard:

@@ -49,6 +49,7 @@ from router.dataplane.proxy import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
+from router.dataplane.routes import DATAPLANE_ROUTES, DataPlaneRoute, Kind, QueryMatcher
 from router.dataplane.routing import EndpointEntry, EndpointRouting, RoutingTable
 from router.dataplane.stats import DataPlaneStats
 from router.dataplane.traffic import choose_entity, peek_client_request_id, shadow_targets
@@ -588,45 +589,36 @@ def _package_version() -> str:
         return "0"
 
 
-_INVOCATIONS_PREFIX = "/serving-endpoints/"
-_INVOCATIONS_SUFFIX = "/invocations"
-_V2_MODELS_PREFIX = "/v2/models/"
-_INFER_SUFFIX = "/infer"
-
-
 def _invocations_path(_: EntityKey) -> str:
     return "/invocations"
 
 
-class QueryRoutes:
-    """Matches the query routes (``POST`` invocations and OIP infer) with string operations.
+def upstream_paths(dataplane: DataPlane) -> dict[str, Callable[[EntityKey], str]]:
+    """Where a forwarded route goes on the replica (``DataPlaneRoute.upstream``), by entity."""
+    model = dataplane.upstream_model_name
+    return {
+        "invocations": _invocations_path,
+        "infer": lambda entity: f"/v2/models/{model(entity)}/infer",
+        "metadata": lambda entity: f"/v2/models/{model(entity)}",
+    }
 
-    ``/serving-endpoints/{name}/invocations``, ``/v2/models/{name}/infer`` and
-    ``/v2/models/{name}/versions/{version}/infer`` are matched by prefix, suffix and a split (the same
-    paths ``dataplane_routes`` declares, ``{name}`` being one non-empty path segment).
-    """
+
+class QueryRoutes:
+    """Matches the query routes of ``DATAPLANE_ROUTES`` (``POST`` invocations and OIP infer): their path
+    params and the replica path each is forwarded to."""
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
-        model = dataplane.upstream_model_name
-        self._infer_path: Callable[[EntityKey], str] = lambda entity: f"/v2/models/{model(entity)}/infer"
+        self._matcher = QueryMatcher()
+        self._upstream = upstream_paths(dataplane)
 
     def match(self, method: str, path: str) -> tuple[dict[str, str], Callable[[EntityKey], str]] | None:
         """(path params, upstream path) when ``method path`` is a query route."""
-        if method != "POST":
+        found = self._matcher.match(method, path)
+        if found is None:
             return None
-        if path.startswith(_INVOCATIONS_PREFIX) and path.endswith(_INVOCATIONS_SUFFIX):
-            name = path[len(_INVOCATIONS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
-            if name and "/" not in name:
-                return {"name": name}, _invocations_path
-            return None
-        if path.startswith(_V2_MODELS_PREFIX) and path.endswith(_INFER_SUFFIX):
-            parts = path[len(_V2_MODELS_PREFIX) : -len(_INFER_SUFFIX)].split("/")
-            if len(parts) == 1 and parts[0]:
-                return {"name": parts[0]}, self._infer_path
-            if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-                return {"name": parts[0], "version": parts[2]}, self._infer_path
-        return None
+        route, params = found
+        return params, self._upstream[cast(str, route.upstream)]
 
 
 class QueryFastPath(QueryRoutes):
@@ -661,10 +653,9 @@ class QueryFastPath(QueryRoutes):
 
 
 def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
-    """The query routes: MLflow scoring invocations and the Open Inference Protocol v2, where the model
-    name is the endpoint name (and any version maps to the endpoint's current config)."""
-    ready = _Handler(dataplane.handle_model_ready)
-    model = dataplane.upstream_model_name
+    """The Starlette routes of ``DATAPLANE_ROUTES``: MLflow scoring invocations and the Open Inference
+    Protocol v2, where the model name is the endpoint name (and any version maps to the endpoint's
+    current config)."""
 
     async def server_ready(_: Request) -> Response:
         # Not before the gateway has restored its endpoints: a probe must not send traffic to a gateway
@@ -678,24 +669,18 @@ def dataplane_routes(dataplane: DataPlane) -> list[BaseRoute]:
         body = {"name": "zeroserve", "version": dataplane.version, "extensions": ["binary_tensor_data"]}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    metadata = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}", _as_requested_model)
-    infer = _proxied(dataplane, lambda entity: f"/v2/models/{model(entity)}/infer")
-    return [
-        Route(
-            "/serving-endpoints/{name}/invocations",
-            _proxied(dataplane, _invocations_path),
-            methods=["POST"],
-        ),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", _v2_server_live, methods=["GET"]),
-        Route("/v2/health/ready", server_ready, methods=["GET"]),
-        Route("/v2/models/{name}", metadata, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}", metadata, methods=["GET"]),
-        Route("/v2/models/{name}/ready", ready, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}/ready", ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
-    ]
+    upstream = upstream_paths(dataplane)
+    handlers: dict[Kind, Callable[[DataPlaneRoute], Any]] = {
+        Kind.QUERY: lambda route: _proxied(dataplane, upstream[cast(str, route.upstream)]),
+        Kind.MODEL_METADATA: lambda route: _proxied(dataplane, upstream[cast(str, route.upstream)],
+                                                    _as_requested_model),
+        Kind.MODEL_READY: lambda _: _Handler(dataplane.handle_model_ready),
+        Kind.SERVER_METADATA: lambda _: server_metadata,
+        Kind.SERVER_LIVE: lambda _: _v2_server_live,
+        Kind.SERVER_READY: lambda _: server_ready,
+    }
+    return [Route(route.path, handlers[route.kind](route), methods=[route.method])
+            for route in DATAPLANE_ROUTES]
 
 
 @contextlib.asynccontextmanager

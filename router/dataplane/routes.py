@@ -1,0 +1,116 @@
+"""The data plane's routes, described once.
+
+Every way into the data plane is derived from ``DATAPLANE_ROUTES``: the Starlette routes of the ASGI
+stack (``plane.dataplane_routes``: dispatch, 405s, the OpenAPI document), the permission and rate-limit
+rules the front door applies to them (``auth.guard``), and the matcher of the query path below ASGI
+(``QueryMatcher``, used by ``plane.QueryFastPath`` and ``queries``). A new route, or a new permission or
+limit on one, is a line here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+from router.auth.types import PermissionLevel
+
+
+class Kind(enum.Enum):
+    QUERY = "query"  # forwarded to a replica; body limit, rate limits and the request deadline apply
+    MODEL_METADATA = "model metadata"  # forwarded; the answer names the endpoint's model
+    MODEL_READY = "model ready"  # answered from the routing state (is a replica ready?)
+    SERVER_METADATA = "server metadata"
+    SERVER_LIVE = "server live"
+    SERVER_READY = "server ready"
+
+
+Protocol = Literal["mlflow", "oip"]  # which error shape and clients: MLflow scoring or OIP v2
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneRoute:
+    method: str
+    path: str  # a Starlette path template; ``{name}`` is the serving endpoint
+    kind: Kind
+    protocol: Protocol
+    # The permission on the endpoint named by ``{name}``; None for server-level routes (any token).
+    level: PermissionLevel | None
+    # Where a forwarded request goes on the replica: "invocations", "infer" or "metadata".
+    upstream: Literal["invocations", "infer", "metadata"] | None = None
+
+    @property
+    def query(self) -> bool:
+        return self.kind is Kind.QUERY
+
+
+_VIEW, _QUERY = PermissionLevel.CAN_VIEW, PermissionLevel.CAN_QUERY
+_MODEL = "/v2/models/{name}"
+_VERSION = _MODEL + "/versions/{version}"
+
+DATAPLANE_ROUTES: tuple[DataPlaneRoute, ...] = (
+    DataPlaneRoute("POST", "/serving-endpoints/{name}/invocations", Kind.QUERY, "mlflow", _QUERY,
+                   "invocations"),
+    DataPlaneRoute("GET", "/v2", Kind.SERVER_METADATA, "oip", None),
+    DataPlaneRoute("GET", "/v2/health/live", Kind.SERVER_LIVE, "oip", None),
+    DataPlaneRoute("GET", "/v2/health/ready", Kind.SERVER_READY, "oip", None),
+    DataPlaneRoute("GET", _MODEL, Kind.MODEL_METADATA, "oip", _VIEW, "metadata"),
+    DataPlaneRoute("GET", _VERSION, Kind.MODEL_METADATA, "oip", _VIEW, "metadata"),
+    DataPlaneRoute("GET", _MODEL + "/ready", Kind.MODEL_READY, "oip", _VIEW),
+    DataPlaneRoute("GET", _VERSION + "/ready", Kind.MODEL_READY, "oip", _VIEW),
+    DataPlaneRoute("POST", _MODEL + "/infer", Kind.QUERY, "oip", _QUERY, "infer"),
+    DataPlaneRoute("POST", _VERSION + "/infer", Kind.QUERY, "oip", _QUERY, "infer"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    """A template as prefix, middle segments and suffix, matched with string operations (the query
+    path's cost per request is a few hundred nanoseconds, not a regular expression)."""
+
+    route: DataPlaneRoute
+    prefix: str
+    suffix: str
+    middle: tuple[str, ...]  # literal segments, or "{param}"
+
+    @classmethod
+    def of(cls, route: DataPlaneRoute) -> _Pattern:
+        segments = route.path.split("/")
+        params = [index for index, segment in enumerate(segments) if segment.startswith("{")]
+        first, last = params[0], params[-1]
+        return cls(route, "/".join(segments[:first]) + "/", "/" + "/".join(segments[last + 1:]),
+                   tuple(segments[first:last + 1]))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        parts = path[len(self.prefix): len(path) - len(self.suffix)].split("/")
+        if len(parts) != len(self.middle):
+            return None
+        params: dict[str, str] = {}
+        for part, segment in zip(parts, self.middle, strict=True):
+            if segment.startswith("{"):
+                if not part:
+                    return None
+                params[segment[1:-1]] = part
+            elif part != segment:
+                return None
+        return params
+
+
+class QueryMatcher:
+    """Matches ``method path`` against the query routes of the table: (route, path params) or None."""
+
+    def __init__(self, routes: tuple[DataPlaneRoute, ...] = DATAPLANE_ROUTES) -> None:
+        self._patterns = tuple(_Pattern.of(route) for route in routes if route.query)
+        self._methods = frozenset(route.method for route in routes if route.query)
+
+    def match(self, method: str, path: str) -> tuple[DataPlaneRoute, dict[str, str]] | None:
+        if method not in self._methods:
+            return None
+        for pattern in self._patterns:
+            if pattern.route.method == method:
+                params = pattern.match(path)
+                if params is not None:
+                    return pattern.route, params
+        return None
