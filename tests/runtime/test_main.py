@@ -51,22 +51,30 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
 ) -> None:
     replica = start_replica("--model-uri", str(onnx_model), "--drain-timeout", "10")
     body = orjson.dumps({"inputs": ROW})
+    # Expect: 100-continue makes the replica say when it has the request (uvicorn sends the interim
+    # answer when the app first reads the body): then the signal surely finds a request in flight.
     head = (
         f"POST /invocations HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as conn:
-        conn.sendall(head + body[:10])  # a request in flight: its body is still arriving
-        time.sleep(0.2)
+        conn.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += conn.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100")
         replica.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert replica.process.poll() is None  # draining, not gone
-        refused = socket.socket()
-        try:
-            assert refused.connect_ex(("127.0.0.1", replica.port)) != 0  # no longer accepting
-        finally:
-            refused.close()
-        conn.sendall(body[10:])
+
+        def refusing() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", replica.port)) != 0
+
+        deadline = time.monotonic() + 10
+        while not refusing():  # draining: no longer accepting...
+            assert time.monotonic() < deadline, "the replica still accepts connections 10 s after SIGTERM"
+            time.sleep(0.02)
+        assert replica.process.poll() is None  # ...but not gone: a request is in flight
+        conn.sendall(body)
         response = b""
         while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
             chunk = conn.recv(65536)

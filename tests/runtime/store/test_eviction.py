@@ -25,12 +25,14 @@ def test_least_recently_used_unpinned_versions_go_first(tmp_path: Path) -> None:
     settings = StoreSettings(cache_dir=tmp_path / "cache", cache_max_bytes=0)
     models = [make_model(tmp_path, f"m{i}", 100_000) for i in range(4)]
     keys = []
-    for model in models:
+    cache = Cache(settings.cache_dir)
+    for index, model in enumerate(models):
         with open_model(str(model), settings) as handle:
             keys.append(handle.version_key)
-        time.sleep(0.01)  # distinct last-use times
+        # Last used an hour ago plus index seconds: distinct, in fetch order, whatever the clock's grain.
+        used = time.time() - 3600 + index
+        os.utime(cache.versions / handle.version_key / "manifest.json", (used, used))
     open_model(str(models[0]), settings).close()  # m0 becomes the most recently used
-    cache = Cache(settings.cache_dir)
     before = cache_stats().evictions
     evicted = evict(cache, max_bytes=250_000)
     assert evicted == [keys[1], keys[2]]
