@@ -109,7 +109,7 @@ class Gateway:
         self.front_door = FrontDoor(self.db, StoreDirectory(self.store), security)
         # One body limit for the whole gateway (ZEROSERVE_MAX_BODY_BYTES): the data plane's own default
         # (16 MiB) made raising the setting do nothing for queries.
-        self.dataplane = DataPlane(max_body_bytes=self.front_door.settings.max_body_bytes)
+        self.dataplane = DataPlane(max_body_bytes=self.front_door.settings.max_body_bytes, clock=clock)
         self.dataplane.ready = False  # until start() has restored the endpoints
         self.observability = Observability(
             stats=self.dataplane.stats, state_dir=settings.home / "observability", clock=clock

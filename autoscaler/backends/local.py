@@ -284,6 +284,10 @@ class LocalBackend:
         try:
             async with asyncio.timeout(spec.start_timeout_s):
                 replica.url = await self._until_ready(replica)
+            # Checked once more now: a model that does not fit never serves (the watcher samples slower
+            # than a small model loads).
+            if self._enforce_memory_limit(replica):
+                raise ReplicaStartError(f"replica {replica_id} {replica.killed_for}", log_tail=output.tail())
         except BaseException as error:
             if self._pool is not None:
                 self._pool.refill()
@@ -374,18 +378,24 @@ class LocalBackend:
         while True:
             await asyncio.sleep(interval_s)
             for replica in list(self._replicas.values()):
-                limit = replica.memory_limit_mib
-                if limit is None or replica.process.returncode is not None or replica.killed_for:
-                    continue
-                used = resident_mib(replica.process.pid)
-                if used is not None and used > limit:
-                    replica.killed_for = (f"killed for using {used:,} MiB of memory, over its limit of "
-                                          f"{limit:,} MiB")
-                    replica.output.note(f"--- replica {replica.replica_id} {replica.killed_for} ---")
-                    logger.warning("replica %s of %s %s", replica.replica_id, replica.entity,
-                                   replica.killed_for)
-                    with contextlib.suppress(ProcessLookupError):
-                        replica.process.send_signal(signal.SIGKILL)
+                self._enforce_memory_limit(replica)
+
+    def _enforce_memory_limit(self, replica: _LocalReplica) -> bool:
+        """True (and the replica SIGKILLed, saying why) when it is over its limit."""
+        limit = replica.memory_limit_mib
+        if limit is None or replica.process.returncode is not None:
+            return False
+        if replica.killed_for:
+            return True
+        used = resident_mib(replica.process.pid)
+        if used is None or used <= limit:
+            return False
+        replica.killed_for = f"killed for using {used:,} MiB of memory, over its limit of {limit:,} MiB"
+        replica.output.note(f"--- replica {replica.replica_id} {replica.killed_for} ---")
+        logger.warning("replica %s of %s %s", replica.replica_id, replica.entity, replica.killed_for)
+        with contextlib.suppress(ProcessLookupError):
+            replica.process.send_signal(signal.SIGKILL)
+        return True
 
     # --- extras for tests and the CLI ---
 

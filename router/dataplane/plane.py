@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from autoscaler.types import EntityKey, ReplicaInfo
 from router.auth._respond import error_body
-from router.dataplane.activator import Activator, ClientGone, ScaleRequester
+from router.dataplane.activator import Activator, ClientGone, Clock, ScaleRequester
 from router.dataplane.balancer import EntityRemoved
 from router.dataplane.proxy import (
     HOP_BY_HOP,
@@ -97,10 +97,12 @@ class DataPlane:
         activator: Activator | None = None,
         max_body_bytes: int = 16 * 1024 * 1024,
         upstream_model_name: Callable[[EntityKey], str] = lambda entity: entity.served_entity,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock``: the autoscaler's, on which queued requests time out (the loop's timer if None)."""
         self.table = table if table is not None else RoutingTable()
         self.pool = pool if pool is not None else UpstreamPool()
-        self.activator = activator if activator is not None else Activator(scaler)
+        self.activator = activator if activator is not None else Activator(scaler, clock=clock)
         self.activator.set_health_check(self._health_check)
         self.stats = DataPlaneStats()
         # Inference tables (observability): handed each finished request of an endpoint that captures.
