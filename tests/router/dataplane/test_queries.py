@@ -135,6 +135,9 @@ CASES: list[tuple[str, str, str | None, bytes, dict[str, str]]] = [
     ("oip bad token", "/v2/models/ep/infer", "zs_0123456789abcdef_" + "A" * 43, b"{}", {}),
     ("oip no grant", "/v2/models/ep/infer", "stranger", b"{}", {}),
     ("oip too large", "/v2/models/ep/infer", "admin", b"x" * (MAX_BODY + 1), {}),
+    # Two failures at once: both paths admit in one order (size, token, permission, rate limit).
+    ("too large without a token", "/serving-endpoints/ep/invocations", None, b"x" * (MAX_BODY + 1), {}),
+    ("rate limited without a grant", "/serving-endpoints/closed/invocations", "stranger", b"{}", {}),
     ("oip request timeout", "/v2/models/ep/versions/7/infer", "admin", b'"slow"', {}),
 ]
 # Headers whose presence (and, except for the generated id, value) the two paths must agree on.
