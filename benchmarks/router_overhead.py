@@ -62,10 +62,15 @@ ROUNDS = 4
 # --- the processes ---------------------------------------------------------------------------------
 
 
-def _spawn(argv: list[str], ready_prefix: str, timeout_s: float = 120.0) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+def _spawn(
+    argv: list[str], ready_prefix: str, timeout_s: float = 120.0, tree: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``tree``: run it from that checkout's code instead of this one's (a baseline to compare with)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env,
+                               cwd=str(tree) if tree is not None else None)
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -104,10 +109,10 @@ def replica(model_dir: Path, capacity: int, unix_socket: Path | None = None) -> 
 
 
 @contextlib.contextmanager
-def router(*args: str) -> Iterator[tuple[int, int]]:
-    """A router process; yields (port, pid)."""
+def router(*args: str, tree: Path | None = None) -> Iterator[tuple[int, int]]:
+    """A router process (from ``tree``'s code when given); yields (port, pid)."""
     process, rest = _spawn(
-        [sys.executable, "-m", "benchmarks.router_overhead", "--role", "router", *args], READY
+        [sys.executable, "-m", "benchmarks.router_overhead", "--role", "router", *args], READY, tree=tree
     )
     try:
         yield int(rest), process.pid
@@ -494,6 +499,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests (about a minute)")
+    parser.add_argument(
+        "--baseline", type=Path, default=None,
+        help="a checkout of an earlier commit (git worktree add DIR REV): its routers are measured in the"
+        " same rounds, as '<stack>@base' rows, so a refactor's before and after share one run",
+    )
     parser.add_argument("--no-clients", action="store_true", help="skip the upstream client comparison")
     parser.add_argument("--no-burst", action="store_true", help="skip the 1,000 requests at zero")
     parser.add_argument("--capacity", type=int, default=16, help="replica concurrency C")
@@ -556,18 +566,22 @@ def main() -> None:
         with contextlib.ExitStack() as running:
             unix_socket = Path(tmp) / "replica.sock" if args.upstream == "unix" else None
             replica_port, replica_pid = running.enter_context(replica(model_dir, args.capacity, unix_socket))
+            trees: dict[str, Path | None] = {stack: None for stack in stacks}
+            if args.baseline is not None:
+                trees.update({f"{stack}@base": args.baseline.resolve() for stack in stacks})
             routers = {
-                stack: running.enter_context(
+                label: running.enter_context(
                     router(
-                        "--stack", stack, "--replica-port", str(replica_port),
+                        "--stack", label.split("@")[0], "--replica-port", str(replica_port),
                         "--replica-socket", str(unix_socket or ""),
                         "--capacity", str(args.capacity), "--model-uri", model_dir.as_uri(),
-                        "--home", str(Path(tmp) / f"{stack}-home"),
+                        "--home", str(Path(tmp) / f"{label}-home"), tree=tree,
                     )
                 )
-                for stack in stacks
+                for label, tree in trees.items()
             }
-            token = {"gateway": BENCH_TOKEN, "dataplane": ""}
+            stacks = list(routers)
+            token = {label: BENCH_TOKEN if label.startswith("gateway") else "" for label in stacks}
             for concurrency, requests in ((1, n1), (16, n16)):
                 # Direct and routed alternate in short rounds, so that a noisy neighbour (the machine is
                 # shared) slows all alike instead of whichever ran during the disturbance.
@@ -607,7 +621,7 @@ def main() -> None:
         hop = "the replica's Unix socket (as local replicas are reached)"
     print(f"  clients reach the router and (direct) the replica over loopback TCP; router to replica: {hop}")
     print(
-        f"{'stack':<9} {'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
+        f"{'stack':<14} {'c':>3} {'direct p50':>11} {'routed p50':>11} {'added p50':>10} {'direct p99':>11} "
         f"{'routed p99':>11} {'added p99':>10} {'direct rps':>11} {'routed rps':>11} {'ratio':>6} "
         f"{'cpu/req':>9} {'replica cpu/req':>16}  target"
     )
@@ -620,7 +634,7 @@ def main() -> None:
         else:
             target = f"added p99 <= 2 ms: {_verdict(added99 <= 2.0)}, ratio >= 0.60: {_verdict(ratio >= 0.6)}"
         print(
-            f"{stack:<9} {concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms "
+            f"{stack:<14} {concurrency:>3} {direct['p50_ms']:>9.3f}ms {routed['p50_ms']:>9.3f}ms "
             f"{added50:>8.3f}ms {direct['p99_ms']:>9.3f}ms {routed['p99_ms']:>9.3f}ms {added99:>8.3f}ms "
             f"{direct['rps']:>11.0f} {routed['rps']:>11.0f} {ratio:>6.2f} "
             f"{routed['cpu_us']:>7.0f}us "

@@ -7,6 +7,7 @@ Replica arrival is announced to the activator directly, as the autoscaler's back
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from router.dataplane.proxy import UpstreamResponse
 from router.dataplane.queries import GatewayQueries, query_protocol
 from router.dataplane.routing import EndpointRouting
 from runtime.errors import NoCapacity, UpstreamTimeout, ZeroserveError
-from tests.router._servers import echo_replica, free_port, raw_server, read_request, serving
+from tests.router._servers import echo_replica, raw_server, read_request, serving
 
 A = EntityKey("ep", "a")
 B = EntityKey("ep", "b")
@@ -278,15 +279,19 @@ async def test_upstream_timeout_is_504(dataplane: DataPlane, client: httpx.Async
 async def test_unreachable_replica_is_retried_elsewhere_then_ejected(
     dataplane: DataPlane, client: httpx.AsyncClient
 ) -> None:
-    async with echo_replica("good", capacity=8) as good:
-        dataplane.set_endpoint("ep", [(A, 100)])
-        dead = ReplicaInfo("dead", A, f"http://127.0.0.1:{free_port()}", 8)
-        dataplane.activator.replica_ready(dead)
-        dataplane.activator.replica_ready(good.info(A))
-        responses = [
-            await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
-            for _ in range(20)
-        ]
+    # Bound and never listening: connections are refused, and no other process can take the port while
+    # the test runs (a port that was merely free once could be, and then the "dead" replica answered).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        async with echo_replica("good", capacity=8) as good:
+            dataplane.set_endpoint("ep", [(A, 100)])
+            dead = ReplicaInfo("dead", A, f"http://127.0.0.1:{closed.getsockname()[1]}", 8)
+            dataplane.activator.replica_ready(dead)
+            dataplane.activator.replica_ready(good.info(A))
+            responses = [
+                await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+                for _ in range(20)
+            ]
     assert all(response.status_code == 200 for response in responses)
     assert good.requests == 20
     dead_slot = next(slot for slot in dataplane.activator.replicas(A) if slot.replica_id == "dead")
