@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from autoscaler.spec import EntitySpec
@@ -84,6 +85,22 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Stop everything this backend started (replicas and any warm pool)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCapacity:
+    """The GPUs a backend can place replicas on: ``gpus`` None when it cannot tell (then a GPU workload
+    type is accepted and the backend's own start decides); ``where`` says what was asked, for messages."""
+
+    gpus: int | None
+    where: str
+
+
+@runtime_checkable
+class AcceleratedBackend(Protocol):
+    """A backend that knows whether GPU workload types can be placed (one GPU per replica)."""
+
+    async def gpu_capacity(self) -> GpuCapacity: ...
 
 
 @runtime_checkable

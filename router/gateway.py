@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from autoscaler.backend import Backend, Clock, HandoverBackend
+from autoscaler.backend import AcceleratedBackend, Backend, Clock, HandoverBackend
 from autoscaler.loop import Autoscaler
 from autoscaler.types import EntityKey, ReplicaListener
 from router.api.controller import EndpointController
@@ -68,6 +68,7 @@ from router.observability.metrics import ReplicaCounts
 from router.settings import GatewaySettings
 from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
+from runtime.devices import Accelerators
 from runtime.errors import ZeroserveError
 from runtime.server import settle_heap
 
@@ -137,6 +138,10 @@ class Gateway:
         self.controller = EndpointController(
             self.store, self.scaler, self.dataplane, rollout_timeout_s=settings.rollout_timeout_s
         )
+        if isinstance(self.backend, AcceleratedBackend):
+            self.controller.gpu_capacity = self.backend.gpu_capacity
+        if isinstance(getattr(self.backend, "accelerators", None), Accelerators):
+            self.observability.hub.gpus = self._gpus  # local replicas: this machine's devices
         # Grants are keyed by endpoint id: a deleted endpoint's go with it.
         self.controller.on_deleted.append(lambda record: self.front_door.permissions.forget(record.id))
         if self.fleet_enabled:
@@ -407,9 +412,11 @@ class Gateway:
     async def fleet_status(self, request: Request) -> Response:
         """The gateways sharing this state, which one leads the autoscaler, and since when (admin)."""
         require_admin(request)
+        accelerators = await self._accelerators()
         if self.fleet is None:
             return JSONResponse({"shared_state": False, "database": self.db.location, "gateways": [
-                {"gateway_id": self.gateway_id, "url": self.url, "leader": True}]})
+                {"gateway_id": self.gateway_id, "url": self.url, "leader": True}],
+                "accelerators": accelerators})
         lease = self.fleet_store.lease()
         gateways = self.fleet_store.gateways()
         window_ms = int(LIVE_HEARTBEATS * self.fleet.heartbeat_s * 1000) + 1000
@@ -417,6 +424,7 @@ class Gateway:
         return JSONResponse({
             "shared_state": True,
             "database": self.db.location,
+            "accelerators": accelerators,
             "lease_seconds": self.fleet.lease_s,
             "leader": None if lease is None or lease.expires_ms <= now_ms else {
                 "gateway_id": lease.holder, "since": lease.since_ms, "expires": lease.expires_ms},
@@ -428,6 +436,23 @@ class Gateway:
                 for g in gateways
             ],
         })
+
+    def _gpus(self) -> list[tuple[int, str, int | None]]:
+        detected = getattr(self.backend, "accelerators", None)
+        gpus = detected.gpus if isinstance(detected, Accelerators) else ()
+        return [(gpu.index, gpu.name, gpu.memory_mib << 20 if gpu.memory_mib is not None else None)
+                for gpu in gpus]
+
+    async def _accelerators(self) -> dict[str, Any]:
+        """What GPUs the backend can place replicas on; for local replicas, the machine's devices."""
+        if not isinstance(self.backend, AcceleratedBackend):
+            return {"gpus": None, "where": "this backend cannot tell"}
+        capacity = await self.backend.gpu_capacity()
+        found: dict[str, Any] = {"gpus": capacity.gpus, "where": capacity.where}
+        detected = getattr(self.backend, "accelerators", None)
+        if isinstance(detected, Accelerators):
+            found["devices"] = detected.to_dict()
+        return found
 
     async def fleet_load(self, request: Request) -> Response:
         """A follower's load reports and pokes (internal: the fleet's shared secret, not a token)."""

@@ -46,6 +46,9 @@ class ReplicaSettings(BaseSettings):
     # the HTTP side needs the other core; raise them for big models on big machines.
     onnx_intra_op_threads: int = Field(default=1, ge=0)
     torch_threads: int = Field(default=1, ge=1)
+    # Where the model runs: "cuda" on the GPU its backend gave it (CUDA_VISIBLE_DEVICES), set by the
+    # backend for GPU workload types; a replica that cannot use it refuses to start (runtime/devices.py).
+    device: Literal["cpu", "cuda"] = "cpu"
 
     # Automatic optimization of MLflow models (runtime/optimize): "auto" serves a conversion to ONNX that
     # answered exactly like the native model, "off" always the native flavor, "required" fails the load

@@ -43,7 +43,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backend import GpuCapacity, ReplicaHealth, ReplicaStartError
 from autoscaler.backends.local import runtime_argv
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
@@ -140,6 +140,27 @@ class KubernetesBackend:
             self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
             if self.settings.pool_size > 0:
                 self._refill_later()
+
+    async def gpu_capacity(self) -> GpuCapacity:
+        """The GPUs the cluster's schedulable nodes offer (``nvidia.com/gpu`` allocatable). Listing nodes
+        needs a ClusterRole the namespaced Role does not give; where it is refused the answer is
+        "unknown" and a GPU workload type is left to the scheduler (Unschedulable names the shortage)."""
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Node
+
+        assert self._client is not None, "open() first"
+        try:
+            nodes = [node async for node in self._client.list(Node)]
+        except ApiError as error:
+            return GpuCapacity(None, f"the cluster (its nodes cannot be listed: {error.status.message})")
+        total = 0
+        for node in nodes:
+            if node.spec is not None and node.spec.unschedulable:
+                continue
+            allocatable = (node.status.allocatable if node.status is not None else None) or {}
+            with contextlib.suppress(ValueError):
+                total += int(str(allocatable.get("nvidia.com/gpu", "0")))
+        return GpuCapacity(total, f"the cluster ({len(nodes)} node(s), {total} nvidia.com/gpu allocatable)")
 
     async def fill_pool(self) -> None:
         """Create pool pods until ``pool_size`` exist (shared by every gateway of the namespace)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backend import GpuCapacity, ReplicaHealth, ReplicaStartError
 from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
 from autoscaler.backends._worker import DETACHED_ENV
 from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
@@ -35,11 +35,32 @@ from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
 from runtime.config import MAX_UNIX_SOCKET_PATH
+from runtime.devices import Accelerators
+from runtime.devices import detect as detect_accelerators
 from runtime.store.cache import pid_alive
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
 _PROBE_PATH = "/v2/health/ready"
+
+
+# On a GPU a larger batch pays: the device's cost per call is flat over a wide range of batch sizes, so a
+# short wait for more rows buys throughput (used where the spec leaves batching to the defaults).
+GPU_MAX_BATCH_SIZE = 256
+GPU_MAX_BATCH_DELAY_MS = 5.0
+
+
+def gpu_batching(spec: EntitySpec) -> list[str]:
+    """Runtime arguments that tune batching for a GPU, for what ``spec`` leaves unset."""
+    batching = spec.batching
+    if not batching.enabled:
+        return []
+    argv = []
+    if batching.max_batch_size is None:
+        argv += ["--max-batch-size", str(GPU_MAX_BATCH_SIZE)]
+    if batching.max_batch_delay_ms is None:
+        argv += ["--max-batch-delay-ms", f"{GPU_MAX_BATCH_DELAY_MS:g}"]
+    return argv
 
 
 def runtime_argv(spec: EntitySpec, host: str) -> list[str]:
@@ -218,6 +239,10 @@ class LocalBackend:
                       if pool_size > 0 else None)
         self._kept_logs = settings.kept_replica_logs
         self._memory_limit_mib = settings.replica_memory_limit_mib
+        # This machine's CUDA devices (asked of the driver once, at open) and which replica holds each:
+        # one GPU per replica, as Kubernetes gives nvidia.com/gpu.
+        self._accelerators: Accelerators | None = None
+        self._gpu_holders: dict[int, str] = {}
         self._memory_watch: asyncio.Task[None] | None = None
         self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}
@@ -238,6 +263,8 @@ class LocalBackend:
         return self._pool
 
     async def open(self) -> None:
+        if self._accelerators is None:
+            self._accelerators = await asyncio.to_thread(detect_accelerators)
         if self._unix_sockets and self._socket_dir is None:
             remove_stale_socket_dirs(tempfile.gettempdir())
             self._socket_dir = tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-")  # mode 0700
@@ -264,15 +291,25 @@ class LocalBackend:
             if len(os.fsencode(path)) <= MAX_UNIX_SOCKET_PATH:  # else (a long TMPDIR) TCP only
                 argv += ["--unix-socket", path]
         environment = dict(spec.environment_vars)
+        gpu = self._claim_gpu(spec, replica_id)
+        if gpu is not None:
+            # The device is named before anything in the process initialises CUDA: a fresh process, never
+            # a warm-pool worker that already imported its libraries.
+            environment.update(CUDA_VISIBLE_DEVICES=str(gpu), ZEROSERVE_DEVICE="cuda")
+            argv += gpu_batching(spec)
         worker = None
-        if self._pool is not None and not needs_fresh_process(environment):
+        if gpu is None and self._pool is not None and not needs_fresh_process(environment):
             worker = self._pool.take()
         if worker is not None:
             process, output = worker.process, worker.output
             output.note(f"--- warm pool worker {process.pid} becomes replica {replica_id} ---")
             worker.assign(argv, environment)
         else:
-            process = await spawn(["--", *argv], {**self._environment, **environment})
+            try:
+                process = await spawn(["--", *argv], {**self._environment, **environment})
+            except BaseException:
+                self._release_gpu(replica_id)
+                raise
             assert process.stdout is not None
             output = ProcessOutput(process.stdout, self._log_lines)
         replica = _LocalReplica(replica_id, entity, process, output, spec.autoscaling.container_concurrency,
@@ -370,6 +407,34 @@ class LocalBackend:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+    @property
+    def accelerators(self) -> Accelerators:
+        if self._accelerators is None:
+            self._accelerators = detect_accelerators()
+        return self._accelerators
+
+    async def gpu_capacity(self) -> GpuCapacity:
+        accelerators = self.accelerators
+        return GpuCapacity(len(accelerators.gpus), f"this machine ({accelerators.describe()})")
+
+    def _claim_gpu(self, spec: EntitySpec, replica_id: str) -> int | None:
+        """A free GPU for a replica of a GPU workload type (None for CPU), held until it is retired."""
+        if spec.workload_type == "CPU":
+            return None
+        gpus = self.accelerators.gpus
+        if not gpus:
+            raise ReplicaStartError(f"workload_type {spec.workload_type} needs a GPU, and this machine has "
+                                    "no CUDA device")
+        free = [gpu.index for gpu in gpus if gpu.index not in self._gpu_holders]
+        if not free:
+            raise ReplicaStartError(f"no free GPU for replica {replica_id}: each of this machine's "
+                                    f"{len(gpus)} GPU(s) serves a replica already (one GPU per replica)")
+        self._gpu_holders[free[0]] = replica_id
+        return free[0]
+
+    def _release_gpu(self, replica_id: str) -> None:
+        self._gpu_holders = {gpu: holder for gpu, holder in self._gpu_holders.items() if holder != replica_id}
 
     async def _watch_memory(self, interval_s: float = 0.5) -> None:
         """Kill a replica whose resident memory passes its limit, as a container's OOM killer would: a
@@ -512,6 +577,7 @@ class LocalBackend:
     async def _retire(self, replica: _LocalReplica) -> None:
         if self._replicas.pop(replica.replica_id, None) is None:
             return
+        self._release_gpu(replica.replica_id)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await replica.output.closed.wait()

@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
+from autoscaler.backend import GpuCapacity
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey
 from router.api.models import (
@@ -93,6 +94,8 @@ class EndpointController:
         self._removals: dict[str, set[asyncio.Task[None]]] = {}
         # Called with the record of each deleted endpoint (e.g. to drop its permission grants).
         self.on_deleted: list[Callable[[EndpointRecord], Any]] = []
+        # What GPUs the backend can place replicas on (None: it cannot tell; nothing is refused).
+        self.gpu_capacity: Callable[[], Awaitable[GpuCapacity]] | None = None
 
     # ---- API actions -------------------------------------------------------------------------
 
@@ -104,6 +107,7 @@ class EndpointController:
         config = normalize_config(request.config)
         check_specs(config)
         await check_registered(config)
+        await self._check_gpus(config)
         await self._removed(name)
         record = self.store.create(
             name,
@@ -122,10 +126,26 @@ class EndpointController:
         config = normalize_config(parse_body(EndpointCoreConfigInput, body, ""), prefix="")
         check_specs(config, "served_entities")
         await check_registered(config, "served_entities")
+        await self._check_gpus(config, "served_entities")
         record = self.store.submit_config(name, config, principal)
         if self.leading:
             self._start_rollout(record)
         return record
+
+    async def _check_gpus(self, config: EndpointConfig, where: str = "config.served_entities") -> None:
+        """A GPU workload type where the backend has no GPU is refused now (400), not accepted, priced and
+        then crash-looping or served on the CPU."""
+        wanting = [(index, entity.workload_type) for index, entity in enumerate(config.served_entities)
+                   if entity.workload_type != "CPU"]
+        if not wanting or self.gpu_capacity is None:
+            return
+        capacity = await self.gpu_capacity()
+        if capacity.gpus is None or capacity.gpus > 0:
+            return
+        index, workload_type = wanting[0]
+        raise InvalidParameterValue(
+            f"{where}[{index}].workload_type {workload_type} needs a GPU, and {capacity.where} has none: "
+            "use workload_type CPU, or a backend with GPUs")
 
     async def delete(self, name: str, principal: str | None = None) -> None:
         rollout = self._rollouts.pop(name, None)

@@ -171,6 +171,11 @@ def _print_fleet(client: GatewayClient) -> None:
         fleet = client.call("GET", "/api/2.0/zeroserve/fleet")
     except GatewayError:
         return  # not an admin: the endpoints are all this caller may see
+    accelerators = fleet.get("accelerators") or {}
+    if accelerators:
+        gpus = accelerators.get("gpus")
+        console.print(f"accelerators: {accelerators.get('where', '-')}"
+                      + ("" if gpus else "; GPU workload types are refused" if gpus == 0 else ""))
     if not fleet.get("shared_state"):
         return
     from rich.table import Table

@@ -147,6 +147,8 @@ class MetricsHub:
         self.replica_source: ReplicaSource | None = None
         # Model cache counters, (hits, misses, bytes fetched); the store's ``cache_stats`` adapted.
         self.cache_counters: Callable[[], tuple[int, int, int]] | None = None
+        # The CUDA devices replicas can be placed on, each as (index, name, memory in bytes or None).
+        self.gpus: Callable[[], list[tuple[int, str, int | None]]] | None = None
         # Filled by the cost ledger; read at scrape time.
         self.replica_seconds: Callable[[EntityKey], float] | None = None
         self.cost: Callable[[EntityKey], float] | None = None
@@ -336,6 +338,15 @@ def _gateway_families(hub: MetricsHub) -> Iterator[Metric]:
     for name, count in by_class(hub.request_stats.unrouted_by_status).items():
         unrouted.add_metric([name], count)
     yield unrouted
+    if hub.gpus is not None:
+        gpus = hub.gpus()
+        yield GaugeMetricFamily("zeroserve_gpus", "CUDA devices replicas can be placed on.", value=len(gpus))
+        memory = GaugeMetricFamily("zeroserve_gpu_memory_bytes", "Memory of each CUDA device, where known.",
+                                   labels=("gpu", "name"))
+        for index, name, memory_bytes in gpus:
+            if memory_bytes is not None:
+                memory.add_metric([str(index), name], memory_bytes)
+        yield memory
     if hub.cache_counters is not None:
         hits, misses, fetched = hub.cache_counters()
         yield CounterMetricFamily("zeroserve_model_cache_hits", "Model versions found in the local cache.",

@@ -66,10 +66,12 @@ class OnnxModel(LoadedModel):
     def __init__(self, path: Path, settings: ReplicaSettings) -> None:
         import onnxruntime as ort
 
+        from runtime.devices import onnx_providers
+
+        providers = onnx_providers(settings.device)
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=session_options(settings), providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(str(path), sess_options=session_options(settings),
+                                           providers=providers)
         except Exception as exc:  # onnxruntime raises its own (pybind) exception types
             raise ModelLoadError(f"cannot load ONNX model {path.name}: {exc}") from exc
         inputs = tuple(_spec(node) for node in session.get_inputs())

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime.config import ReplicaSettings
+from runtime.devices import torch_device
 from runtime.errors import InferenceError, InvalidInput, ModelLoadError
 from runtime.loaders._imports import quiet_import
 from runtime.loaders._mlmodel import MLmodelInfo
@@ -50,7 +51,9 @@ class TorchModel(LoadedModel):
         )
         self.flavor = flavor  # type: ignore[misc]  # one class serves three flavors
         self._torch = torch
-        self._module = module
+        self._device = torch_device(settings.device)
+        self._on_gpu = settings.device != "cpu"
+        self._module = module.to(self._device) if self._on_gpu else module
         self._names = [spec.name for spec in inputs]
 
     def predict(self, inputs: Tensors, params: Params | None = None) -> Prediction:
@@ -60,7 +63,8 @@ class TorchModel(LoadedModel):
             array = inputs[name]
             if not array.flags.writeable or not array.flags.c_contiguous:
                 array = np.array(array)  # torch shares memory and wants it writable
-            arguments.append(torch.from_numpy(array))
+            tensor = torch.from_numpy(array)
+            arguments.append(tensor.to(self._device, non_blocking=True) if self._on_gpu else tensor)
         try:
             with torch.inference_mode():
                 result = self._module(*arguments)

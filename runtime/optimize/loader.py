@@ -88,11 +88,14 @@ class OptimizedMlflowModel(LoadedModel):
 
         if result.onnx_model_path is None or result.adapter is None:
             raise ModelLoadError("an optimization result without a graph cannot be served")
+        from runtime.devices import onnx_providers
+
+        providers = onnx_providers(settings.device)
         try:
             self._session = ort.InferenceSession(
                 result.onnx_model if result.onnx_model is not None else str(result.onnx_model_path),
                 sess_options=session_options(settings),
-                providers=["CPUExecutionProvider"],
+                providers=providers,
             )
         except Exception as exc:  # onnxruntime raises its own (pybind) exception types
             raise ModelLoadError(f"cannot load the converted graph {result.onnx_model_path}: {exc}") from exc

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from runtime.examples import make_logreg_onnx
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, s3_models, wait_for
 
 pytestmark = pytest.mark.slow
@@ -221,3 +222,25 @@ def test_sigterm_shutdown_writes_out_the_last_log_lines(tmp_path: Path) -> None:
     lines = process.log_path.read_text().splitlines()
     messages = [json.loads(line).get("message", "") for line in lines if line.startswith("{")]
     assert any(message.startswith("Finished server process") for message in messages), lines[-5:]
+
+
+def test_a_gpu_workload_type_on_a_machine_without_a_gpu_is_refused_saying_so(tmp_path: Path) -> None:
+    # This machine has no CUDA device (the local backend asks the driver): a GPU workload type is a
+    # clear 400 at create and at update, instead of a replica that crash-loops or silently runs on the CPU.
+    api = "/api/2.0/serving-endpoints"
+    model = make_logreg_onnx(tmp_path / "logreg", n_features=4)
+    with GatewayProcess(tmp_path / "home") as gateway, gateway.client(timeout=30) as client:
+        entity = {"name": "m", "entity_name": model.as_uri(), "workload_type": "GPU_SMALL"}
+        refused = client.post(api, json={"name": "vision", "config": {"served_entities": [entity]}})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["message"] == (
+            "config.served_entities[0].workload_type GPU_SMALL needs a GPU, and this machine (no CUDA "
+            "device) has none: use workload_type CPU, or a backend with GPUs")
+        cpu = {**entity, "workload_type": "CPU"}
+        created = client.post(api, json={"name": "vision", "config": {"served_entities": [cpu]}})
+        assert created.status_code == 200, created.text
+        update = client.put(f"{api}/vision/config", json={"served_entities": [entity]})
+        assert update.status_code == 400 and "served_entities[0].workload_type GPU_SMALL" in update.text
+        # What the gateway found is in its status and metrics.
+        assert client.get("/api/2.0/zeroserve/fleet").json()["accelerators"]["gpus"] == 0
+        assert "zeroserve_gpus 0.0" in client.get("/metrics").text

@@ -21,10 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.backend import ReplicaHealth, ReplicaStartError
+from autoscaler.backend import GpuCapacity, ReplicaHealth, ReplicaStartError
 from autoscaler.backends.local import (
     LocalBackend,
     announced_optimization,
+    gpu_batching,
     remove_stale_socket_dirs,
     runtime_argv,
 )
@@ -34,6 +35,7 @@ from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import AutoscalingSpec, BatchingSpec, EntitySpec, WorkloadSize
 from autoscaler.testing import RecordingListener
 from autoscaler.types import EntityKey, ReplicaOptimization
+from runtime.devices import Accelerators, Gpu
 
 KEY = EntityKey("iris", "logreg")
 FAST = AutoscalingSpec(stable_window_s=2.0, scale_to_zero_grace_s=1.0, max_provisioned_concurrency=12)
@@ -208,6 +210,41 @@ async def test_a_replica_over_its_memory_limit_is_killed_saying_so(
         assert "over its limit of 20 MiB" in backend.logs("big-1")
     finally:
         await backend.close()
+
+
+async def test_a_gpu_replica_gets_its_own_device_and_refuses_when_the_libraries_cannot_use_it(
+    onnx_model_uri: str, replica_environment: dict[str, str]
+) -> None:
+    # Two GPUs stand in for the driver's answer (none exists here); the replica processes are real, and
+    # this machine's onnxruntime (no CUDA provider) makes each refuse to start, saying why.
+    backend = LocalBackend(warm_pool_size=1, environment=replica_environment)
+    backend._accelerators = Accelerators((Gpu(0, "stand-in", 16_000), Gpu(1, "stand-in", 16_000)),
+                                         ("CPUExecutionProvider",), None, "test")
+    await backend.open()
+    try:
+        assert await backend.gpu_capacity() == GpuCapacity(2, "this machine (GPU 0 stand-in (16,000 MiB), "
+                                                              "GPU 1 stand-in (16,000 MiB))")
+        spec = dataclasses.replace(spec_for(onnx_model_uri), workload_type="GPU_SMALL")
+        with pytest.raises(ReplicaStartError, match="no CUDA execution provider"):
+            await backend.start_replica(KEY, spec, "gpu-1")
+        logs = backend.logs("gpu-1")
+        assert "becomes replica" not in logs  # a fresh process, never a warm-pool worker
+        assert backend._gpu_holders == {}  # its device is free again
+        # Held devices are not handed out twice: with both taken, the next GPU replica is refused.
+        backend._gpu_holders = {0: "a", 1: "b"}
+        with pytest.raises(ReplicaStartError, match=r"no free GPU for replica gpu-2: each of this machine's "
+                                                    r"2 GPU\(s\) serves a replica already"):
+            await backend.start_replica(KEY, spec, "gpu-2")
+    finally:
+        await backend.close()
+
+
+def test_gpu_replicas_batch_larger_unless_the_spec_says() -> None:
+    spec = EntitySpec("file:///m", "m", workload_type="GPU_SMALL")
+    assert gpu_batching(spec) == ["--max-batch-size", "256", "--max-batch-delay-ms", "5"]
+    told = dataclasses.replace(spec, batching=BatchingSpec(max_batch_size=32))
+    assert gpu_batching(told) == ["--max-batch-delay-ms", "5"]
+    assert gpu_batching(dataclasses.replace(spec, batching=BatchingSpec(enabled=False))) == []
 
 
 def test_the_memory_limit_is_the_workload_sizes_unless_set() -> None:

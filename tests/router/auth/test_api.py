@@ -136,7 +136,8 @@ async def test_token_lifecycle(served: ServedGateway) -> None:
     bad = await served.admin.post(TOKENS, json={"principal": "", "lifetime_seconds": -1})
     assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     # Found by schemathesis: "admin" was read with bool(), so the string "false" minted an admin token.
-    for not_a_boolean in ("false", {}, 0, None):
+    not_booleans: list[object] = ["false", {}, 0, None]
+    for not_a_boolean in not_booleans:
         bad = await served.admin.post(TOKENS, json={"principal": "svc", "admin": not_a_boolean})
         assert bad.status_code == 400 and "admin must be true or false" in bad.json()["message"], bad.text
 

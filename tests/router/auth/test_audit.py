@@ -94,4 +94,4 @@ def test_whatever_a_client_sends_is_stored_in_a_form_the_audit_api_can_return(bo
 
 def test_the_audit_api_answers_rows_written_before_bodies_were_parsed_that_way() -> None:
     response = _json_response({"records": [{"detail": {"n": 2**100}}]})
-    assert json.loads(response.body) == {"records": [{"detail": {"n": 2**100}}]}
+    assert json.loads(bytes(response.body)) == {"records": [{"detail": {"n": 2**100}}]}
