@@ -63,28 +63,31 @@ DATAPLANE_ROUTES: tuple[DataPlaneRoute, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class _Pattern:
     """A template as prefix, middle segments and suffix, matched with string operations (the query
-    path's cost per request is a few hundred nanoseconds, not a regular expression)."""
+    path's matcher costs a few hundred nanoseconds a request, not a regular expression's microsecond)."""
 
-    route: DataPlaneRoute
-    prefix: str
-    suffix: str
-    middle: tuple[str, ...]  # literal segments, or "{param}"
+    __slots__ = ("_end", "_start", "middle", "prefix", "route", "single", "suffix")
 
-    @classmethod
-    def of(cls, route: DataPlaneRoute) -> _Pattern:
+    def __init__(self, route: DataPlaneRoute) -> None:
         segments = route.path.split("/")
         params = [index for index, segment in enumerate(segments) if segment.startswith("{")]
         first, last = params[0], params[-1]
-        return cls(route, "/".join(segments[:first]) + "/", "/" + "/".join(segments[last + 1:]),
-                   tuple(segments[first:last + 1]))
+        self.route = route
+        self.prefix = "/".join(segments[:first]) + "/"
+        self.suffix = "/" + "/".join(segments[last + 1:])
+        self.middle = tuple(segments[first:last + 1])  # literal segments, or "{param}"
+        # The common case, one parameter between prefix and suffix: no split needed.
+        self.single = self.middle[0][1:-1] if len(self.middle) == 1 else None
+        self._start, self._end = len(self.prefix), len(self.suffix)
 
     def match(self, path: str) -> dict[str, str] | None:
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
-        parts = path[len(self.prefix): len(path) - len(self.suffix)].split("/")
+        inner = path[self._start: len(path) - self._end]
+        if self.single is not None:
+            return {self.single: inner} if inner and "/" not in inner else None
+        parts = inner.split("/")
         if len(parts) != len(self.middle):
             return None
         params: dict[str, str] = {}
@@ -102,15 +105,15 @@ class QueryMatcher:
     """Matches ``method path`` against the query routes of the table: (route, path params) or None."""
 
     def __init__(self, routes: tuple[DataPlaneRoute, ...] = DATAPLANE_ROUTES) -> None:
-        self._patterns = tuple(_Pattern.of(route) for route in routes if route.query)
-        self._methods = frozenset(route.method for route in routes if route.query)
+        by_method: dict[str, list[_Pattern]] = {}
+        for route in routes:
+            if route.query:
+                by_method.setdefault(route.method, []).append(_Pattern(route))
+        self._by_method = {method: tuple(patterns) for method, patterns in by_method.items()}
 
     def match(self, method: str, path: str) -> tuple[DataPlaneRoute, dict[str, str]] | None:
-        if method not in self._methods:
-            return None
-        for pattern in self._patterns:
-            if pattern.route.method == method:
-                params = pattern.match(path)
-                if params is not None:
-                    return pattern.route, params
+        for pattern in self._by_method.get(method, ()):
+            params = pattern.match(path)
+            if params is not None:
+                return pattern.route, params
         return None
