@@ -11,6 +11,8 @@ onnxruntime or torch build). Rows/s and the median latency of one call, per mode
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -45,8 +47,9 @@ def make_models(root: Path) -> dict[str, Path]:
     torch.export.save(program, str(exported))
     onnx_dir = root / "cnn-onnx"
     onnx_dir.mkdir()
-    torch.onnx.export(network, example, str(onnx_dir / "model.onnx"), input_names=["images"],
-                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports each of its steps
+        torch.onnx.export(network, example, str(onnx_dir / "model.onnx"), input_names=["images"],
+                          output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
     return {"torch.export": exported, "onnx": onnx_dir / "model.onnx"}
 
 
