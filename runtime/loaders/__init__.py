@@ -1,7 +1,9 @@
 """Loading a model directory: the loader is chosen by what the directory holds.
 
 * ``MLmodel`` — an MLflow model: its ``onnx`` flavor is served by onnxruntime directly, its
-  ``pytorch`` flavor (with a tensor signature) by torch, anything else through ``mlflow.pyfunc``;
+  ``pytorch`` and ``tensorflow`` flavors (with a tensor signature) by torch and Keras, anything else
+  through ``mlflow.pyfunc``;
+* ``saved_model.pb`` — a TensorFlow SavedModel, through its ``serving_default`` signature;
 * ``*.onnx`` — onnxruntime;
 * ``*.pt2`` — a ``torch.export`` program;
 * ``*.pt`` / ``*.pth`` / ``*.ts`` — TorchScript.
@@ -32,6 +34,7 @@ FLAVOR_MODULES: dict[str, tuple[str, ...]] = {
     "mlflow": ("pandas", "mlflow.pyfunc"),
     "sklearn": ("pandas", "sklearn", "mlflow.pyfunc", "mlflow.sklearn"),
     "torch": ("torch",),
+    "tensorflow": ("tensorflow",),
 }
 
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
@@ -54,6 +57,8 @@ def detect(path: Path) -> tuple[str, Path]:
         raise ModelLoadError(f"model path {str(path)!r} does not exist")
     if (path / "MLmodel").is_file():
         return "mlflow", path
+    if (path / "saved_model.pb").is_file():
+        return "tensorflow.saved_model", path
     candidates = sorted(child for child in path.iterdir() if child.is_file())
     for suffixes, kind in (
         ((".onnx",), "onnx"),
@@ -72,8 +77,8 @@ def detect(path: Path) -> tuple[str, Path]:
         if found:
             return kind, found[0]
     raise ModelLoadError(
-        f"no model found in {str(path)!r}: expected an MLmodel file, a .onnx file, a .pt2 program or a "
-        "TorchScript .pt file"
+        f"no model found in {str(path)!r}: expected an MLmodel file, a TensorFlow SavedModel "
+        "(saved_model.pb), a .onnx file, a .pt2 program or a TorchScript .pt file"
     )
 
 
@@ -115,6 +120,10 @@ def _load(kind: str, target: Path, settings: ReplicaSettings) -> LoadedModel:
         from runtime.loaders.torch import load_exported
 
         return load_exported(target, settings)
+    if kind == "tensorflow.saved_model":
+        from runtime.loaders.tensorflow import load_saved_model
+
+        return load_saved_model(target, settings)
     return _load_mlflow(target, settings)
 
 
@@ -148,6 +157,10 @@ def _load_mlflow_native(directory: Path, info: MLmodelInfo, settings: ReplicaSet
         from runtime.loaders.torch import load_mlflow_pytorch
 
         return load_mlflow_pytorch(directory, info, settings)
+    if "tensorflow" in flavors and isinstance(info.input_schema, TensorSchema):
+        from runtime.loaders.tensorflow import load_mlflow_tensorflow
+
+        return load_mlflow_tensorflow(directory, info, settings)
     if "python_function" not in flavors:
         raise ModelLoadError(
             f"{directory}/MLmodel has no python_function flavor (flavors: {sorted(flavors)})"

@@ -18,7 +18,7 @@ from runtime.types import MLFLOW_COLUMN_DTYPES, ColumnSchema, ColumnSpec, Tensor
 
 # The flavors we can convert, in the order we look for them: a model logged with several flavors is
 # converted from the most specific one.
-CONVERTIBLE_FLAVORS: tuple[str, ...] = ("sklearn", "xgboost", "lightgbm", "pytorch")
+CONVERTIBLE_FLAVORS: tuple[str, ...] = ("sklearn", "xgboost", "lightgbm", "pytorch", "tensorflow")
 
 
 class NotConvertible(Exception):

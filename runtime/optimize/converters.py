@@ -1,5 +1,5 @@
 """Per-flavor conversion to ONNX: scikit-learn (skl2onnx), XGBoost and LightGBM (onnxmltools), PyTorch
-(torch.onnx).
+(torch.onnx), TensorFlow/Keras (tf2onnx).
 
 A flavor offers a list of :class:`Attempt` s, most exact first (a float64 graph before a float32 one);
 the optimizer builds and verifies them in order and serves the first that answers like the native
@@ -28,12 +28,14 @@ CONVERTER_PACKAGES: dict[str, tuple[str, ...]] = {
     "xgboost": ("onnxmltools", "xgboost"),
     "lightgbm": ("onnxmltools", "lightgbm"),
     "pytorch": ("torch", "onnxscript"),
+    "tensorflow": ("tf2onnx", "tensorflow"),
 }
 CONVERTER_NAMES = {
     "sklearn": "skl2onnx",
     "xgboost": "onnxmltools",
     "lightgbm": "onnxmltools",
     "pytorch": "torch.onnx",
+    "tensorflow": "tf2onnx",
 }
 
 
@@ -62,6 +64,8 @@ def attempts(flavor: str, raw_model: Any, info: MLmodelInfo) -> list[Attempt]:
         return _gbm_attempts(flavor, raw_model, info)
     if flavor == "pytorch":
         return _torch_attempts(raw_model, info)
+    if flavor == "tensorflow":
+        return _tensorflow_attempts(raw_model, info)
     raise NotConvertible(f"no converter for the {flavor!r} flavor")
 
 
@@ -326,3 +330,33 @@ def _torch_build(model: Any, feed: FeedSpec, example_shape: tuple[int, ...]) -> 
     if program is None:
         raise NotConvertible("torch.onnx.export produced no program")
     return Candidate(program.model_proto.SerializeToString(), (feed,), "output")
+
+
+# ---- TensorFlow / Keras -----------------------------------------------------------------------------------
+
+
+def _tensorflow_attempts(model: Any, info: MLmodelInfo) -> list[Attempt]:
+    schema = info.inputs
+    tensor = schema.inputs[0] if isinstance(schema, TensorSchema) and len(schema.inputs) == 1 else None
+    if tensor is None or tensor.dtype is None:
+        raise NotConvertible("only a Keras model with one typed input tensor converts")
+    if tensor.shape is None or len(tensor.shape) < 2:
+        raise NotConvertible(f"input tensor {tensor.describe()} has no batch dimension")
+    feed = FeedSpec("input", "tensor", (tensor.name,), tensor.dtype.str)
+    shape = tensor.shape
+    return [Attempt("tf2onnx (tensor input)", lambda: _tensorflow_build(model, feed, shape))]
+
+
+def _tensorflow_build(model: Any, feed: FeedSpec, shape: tuple[int, ...]) -> Candidate:
+    import tensorflow as tf
+    import tf2onnx
+
+    # The Keras model is traced as a function of one batch-dynamic tensor: what the replica calls natively.
+    spec = tf.TensorSpec((None, *(None if dim < 0 else dim for dim in shape[1:])),
+                         tf.as_dtype(np.dtype(feed.dtype)), name=feed.graph_input)
+    function = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
+    with quiet():
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=17)
+    if not proto.graph.output:
+        raise NotConvertible("tf2onnx produced a graph without outputs")
+    return Candidate(proto.SerializeToString(), (feed,), proto.graph.output[0].name)

@@ -30,7 +30,8 @@ log = logging.getLogger("zeroserve.optimize")
 # Besides the converter's own packages, these decide whether a conversion verifies.
 _COMMON_PACKAGES = ("onnx", "onnxruntime", "mlflow", "numpy")
 # A few wheels ship under another distribution name than the module they install.
-_DISTRIBUTION_ALIASES = {"xgboost": ("xgboost", "xgboost-cpu")}
+_DISTRIBUTION_ALIASES = {"xgboost": ("xgboost", "xgboost-cpu"),
+                         "tensorflow": ("tensorflow", "tensorflow-cpu")}
 
 
 def optimize_model(

@@ -65,6 +65,9 @@ class NativeModel:
             if not isinstance(output, torch.Tensor):
                 raise NotConvertible(f"the network returns {type(output).__name__}, not one tensor")
             return output.numpy()
+        if self.info.flavor == "tensorflow" and isinstance(schema, TensorSchema) and len(schema.inputs) == 1:
+            # Served with Keras directly too (runtime/loaders/tensorflow.py): compared with that call.
+            return np.asarray(self.raw(inputs[schema.inputs[0].name], training=False))
         return self.pyfunc.predict(self.request(inputs))
 
     def request(self, inputs: dict[str, Array]) -> Any:
