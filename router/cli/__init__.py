@@ -19,6 +19,7 @@ def _register() -> None:
     # Imported for their side effect of adding commands to ``cli``.
     from router.cli import (  # noqa: F401
         apply,
+        batch,
         cost,
         db,
         endpoints,

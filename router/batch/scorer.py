@@ -1,0 +1,397 @@
+"""Batch scoring: a table's rows sent through a serving endpoint, the predictions written beside its keys.
+
+The input is Parquet (a file or a folder of files) or a Delta table, local or on S3; the output is a
+folder of Parquet parts or a Delta table. Rows go in batches (``dataframe_split`` requests of
+``batch_rows``), ``concurrency`` requests in flight, each retried on 429, 502, 503, 504 and on lost
+connections with exponential back-off (a ``Retry-After`` is honoured); any other error stops the run
+and names the batch and the endpoint's own message.
+
+Resuming: batch ``i`` is always the same rows (the input's files in name order, each cut in
+``batch_rows``), and it lands in the output all at once — Parquet as ``part-{i:06d}.parquet``
+(written aside and renamed into place), Delta as one commit whose rows carry ``_batch = i``. A run
+that is interrupted and started again skips the batches already in the output: no row is scored twice
+into it and none is missing. The output remembers the input it was made from (its files, sizes and the
+batch size) and refuses to be resumed from different input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+MANIFEST = "_zeroserve_batch.json"
+BATCH_COLUMN = "_batch"  # in a Delta output: which batch each row came in
+
+
+class BatchScoringError(Exception):
+    """The run cannot go on; the message says which batch and why."""
+
+
+@dataclass
+class BatchResult:
+    rows: int  # in the input
+    scored: int  # by this run
+    skipped: int  # rows of batches already in the output (a resumed run)
+    batches: int
+    retries: int
+    seconds: float
+    output: str
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Progress:
+    total: int
+    done: int = 0
+    retries: int = 0
+    on_advance: Callable[[int, int], None] | None = None  # (rows done, total)
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        if self.on_advance is not None:
+            self.on_advance(self.done, self.total)
+
+
+# ---- storage ---------------------------------------------------------------------------------------
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path of a local path, ``file://`` URI or ``s3://`` URI (S3-compatible
+    stores via ``ZEROSERVE_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``, credentials from the AWS
+    environment)."""
+    if location.startswith("s3://"):
+        endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        options: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        return pafs.S3FileSystem(**options), location.removeprefix("s3://").rstrip("/")
+    path = location.removeprefix("file://")
+    return pafs.LocalFileSystem(), str(Path(path).absolute())
+
+
+def _s3_client() -> Any:
+    import botocore.session
+
+    endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint or None, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+def delta_storage_options(location: str) -> dict[str, str]:
+    if not location.startswith("s3://"):
+        return {}
+    options = {"AWS_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+               # One writer per output (this run): no lock service is needed to commit safely.
+               "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        options.update(AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(name):
+            options[name] = os.environ[name]
+    return options
+
+
+def _is_delta(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(f"{path}/_delta_log").type == pafs.FileType.Directory
+
+
+@dataclass
+class _Input:
+    location: str
+    fragments: list[Any]  # pyarrow dataset fragments in name order
+    schema: pa.Schema
+    rows: int
+    identity: list[list[Any]]  # (file, size) per fragment: what a resumed run must find again
+
+    @classmethod
+    def open(cls, location: str) -> _Input:
+        if _is_delta(location):
+            from deltalake import DeltaTable
+
+            table = DeltaTable(location, storage_options=delta_storage_options(location))
+            dataset = table.to_pyarrow_dataset()
+            identity_extra = [["delta version", table.version()]]
+        else:
+            fs, path = filesystem(location)
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise BatchScoringError(f"the input {location} does not exist")
+            dataset = ds.dataset(path, format="parquet", filesystem=fs)
+            identity_extra = []
+        fragments = sorted(dataset.get_fragments(), key=lambda fragment: fragment.path)
+        if not fragments:
+            raise BatchScoringError(f"the input {location} holds no Parquet data")
+        rows = sum(fragment.count_rows() for fragment in fragments)
+        identity = [[fragment.path.rsplit("/", 1)[-1], fragment.count_rows()] for fragment in fragments]
+        return cls(location, fragments, dataset.schema, rows, identity_extra + identity)
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Batches of exactly ``batch_rows`` rows (the last one shorter), the same on every run."""
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        for fragment in self.fragments:
+            for batch in fragment.to_batches(batch_size=batch_rows):
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= batch_rows:
+                    table = pa.Table.from_batches(pending).combine_chunks()
+                    yield table.slice(0, batch_rows).to_batches()[0]
+                    rest = table.slice(batch_rows)
+                    pending = rest.to_batches() if rest.num_rows else []
+                    held = rest.num_rows
+        if held:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+class _Output:
+    """Where parts land; knows which batches are there already."""
+
+    def __init__(self, location: str, delta: bool) -> None:
+        self.location = location
+        self.delta = delta
+        self.fs, self.path = filesystem(location)
+        # Delta commits one at a time: concurrent appends would race to create the table and conflict.
+        self._commit = threading.Lock()
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as stream:
+                document: dict[str, Any] = json.loads(stream.read())
+                return document
+        except (FileNotFoundError, OSError):
+            return None
+
+    def start(self, manifest: dict[str, Any]) -> set[int]:
+        """The batches already written; the manifest is written on a first run and checked on a resume."""
+        found = self.manifest()
+        if found is None:
+            self._put(MANIFEST, json.dumps(manifest, indent=1).encode())
+            return set()
+        if found == manifest and not self.location.startswith("s3://"):
+            # Parts a killed run was writing aside: never renamed into place, so never part of the output.
+            for info in self.fs.get_file_info(pafs.FileSelector(self.path)):
+                name = info.path.rsplit("/", 1)[-1]
+                if name.startswith(".") and name.endswith(".tmp"):
+                    self.fs.delete_file(info.path)
+        if found != manifest:
+            raise BatchScoringError(
+                f"{self.location} holds the output of another run (input, batch size, endpoint or columns "
+                f"differ: {found} != {manifest}); write to a new output, or remove it to start over")
+        return self._done()
+
+    def _done(self) -> set[int]:
+        if self.delta:
+            if not _is_delta(self.location):
+                return set()
+            from deltalake import DeltaTable
+
+            table = DeltaTable(self.location, storage_options=delta_storage_options(self.location))
+            column = table.to_pyarrow_table(columns=[BATCH_COLUMN]).column(BATCH_COLUMN)
+            return set(np.unique(column.to_numpy()).tolist())
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        done = set()
+        for info in self.fs.get_file_info(selector):
+            name = info.path.rsplit("/", 1)[-1]
+            if name.startswith("part-") and name.endswith(".parquet"):
+                done.add(int(name[5:-8]))
+        return done
+
+    def write(self, index: int, table: pa.Table) -> None:
+        if self.delta:
+            from deltalake import write_deltalake
+
+            table = table.append_column(BATCH_COLUMN, pa.array(np.full(table.num_rows, index, np.int64)))
+            with self._commit:
+                write_deltalake(self.location, table, mode="append",
+                                storage_options=delta_storage_options(self.location) or None)
+            return
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        self._put(f"part-{index:06d}.parquet", buffer.getvalue().to_pybytes())
+
+    def _put(self, name: str, data: bytes) -> None:
+        """Write one object whole: a part is either complete or absent, whenever the run stops."""
+        if self.location.startswith("s3://"):
+            # One PUT (atomic on S3); pyarrow's writer would make a multipart upload of every object.
+            bucket, _, prefix = self.path.partition("/")
+            _s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"), Body=data)
+            return
+        self.fs.create_dir(self.path, recursive=True)
+        aside = f"{self.path}/.{name}-{uuid.uuid4().hex[:8]}.tmp"  # aside, then renamed into place
+        with self.fs.open_output_stream(aside) as stream:
+            stream.write(data)
+        self.fs.move(aside, f"{self.path}/{name}")
+
+
+# ---- requests ---------------------------------------------------------------------------------------
+
+
+def request_body(batch: pa.RecordBatch, features: Sequence[str]) -> bytes:
+    columns = [batch.column(name) for name in features]
+    if all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
+           for c in columns) and all(c.null_count == 0 for c in columns):
+        data: Any = np.column_stack([c.to_numpy(zero_copy_only=False) for c in columns])
+    else:
+        data = [list(row) for row in zip(*(c.to_pylist() for c in columns), strict=True)]
+    return orjson.dumps({"dataframe_split": {"columns": list(features), "data": data}},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def predictions_table(answer: Any, rows: int) -> pa.Table:
+    """The endpoint's predictions as columns: ``prediction`` for one value (or list) per row, one column
+    per field for records or a dict of columns."""
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if predictions is None:
+        raise BatchScoringError(f"the endpoint answered without predictions: {str(answer)[:200]}")
+    if isinstance(predictions, dict):
+        table = pa.table({str(name): values for name, values in predictions.items()})
+    elif predictions and isinstance(predictions[0], dict):
+        table = pa.Table.from_pylist(predictions)
+    else:
+        table = pa.table({"prediction": predictions})
+    if table.num_rows != rows:
+        raise BatchScoringError(f"the endpoint answered {table.num_rows} predictions for {rows} rows")
+    return table
+
+
+async def _send(
+    client: httpx.AsyncClient, path: str, body: bytes, index: int, progress: _Progress, max_retries: int
+) -> Any:
+    delay = 0.5
+    for attempt in range(max_retries + 1):
+        try:
+            response = await client.post(path, content=body, headers={"content-type": "application/json"})
+        except httpx.TransportError as exc:
+            problem, wait = f"{type(exc).__name__}: {exc}", delay
+        else:
+            if response.status_code == 200:
+                return orjson.loads(response.content)
+            try:
+                said = response.json().get("message", response.text)
+            except ValueError:
+                said = response.text
+            if response.status_code not in RETRIED_STATUSES:
+                raise BatchScoringError(f"batch {index}: the endpoint answered {response.status_code}: "
+                                        f"{str(said)[:500]}")
+            problem, wait = f"{response.status_code} {str(said)[:200]}", delay
+            retry_after = response.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                wait = max(wait, float(retry_after))
+        if attempt == max_retries:
+            raise BatchScoringError(f"batch {index}: gave up after {max_retries} retries; last: {problem}")
+        progress.retries += 1
+        await asyncio.sleep(wait * (0.5 + random.random()))  # jittered: concurrent batches spread out
+        delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable")
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchJob:
+    endpoint: str
+    input: str
+    output: str
+    url: str
+    token: str | None = None
+    key: Sequence[str] = ()
+    features: Sequence[str] | None = None  # default: every input column not in ``key``
+    batch_rows: int = 1000
+    concurrency: int = 4
+    max_retries: int = 8
+    timeout_s: float = 300.0
+    output_format: str | None = None  # "parquet" or "delta"; default: delta if the input is one
+    on_progress: Callable[[int, int], None] | None = field(default=None, repr=False)
+
+
+def score(job: BatchJob) -> BatchResult:
+    """Score ``job.input`` through ``job.endpoint`` into ``job.output`` (see the module doc)."""
+    return asyncio.run(score_async(job))
+
+
+async def score_async(job: BatchJob) -> BatchResult:
+    if job.batch_rows < 1 or job.concurrency < 1:
+        raise BatchScoringError("batch_rows and concurrency must be at least 1")
+    source = await asyncio.to_thread(_Input.open, job.input)
+    names = source.schema.names
+    missing = [name for name in (*job.key, *(job.features or ())) if name not in names]
+    if missing:
+        raise BatchScoringError(f"columns {missing} are not in the input (it has {names})")
+    features = list(job.features) if job.features else [name for name in names if name not in job.key]
+    delta = (job.output_format or ("delta" if _is_delta(job.input) else "parquet")) == "delta"
+    output = _Output(job.output, delta)
+    manifest = {"input": source.identity, "batch_rows": job.batch_rows, "endpoint": job.endpoint,
+                "key": list(job.key), "features": features}
+    done = await asyncio.to_thread(output.start, manifest)
+    progress = _Progress(source.rows, on_advance=job.on_progress)
+    path = f"/serving-endpoints/{job.endpoint}/invocations"
+    headers = {"Authorization": f"Bearer {job.token}"} if job.token else {}
+    started = time.monotonic()
+    scored = skipped = batches = 0
+    limits = httpx.Limits(max_connections=job.concurrency, max_keepalive_connections=job.concurrency)
+    async with httpx.AsyncClient(base_url=job.url, headers=headers, timeout=job.timeout_s,
+                                 limits=limits) as client:
+        slots = asyncio.Semaphore(job.concurrency)
+        failures: list[BaseException] = []
+
+        async def one(index: int, batch: pa.RecordBatch) -> None:
+            nonlocal scored
+            try:
+                body = request_body(batch, features)
+                answer = await _send(client, path, body, index, progress, job.max_retries)
+                predicted = predictions_table(answer, batch.num_rows)
+                keys = batch.select(list(job.key))
+                table = pa.Table.from_arrays([*keys.columns, *predicted.columns],
+                                             names=[*keys.schema.names, *predicted.column_names])
+                await asyncio.to_thread(output.write, index, table)
+                scored += batch.num_rows
+                progress.advance(batch.num_rows)
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                slots.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        for index, batch in enumerate(source.batches(job.batch_rows)):
+            batches += 1
+            if index in done:
+                skipped += batch.num_rows
+                progress.advance(batch.num_rows)
+                continue
+            await slots.acquire()
+            if failures:
+                slots.release()
+                break
+            tasks.append(asyncio.create_task(one(index, batch)))
+        await asyncio.gather(*tasks)
+    if failures:
+        error = failures[0]
+        raise error if isinstance(error, BatchScoringError) else BatchScoringError(
+            f"{type(error).__name__}: {error}") from error
+    return BatchResult(source.rows, scored, skipped, batches, progress.retries, time.monotonic() - started,
+                       job.output)
