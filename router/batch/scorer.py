@@ -7,8 +7,9 @@ connections with exponential back-off (a ``Retry-After`` is honoured); any other
 and names the batch and the endpoint's own message.
 
 Resuming: batch ``i`` is always the same rows (the input's files in name order, each cut in
-``batch_rows``), and it lands in the output all at once — Parquet as ``part-{i:06d}.parquet``
-(written aside and renamed into place), Delta as one commit whose rows carry ``_batch = i``. A run
+``batch_rows``); ``part_rows`` worth of consecutive batches make part ``p``, which lands in the output
+all at once — Parquet as ``part-{p:06d}.parquet`` (written aside and renamed into place; one PUT on S3),
+Delta as one commit whose rows carry ``_part = p``. A run
 that is interrupted and started again skips the batches already in the output: no row is scored twice
 into it and none is missing. The output remembers the input it was made from (its files, sizes and the
 batch size) and refuses to be resumed from different input.
@@ -36,9 +37,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from runtime.types import V2_TO_NUMPY, v2_datatype
+
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 MANIFEST = "_zeroserve_batch.json"
-BATCH_COLUMN = "_batch"  # in a Delta output: which batch each row came in
+BATCH_COLUMN = "_part"  # in a Delta output: which part each row came in
 
 
 class BatchScoringError(Exception):
@@ -261,6 +264,61 @@ def request_body(batch: pa.RecordBatch, features: Sequence[str]) -> bytes:
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _numeric(batch: pa.RecordBatch, features: Sequence[str]) -> bool:
+    return all((pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type))
+               and c.null_count == 0 for c in (batch.column(name) for name in features))
+
+
+def v2_binary_body(batch: pa.RecordBatch, features: Sequence[str]) -> tuple[bytes, int]:
+    """An Open Inference Protocol request with the binary tensor extension: one input per column, the
+    raw little-endian values after a JSON header, and the outputs asked back as binary. Neither side
+    formats or parses a number: for numeric tables this is the cheap way through the endpoint."""
+    arrays = [np.ascontiguousarray(batch.column(name).to_numpy(zero_copy_only=False)) for name in features]
+    arrays = [array.astype(array.dtype.newbyteorder("<"), copy=False) for array in arrays]
+    header = orjson.dumps({
+        "inputs": [{"name": name, "shape": [len(array)], "datatype": v2_datatype(array.dtype),
+                    "parameters": {"binary_data_size": array.nbytes}} for name, array in zip(features, arrays,
+                                                                                                strict=True)],
+        "parameters": {"binary_data_output": True},
+    })
+    return header + b"".join(array.tobytes() for array in arrays), len(header)
+
+
+def v2_predictions(response: httpx.Response) -> dict[str, np.ndarray]:
+    """The outputs of an Open Inference Protocol answer (binary or JSON tensors), by name."""
+    content = response.content
+    length = response.headers.get("inference-header-content-length")
+    header = orjson.loads(content[: int(length)] if length else content)
+    offset = int(length) if length else 0
+    outputs = {}
+    for entry in header.get("outputs", []):
+        dtype, shape = V2_TO_NUMPY[entry["datatype"]], tuple(entry["shape"])
+        size = (entry.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            values = np.frombuffer(content, dtype=dtype.newbyteorder("<"), count=int(np.prod(shape)),
+                                   offset=offset)
+            offset += int(size)
+        else:
+            values = np.asarray(entry["data"], dtype=dtype)
+        outputs[str(entry["name"])] = values.reshape(shape)
+    return outputs
+
+
+def v2_table(outputs: dict[str, np.ndarray], rows: int) -> pa.Table:
+    columns = {}
+    for name, values in outputs.items():
+        if values.shape[:1] != (rows,):
+            raise BatchScoringError(f"the endpoint answered output {name!r} of shape {values.shape} for "
+                                    f"{rows} rows")
+        if values.ndim > 1:  # one list of values per row
+            flat = pa.array(values.reshape(rows, -1).ravel())
+            column = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+        else:
+            column = pa.array(values)
+        columns["prediction" if len(outputs) == 1 else name] = column
+    return pa.table(columns)
+
+
 def predictions_table(answer: Any, rows: int) -> pa.Table:
     """The endpoint's predictions as columns: ``prediction`` for one value (or list) per row, one column
     per field for records or a dict of columns."""
@@ -279,17 +337,19 @@ def predictions_table(answer: Any, rows: int) -> pa.Table:
 
 
 async def _send(
-    client: httpx.AsyncClient, path: str, body: bytes, index: int, progress: _Progress, max_retries: int
-) -> Any:
+    client: httpx.AsyncClient, path: str, body: bytes, index: int, progress: _Progress, max_retries: int,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     delay = 0.5
     for attempt in range(max_retries + 1):
         try:
-            response = await client.post(path, content=body, headers={"content-type": "application/json"})
+            response = await client.post(path, content=body,
+                                         headers=headers or {"content-type": "application/json"})
         except httpx.TransportError as exc:
             problem, wait = f"{type(exc).__name__}: {exc}", delay
         else:
             if response.status_code == 200:
-                return orjson.loads(response.content)
+                return response
             try:
                 said = response.json().get("message", response.text)
             except ValueError:
@@ -322,10 +382,15 @@ class BatchJob:
     key: Sequence[str] = ()
     features: Sequence[str] | None = None  # default: every input column not in ``key``
     batch_rows: int = 1000
+    # Rows per part of the output (whole batches): what lands at once, and what an interruption redoes.
+    part_rows: int = 50_000
     concurrency: int = 4
     max_retries: int = 8
     timeout_s: float = 300.0
     output_format: str | None = None  # "parquet" or "delta"; default: delta if the input is one
+    # "json" (dataframe_split, any column types), "v2-binary" (the Open Inference Protocol's binary
+    # tensors), "auto": binary for a batch whose features are all numbers without nulls.
+    protocol: str = "auto"
     on_progress: Callable[[int, int], None] | None = field(default=None, repr=False)
 
 
@@ -335,8 +400,8 @@ def score(job: BatchJob) -> BatchResult:
 
 
 async def score_async(job: BatchJob) -> BatchResult:
-    if job.batch_rows < 1 or job.concurrency < 1:
-        raise BatchScoringError("batch_rows and concurrency must be at least 1")
+    if job.batch_rows < 1 or job.concurrency < 1 or job.part_rows < 1:
+        raise BatchScoringError("batch_rows, part_rows and concurrency must be at least 1")
     source = await asyncio.to_thread(_Input.open, job.input)
     names = source.schema.names
     missing = [name for name in (*job.key, *(job.features or ())) if name not in names]
@@ -345,41 +410,76 @@ async def score_async(job: BatchJob) -> BatchResult:
     features = list(job.features) if job.features else [name for name in names if name not in job.key]
     delta = (job.output_format or ("delta" if _is_delta(job.input) else "parquet")) == "delta"
     output = _Output(job.output, delta)
-    manifest = {"input": source.identity, "batch_rows": job.batch_rows, "endpoint": job.endpoint,
-                "key": list(job.key), "features": features}
+    per_part = max(1, job.part_rows // job.batch_rows)  # batches per part: the unit that lands, or not
+    manifest = {"input": source.identity, "batch_rows": job.batch_rows, "batches_per_part": per_part,
+                "endpoint": job.endpoint, "key": list(job.key), "features": features}
     done = await asyncio.to_thread(output.start, manifest)
     progress = _Progress(source.rows, on_advance=job.on_progress)
     path = f"/serving-endpoints/{job.endpoint}/invocations"
+    v2_path = f"/v2/models/{job.endpoint}/infer"
     headers = {"Authorization": f"Bearer {job.token}"} if job.token else {}
+    if job.protocol not in ("auto", "json", "v2-binary"):
+        raise BatchScoringError(f"protocol must be auto, json or v2-binary, got {job.protocol!r}")
     started = time.monotonic()
     scored = skipped = batches = 0
+    # A part's batches, answered (by batch index), until the part is whole and written.
+    answered: dict[int, dict[int, pa.Table]] = {}
+    expected: dict[int, int] = {}  # batches of a part, once the input has moved past it
+    writes: list[asyncio.Task[None]] = []
+    failures: list[BaseException] = []
+
+    def part_whole(part: int) -> None:
+        if part in expected and len(answered.get(part, {})) == expected[part]:
+            tables = answered.pop(part)
+            merged = pa.concat_tables([tables[index] for index in sorted(tables)])
+            writes.append(asyncio.create_task(write(part, merged)))
+
+    async def write(part: int, table: pa.Table) -> None:
+        nonlocal scored
+        try:
+            await asyncio.to_thread(output.write, part, table)
+            scored += table.num_rows
+        except BaseException as exc:
+            failures.append(exc)
+
     limits = httpx.Limits(max_connections=job.concurrency, max_keepalive_connections=job.concurrency)
     async with httpx.AsyncClient(base_url=job.url, headers=headers, timeout=job.timeout_s,
                                  limits=limits) as client:
         slots = asyncio.Semaphore(job.concurrency)
-        failures: list[BaseException] = []
 
         async def one(index: int, batch: pa.RecordBatch) -> None:
-            nonlocal scored
             try:
-                body = request_body(batch, features)
-                answer = await _send(client, path, body, index, progress, job.max_retries)
-                predicted = predictions_table(answer, batch.num_rows)
+                binary = job.protocol == "v2-binary" or (job.protocol == "auto" and _numeric(batch, features))
+                if binary:
+                    body, length = v2_binary_body(batch, features)
+                    response = await _send(client, v2_path, body, index, progress, job.max_retries, {
+                        "content-type": "application/octet-stream",
+                        "inference-header-content-length": str(length)})
+                    predicted = v2_table(v2_predictions(response), batch.num_rows)
+                else:
+                    response = await _send(client, path, request_body(batch, features), index, progress,
+                                           job.max_retries)
+                    predicted = predictions_table(orjson.loads(response.content), batch.num_rows)
                 keys = batch.select(list(job.key))
-                table = pa.Table.from_arrays([*keys.columns, *predicted.columns],
-                                             names=[*keys.schema.names, *predicted.column_names])
-                await asyncio.to_thread(output.write, index, table)
-                scored += batch.num_rows
+                answered.setdefault(index // per_part, {})[index] = pa.Table.from_arrays(
+                    [*keys.columns, *predicted.columns], names=[*keys.schema.names, *predicted.column_names])
                 progress.advance(batch.num_rows)
+                part_whole(index // per_part)
             except BaseException as exc:
                 failures.append(exc)
             finally:
                 slots.release()
 
         tasks: list[asyncio.Task[None]] = []
+        part = -1
         for index, batch in enumerate(source.batches(job.batch_rows)):
             batches += 1
-            if index in done:
+            if index // per_part != part:
+                if part >= 0:  # the previous part has all its batches: written once they are answered
+                    expected[part] = per_part
+                    part_whole(part)
+                part = index // per_part
+            if part in done:
                 skipped += batch.num_rows
                 progress.advance(batch.num_rows)
                 continue
@@ -388,7 +488,11 @@ async def score_async(job: BatchJob) -> BatchResult:
                 slots.release()
                 break
             tasks.append(asyncio.create_task(one(index, batch)))
+        if part >= 0 and not failures:
+            expected[part] = batches - part * per_part
+            part_whole(part)
         await asyncio.gather(*tasks)
+        await asyncio.gather(*writes)
     if failures:
         error = failures[0]
         raise error if isinstance(error, BatchScoringError) else BatchScoringError(

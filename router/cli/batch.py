@@ -29,6 +29,10 @@ def batch() -> None:
 @click.option("--format", "output_format", type=click.Choice(["parquet", "delta"]), default=None,
               help="The output's format [default: delta when the input is a Delta table, else parquet].")
 @click.option("--batch-rows", type=int, default=1000, show_default=True, help="Rows per request.")
+@click.option("--protocol", type=click.Choice(["auto", "json", "v2-binary"]), default="auto", show_default=True,
+              help="auto: Open Inference Protocol binary tensors when the features are numbers, else JSON.")
+@click.option("--part-rows", type=int, default=50_000, show_default=True,
+              help="Rows per part of the output: what lands at once, and what an interruption redoes.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight.")
 @click.option("--max-retries", type=int, default=8, show_default=True,
               help="Retries of one batch on 429/502/503/504 or a lost connection, with back-off.")
@@ -36,8 +40,8 @@ def batch() -> None:
               help="Gateway URL [env ZEROSERVE_URL; default: the local gateway of ZEROSERVE_HOME].")
 @click.option("--token", envvar="ZEROSERVE_TOKEN", default=None, help="Bearer token [env ZEROSERVE_TOKEN].")
 def score(endpoint: str, input_: str, output: str, keys: tuple[str, ...], features: tuple[str, ...],
-          output_format: str | None, batch_rows: int, concurrency: int, max_retries: int, url: str | None,
-          token: str | None) -> None:
+          output_format: str | None, batch_rows: int, protocol: str, part_rows: int, concurrency: int,
+          max_retries: int, url: str | None, token: str | None) -> None:
     """Send every row of the input through ENDPOINT; write its keys and predictions to the output.
 
     Interrupted, the same command resumes: batches already written are skipped, none is scored twice."""
@@ -63,7 +67,8 @@ def score(endpoint: str, input_: str, output: str, keys: tuple[str, ...], featur
 
         job = BatchJob(endpoint=endpoint, input=input_, output=output, url=resolve_url(url),
                        token=resolve_token(token), key=keys, features=features or None,
-                       batch_rows=batch_rows, concurrency=concurrency, max_retries=max_retries,
+                       batch_rows=batch_rows, part_rows=part_rows, concurrency=concurrency,
+                       max_retries=max_retries, protocol=protocol,
                        output_format=output_format, on_progress=advance)
         try:
             result = run(job)
