@@ -29,7 +29,8 @@ def batch() -> None:
 @click.option("--format", "output_format", type=click.Choice(["parquet", "delta"]), default=None,
               help="The output's format [default: delta when the input is a Delta table, else parquet].")
 @click.option("--batch-rows", type=int, default=1000, show_default=True, help="Rows per request.")
-@click.option("--protocol", type=click.Choice(["auto", "json", "v2-binary"]), default="auto", show_default=True,
+@click.option("--protocol", type=click.Choice(["auto", "json", "v2-binary"]), default="auto",
+              show_default=True,
               help="auto: Open Inference Protocol binary tensors when the features are numbers, else JSON.")
 @click.option("--part-rows", type=int, default=50_000, show_default=True,
               help="Rows per part of the output: what lands at once, and what an interruption redoes.")
