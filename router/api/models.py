@@ -142,6 +142,14 @@ class EndpointCoreConfigInput(_Lenient):
     # Inference tables (enforced by the observability work): kept verbatim, echoed back.
     auto_capture_config: dict[str, Any] | None = None
 
+    @field_validator("auto_capture_config")
+    @classmethod
+    def _known_table_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # zeroserve's extension: the table's format; anything else is refused, not silently Parquet.
+        if value is not None and value.get("format") not in (None, "parquet", "delta"):
+            raise ValueError(f"format must be parquet or delta, got {value.get('format')!r}")
+        return value
+
 
 class TagInput(_Lenient):
     key: str = Field(min_length=1, max_length=255)

@@ -70,8 +70,16 @@ def request_fields(body: bytes, truncated: bool) -> tuple[str | None, list[tuple
 
 def encode(records: list[CaptureRecord]) -> bytes:
     """The records as one Parquet file (zstd), in memory."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(arrow_table(records), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def arrow_table(records: list[CaptureRecord]) -> Any:
+    """The records as an Arrow table of the inference table's schema."""
+    import pyarrow as pa
 
     columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
     for record in records:
@@ -92,10 +100,7 @@ def encode(records: list[CaptureRecord]) -> bytes:
         columns["request_truncated"].append(record.request_truncated)
         columns["response_truncated"].append(record.response_truncated)
         columns["usage_context"].append(usage_context)
-    table = pa.table(columns, schema=_schema())
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    return pa.table(columns, schema=_schema())
 
 
 def write_local(root: Path, name: str, payload: bytes) -> Path:

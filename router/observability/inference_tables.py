@@ -13,12 +13,16 @@ and writes one Parquet file per endpoint and batch to a local directory or an ``
 parts that are set), or ``{endpoint}_payload``. ``root`` is ``auto_capture_config.location`` (a
 zeroserve extension) or ``ZEROSERVE_INFERENCE_TABLES_URI`` (default ``$ZEROSERVE_HOME/inference_tables``).
 Local files appear atomically (written to a temporary name, then renamed), so a reader never sees half.
+
+With ``ZEROSERVE_INFERENCE_TABLES_FORMAT=delta`` (or ``auto_capture_config.format: delta``) the same rows
+go to a Delta Lake table at ``{root}/{table}`` instead, a commit per batch (``_delta``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import time
@@ -27,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +60,13 @@ class InferenceTableSettings(BaseSettings):
     # Bodies longer than this are cut (and flagged) so one huge request cannot fill the buffer.
     max_payload_bytes: int = Field(default=1024**2, ge=0)
     write_attempts: int = Field(default=3, ge=1)
+    # "parquet" (a file per batch) or "delta" (a Delta Lake table, a commit per batch); an endpoint's
+    # auto_capture_config.format overrides it.
+    format: Literal["parquet", "delta"] = "parquet"
+    # Delta tables: how often small files are compacted, and rows older than this many days deleted
+    # (None: kept) and their files vacuumed.
+    maintenance_interval_s: float = Field(default=3600.0, gt=0)
+    retention_days: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,7 @@ class CaptureConfig:
     enabled: bool
     table: str
     location: str | None = None
+    format: str | None = None  # None: the gateway's setting
 
     @classmethod
     def from_api(cls, endpoint: str, config: Mapping[str, Any] | None) -> CaptureConfig | None:
@@ -75,7 +87,9 @@ class CaptureConfig:
         prefix = str(config.get("table_name_prefix") or endpoint)
         table = ".".join([*parts, f"{prefix}_payload"])
         location = config.get("location")
-        return cls(enabled=True, table=table, location=str(location) if location else None)
+        table_format = config.get("format")  # validated by the API (parquet or delta)
+        return cls(enabled=True, table=table, location=str(location) if location else None,
+                   format=str(table_format) if table_format in ("parquet", "delta") else None)
 
 
 @dataclass(slots=True)
@@ -126,6 +140,7 @@ class InferenceTables:
         self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._s3_writer: _parquet.S3Writer | None = None
+        self._maintained_at = time.monotonic()
 
     # Configuration (control plane) -------------------------------------------------------------
 
@@ -234,6 +249,27 @@ class InferenceTables:
                 await self.flush()
             except Exception:  # never let one bad batch stop capture for good
                 logger.exception("inference table flush failed")
+            if time.monotonic() - self._maintained_at >= self.settings.maintenance_interval_s:
+                self._maintained_at = time.monotonic()
+                await self.maintain()
+
+    async def maintain(self) -> dict[str, dict[str, Any]]:
+        """Compact (and, with a retention, trim and vacuum) every Delta inference table; per table what
+        was done. A table that cannot be maintained now is tried again next time."""
+        from router.observability import _delta
+
+        done = {}
+        now = datetime.datetime.now(datetime.UTC)
+        for config in list(self._configs.values()):
+            if (config.format or self.settings.format) != "delta":
+                continue
+            root = config.location or self.settings.uri
+            try:
+                done[config.table] = await asyncio.to_thread(_delta.maintain, root, config.table,
+                                                             self.settings.retention_days, now)
+            except Exception as error:
+                logger.warning("inference table %s: maintenance failed: %s", config.table, error)
+        return done
 
     async def flush(self) -> None:
         """Write everything buffered now, one batch per endpoint at a time."""
@@ -255,6 +291,9 @@ class InferenceTables:
         if config is None:  # capture turned off (or endpoint deleted) while these waited: still write them
             config = CaptureConfig(True, f"{endpoint}_payload")
         root = config.location or self.settings.uri
+        if (config.format or self.settings.format) == "delta":
+            await self._append_delta(root, config, counters, records)
+            return
         first_ms = min(record.timestamp_ms for record in records)
         day = time.strftime("%Y-%m-%d", time.gmtime(first_ms / 1000))
         name = f"{config.table}/date={day}/part-{first_ms}-{uuid.uuid4().hex[:12]}.parquet"
@@ -268,6 +307,26 @@ class InferenceTables:
                 else:
                     await asyncio.to_thread(_parquet.write_local, Path(root.removeprefix("file://")), name,
                                             payload)
+            except Exception as error:
+                if attempt == self.settings.write_attempts:
+                    counters.failed += len(records)
+                    logger.warning("inference table %s: dropped %d records after %d attempts: %s",
+                                   config.table, len(records), attempt, error)
+                    return
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+            else:
+                counters.written += len(records)
+                counters.files += 1
+                return
+
+
+    async def _append_delta(self, root: str, config: CaptureConfig, counters: TableCounters,
+                            records: list[CaptureRecord]) -> None:
+        from router.observability import _delta
+
+        for attempt in range(1, self.settings.write_attempts + 1):
+            try:
+                await asyncio.to_thread(_delta.append, root, config.table, records)
             except Exception as error:
                 if attempt == self.settings.write_attempts:
                     counters.failed += len(records)

@@ -195,6 +195,13 @@ async def test_auto_capture_config_is_kept_and_echoed(harness: Harness) -> None:
     assert harness.gateway.store.get("ep").config.config.auto_capture_config == capture  # type: ignore[union-attr]
 
 
+async def test_an_unknown_inference_table_format_is_refused(harness: Harness) -> None:
+    body = {"name": "ep", "config": {"served_entities": [{"entity_name": "file:///m", "name": "m"}],
+                                     "auto_capture_config": {"enabled": True, "format": "csv"}}}
+    refused = await harness.client.post(API, json=body)
+    assert refused.status_code == 400 and "format must be parquet or delta, got 'csv'" in refused.text
+
+
 async def test_optimization_is_stored_echoed_and_rolls_replicas(harness: Harness) -> None:
     await create(harness)
     await harness.settle("ep")

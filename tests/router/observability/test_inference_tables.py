@@ -189,3 +189,44 @@ async def test_records_go_to_an_s3_prefix(moto_s3: Any) -> None:
     body = moto_s3.get_object(Bucket="lake", Key=key)["Body"].read()
     rows = pq.read_table(io.BytesIO(body)).to_pylist()
     assert [row["client_request_id"] for row in rows] == ["client-0", "client-1", "client-2"]
+
+
+async def test_a_delta_table_gets_a_commit_per_batch_and_stays_readable(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    tables = InferenceTables(InferenceTableSettings(uri=str(tmp_path), max_batch_records=4, format="delta"))
+    tables.configure("fraud", CAPTURE)
+    assert all(tables.capture(record(index)) for index in range(10))
+    await tables.flush()
+    delta = DeltaTable(str(tmp_path / "ml.serving.fraud_payload"))
+    assert delta.version() == 2  # three batches of at most 4: three commits (versions 0, 1, 2)
+    assert delta.metadata().partition_columns == ["date"]
+    rows = sorted(delta.to_pyarrow_table().to_pylist(), key=lambda row: row["timestamp_ms"])
+    assert [row["request_id"] for row in rows] == [f"req-{index}" for index in range(10)]
+    assert rows[3]["client_request_id"] == "client-3" and dict(rows[3]["usage_context"])["team"] == "risk"
+    # Readable without zeroserve or deltalake's own reader too: the data files are plain Parquet.
+    assert sum(pq.read_table(path).num_rows for path in (tmp_path / "ml.serving.fraud_payload").rglob(
+        "*.parquet")) == 10
+    # Maintenance compacts the small files into one and, with a retention, drops old days.
+    done = await tables.maintain()
+    assert done["ml.serving.fraud_payload"]["compacted"] == 3
+    compacted = DeltaTable(str(tmp_path / "ml.serving.fraud_payload"))
+    assert len(compacted.file_uris()) == 1 and compacted.to_pyarrow_table().num_rows == 10
+    tables.settings = InferenceTableSettings(uri=str(tmp_path), format="delta", retention_days=30)
+    trimmed = await tables.maintain()  # the records are from June 2025: all older than 30 days
+    assert trimmed["ml.serving.fraud_payload"]["deleted_rows"] == 10
+    assert DeltaTable(str(tmp_path / "ml.serving.fraud_payload")).to_pyarrow_table().num_rows == 0
+
+
+async def test_an_endpoint_can_ask_for_delta_while_the_gateway_writes_parquet(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    tables = InferenceTables(InferenceTableSettings(uri=str(tmp_path)))
+    tables.configure("fraud", {**CAPTURE, "format": "delta"})
+    tables.configure("churn", {"enabled": True})
+    tables.capture(record(1))
+    tables.capture(record(2, endpoint="churn"))
+    await tables.flush()
+    assert DeltaTable(str(tmp_path / "ml.serving.fraud_payload")).to_pyarrow_table().num_rows == 1
+    assert not (tmp_path / "churn_payload" / "_delta_log").exists()
+    assert len(list((tmp_path / "churn_payload").rglob("*.parquet"))) == 1
