@@ -66,6 +66,8 @@ from router.observability.dashboard import dashboard_routes
 from router.observability.logging import RequestIdMiddleware, configure_logging, flush_logging
 from router.observability.metrics import ReplicaCounts
 from router.settings import GatewaySettings
+from router.sharing.server import FILES_PATH as SHARING_FILES_PATH
+from router.sharing.server import SharingServer
 from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
 from runtime.devices import Accelerators
@@ -174,6 +176,10 @@ class Gateway:
             max_body_bytes=self.front_door.settings.max_body_bytes,
             version=_version(),
         )
+        # Delta Sharing for partners (/delta-sharing); its file URLs are fetched without a token.
+        self.sharing = SharingServer(self.db)
+        self.sharing.base_url = settings.advertise_url or ""
+        self.front_door.extra_public.add(SHARING_FILES_PATH)
         self.ready = False
         self.url: str | None = None
         # A generated admin token (first start only), to be shown once.
@@ -211,6 +217,7 @@ class Gateway:
             *dataplane_routes(self.dataplane),
             *dashboard_routes(self.observability),
             *self.mcp.routes(),
+            *self.sharing.routes(),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route(DATABRICKS_DISCOVERY, self.databricks_discovery, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
@@ -292,6 +299,8 @@ class Gateway:
     def announce(self, url: str) -> None:
         """Record where this gateway listens, for the CLI on this machine (``gateway.json``)."""
         self.url = url
+        if not self.settings.advertise_url:
+            self.sharing.base_url = url
         if self.fleet is not None and not self.settings.advertise_url:
             self.fleet.url = url
         path = self.settings.home / "gateway.json"

@@ -26,6 +26,7 @@ def _register() -> None:
         models,
         replica,
         serve,
+        shares,
         terraform,
         tokens,
     )

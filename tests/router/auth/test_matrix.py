@@ -81,6 +81,9 @@ ONE = API + "/{name}"
 SERVED = ONE + "/served-models/{served}"
 PERMS = "/api/2.0/permissions/serving-endpoints/{endpoint_id}"
 TOKENS = "/api/2.0/zeroserve/tokens"
+SHARES = "/api/2.0/zeroserve/shares"
+DS_SHARE = "/delta-sharing/shares/{share}"
+DS_TABLE = DS_SHARE + "/schemas/{schema}/tables/{table}"
 
 TABLE: dict[tuple[str, str], Row] = {
     ("GET", API): Row(Need.TOKEN, 200),
@@ -134,6 +137,25 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/api/2.0/zeroserve/fleet"): Row(Need.ADMIN, 200),  # gateways' addresses and pids
     ("GET", "/.well-known/databricks-config"): Row(Need.PUBLIC, 200),  # the SDK asks it without a token
     ("GET", "/openapi.json"): Row(Need.TOKEN, 200),
+    # Delta Sharing: any token may ask; a share it was not given to is as absent as one that does not
+    # exist (404), so every caller gets the same answers here (no share exists in this gateway).
+    ("GET", "/delta-sharing/shares"): Row(Need.TOKEN, 200),
+    ("GET", DS_SHARE): Row(Need.TOKEN, 404),
+    ("GET", DS_SHARE + "/schemas"): Row(Need.TOKEN, 404),
+    ("GET", DS_SHARE + "/schemas/{schema}/tables"): Row(Need.TOKEN, 404),
+    ("GET", DS_SHARE + "/all-tables"): Row(Need.TOKEN, 404),
+    ("GET", DS_TABLE + "/version"): Row(Need.TOKEN, 404),
+    ("GET", DS_TABLE + "/metadata"): Row(Need.TOKEN, 404),
+    ("POST", DS_TABLE + "/query"): Row(Need.TOKEN, 404, body={}),
+    ("GET", "/delta-sharing/files"): Row(Need.PUBLIC, 403),  # the signed URL is the credential
+    ("GET", SHARES): Row(Need.ADMIN, 200),
+    ("POST", SHARES): Row(Need.ADMIN, 400, body={}),  # no name
+    ("GET", SHARES + "/{share}"): Row(Need.ADMIN, 404),
+    ("DELETE", SHARES + "/{share}"): Row(Need.ADMIN, 404),
+    ("POST", SHARES + "/{share}/tables"): Row(Need.ADMIN, 404, body={}),
+    ("DELETE", SHARES + "/{share}/tables/{schema}/{table}"): Row(Need.ADMIN, 404),
+    ("POST", SHARES + "/{share}/recipients"): Row(Need.ADMIN, 404, body={}),
+    ("DELETE", SHARES + "/{share}/recipients/{principal}"): Row(Need.ADMIN, 404),
 }
 
 LEVEL_OF = {Need.VIEW: PermissionLevel.CAN_VIEW, Need.QUERY: PermissionLevel.CAN_QUERY,
@@ -249,7 +271,9 @@ async def _populate(
         Caller.ADMIN: ADMIN_TOKEN,
     }
     target = await token("target-of-revoke")
-    world = World(gateway, clock, admin, anonymous, tokens, {"token_id": target["token_id"], "version": "1"})
+    world = World(gateway, clock, admin, anonymous, tokens, {"token_id": target["token_id"], "version": "1",
+                                                             "share": "no-such-share", "schema": "risk",
+                                                             "table": "scores", "principal": "bank"})
     world.fill["endpoint_id"] = await world.create_endpoint(ENDPOINT)
     world.fill["name"] = ENDPOINT
     endpoint = await world.settle(ENDPOINT)

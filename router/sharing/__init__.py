@@ -1,0 +1,1 @@
+"""Delta Sharing: shares of Delta tables for partners, served by the gateway (``router.sharing.server``)."""
