@@ -103,18 +103,9 @@ def _s3_client() -> Any:
 
 
 def delta_storage_options(location: str) -> dict[str, str]:
-    if not location.startswith("s3://"):
-        return {}
-    options = {"AWS_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-               # One writer per output (this run): no lock service is needed to commit safely.
-               "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    if endpoint:
-        options.update(AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        if os.environ.get(name):
-            options[name] = os.environ[name]
-    return options
+    from router.observability._delta import storage_options
+
+    return storage_options(location) or {}
 
 
 def _is_delta(location: str) -> bool:

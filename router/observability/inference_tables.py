@@ -292,13 +292,16 @@ class InferenceTables:
             config = CaptureConfig(True, f"{endpoint}_payload")
         root = config.location or self.settings.uri
         if (config.format or self.settings.format) == "delta":
-            await self._append_delta(root, config, counters, records)
-            return
-        first_ms = min(record.timestamp_ms for record in records)
-        day = time.strftime("%Y-%m-%d", time.gmtime(first_ms / 1000))
-        name = f"{config.table}/date={day}/part-{first_ms}-{uuid.uuid4().hex[:12]}.parquet"
-        for attempt in range(1, self.settings.write_attempts + 1):
-            try:
+            from router.observability import _delta
+
+            async def write() -> None:
+                await asyncio.to_thread(_delta.append, root, config.table, records)
+        else:
+            first_ms = min(record.timestamp_ms for record in records)
+            day = time.strftime("%Y-%m-%d", time.gmtime(first_ms / 1000))
+            name = f"{config.table}/date={day}/part-{first_ms}-{uuid.uuid4().hex[:12]}.parquet"
+
+            async def write() -> None:
                 payload = await asyncio.to_thread(_parquet.encode, records)
                 if root.startswith("s3://"):
                     if self._s3_writer is None:
@@ -307,26 +310,10 @@ class InferenceTables:
                 else:
                     await asyncio.to_thread(_parquet.write_local, Path(root.removeprefix("file://")), name,
                                             payload)
-            except Exception as error:
-                if attempt == self.settings.write_attempts:
-                    counters.failed += len(records)
-                    logger.warning("inference table %s: dropped %d records after %d attempts: %s",
-                                   config.table, len(records), attempt, error)
-                    return
-                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
-            else:
-                counters.written += len(records)
-                counters.files += 1
-                return
-
-
-    async def _append_delta(self, root: str, config: CaptureConfig, counters: TableCounters,
-                            records: list[CaptureRecord]) -> None:
-        from router.observability import _delta
 
         for attempt in range(1, self.settings.write_attempts + 1):
             try:
-                await asyncio.to_thread(_delta.append, root, config.table, records)
+                await write()
             except Exception as error:
                 if attempt == self.settings.write_attempts:
                     counters.failed += len(records)
