@@ -37,6 +37,7 @@ from router.api.models import (
 )
 from router.api.registry import check_registered
 from router.api.specs import check_specs, routing_for
+from router.api.suggestions import gpu_suggestions
 from router.dataplane.routing import EndpointRouting
 from router.state.endpoints import EndpointRecord, EndpointStore
 from runtime.errors import InvalidParameterValue
@@ -96,6 +97,8 @@ class EndpointController:
         self.on_deleted: list[Callable[[EndpointRecord], Any]] = []
         # What GPUs the backend can place replicas on (None: it cannot tell; nothing is refused).
         self.gpu_capacity: Callable[[], Awaitable[GpuCapacity]] | None = None
+        # Per endpoint: why some of its CPU entities would be worth a GPU here (shown in its view).
+        self.suggestions: dict[str, list[str]] = {}
 
     # ---- API actions -------------------------------------------------------------------------
 
@@ -117,6 +120,7 @@ class EndpointController:
             tags={tag.key: tag.value for tag in request.tags},
             extras=_extras(request),
         )
+        await self._suggest(name, config)
         if self.leading:
             self._start_rollout(record)
         return record
@@ -128,6 +132,7 @@ class EndpointController:
         await check_registered(config, "served_entities")
         await self._check_gpus(config, "served_entities")
         record = self.store.submit_config(name, config, principal)
+        await self._suggest(name, config)
         if self.leading:
             self._start_rollout(record)
         return record
@@ -147,9 +152,18 @@ class EndpointController:
             f"{where}[{index}].workload_type {workload_type} needs a GPU, and {capacity.where} has none: "
             "use workload_type CPU, or a backend with GPUs")
 
+    async def _suggest(self, name: str, config: EndpointConfig) -> None:
+        self.suggestions.pop(name, None)
+        if self.gpu_capacity is None or all(e.workload_type != "CPU" for e in config.served_entities):
+            return
+        found = await asyncio.to_thread(gpu_suggestions, config, await self.gpu_capacity())
+        if found:
+            self.suggestions[name] = found
+
     async def delete(self, name: str, principal: str | None = None) -> None:
         rollout = self._rollouts.pop(name, None)
         record = self.store.delete(name, principal)
+        self.suggestions.pop(name, None)
         if rollout is not None:
             rollout.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -72,13 +72,13 @@ class ControlPlane:
         """Create a serving endpoint; its first config rolls out in the background (poll the state)."""
         principal = _principal(request)
         record = await self.controller.create(await _json(request), _principal_name(principal))
-        return JSONResponse(endpoint_detailed(record, self.state_of, _base_url(request)))
+        return JSONResponse(self._detailed(record, request))
 
     async def get_endpoint(self, request: Request) -> Response:
         """Get a serving endpoint: config, pending config, state of every served entity."""
         name = self._check(request, "CAN_VIEW")
         record = self.store.get(name)
-        return JSONResponse(endpoint_detailed(record, self.state_of, _base_url(request)))
+        return JSONResponse(self._detailed(record, request))
 
     async def delete_endpoint(self, request: Request) -> Response:
         """Delete a serving endpoint; its replicas drain and stop."""
@@ -91,7 +91,7 @@ class ControlPlane:
         name = self._check(request, "CAN_MANAGE")
         body = await _json(request)
         record = await self.controller.update_config(name, body, _principal_name(_principal(request)))
-        return JSONResponse(endpoint_detailed(record, self.state_of, _base_url(request)))
+        return JSONResponse(self._detailed(record, request))
 
     async def patch_tags(self, request: Request) -> Response:
         """Add and delete tags of an endpoint."""
@@ -156,6 +156,13 @@ class ControlPlane:
         ]
 
     # ---- helpers -----------------------------------------------------------------------------
+
+    def _detailed(self, record: EndpointRecord, request: Request) -> dict[str, Any]:
+        body = endpoint_detailed(record, self.state_of, _base_url(request))
+        suggestions = self.controller.suggestions.get(record.name)
+        if suggestions:
+            body["suggestions"] = suggestions  # zeroserve's: e.g. that a GPU would serve it better
+        return body
 
     def _check(self, request: Request, level: str) -> str:
         name: str = request.path_params["name"]
