@@ -25,7 +25,7 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_flavor_is_rejected() -> None:
     with pytest.raises(ValidationError, match="unknown flavors"):
-        LocalBackendSettings(warm_pool_preload="onnx,tensorflow")
+        LocalBackendSettings(warm_pool_preload="onnx,caffe")
 
 
 def test_explicit_arguments_win_over_settings() -> None:

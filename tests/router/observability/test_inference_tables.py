@@ -230,3 +230,20 @@ async def test_an_endpoint_can_ask_for_delta_while_the_gateway_writes_parquet(tm
     assert DeltaTable(str(tmp_path / "ml.serving.fraud_payload")).to_pyarrow_table().num_rows == 1
     assert not (tmp_path / "churn_payload" / "_delta_log").exists()
     assert len(list((tmp_path / "churn_payload").rglob("*.parquet"))) == 1
+
+
+async def test_a_delta_table_on_s3(moto_s3: Any) -> None:
+    from deltalake import DeltaTable
+
+    from router.observability._delta import storage_options
+
+    moto_s3.create_bucket(Bucket="lake")
+    tables = InferenceTables(InferenceTableSettings(uri="s3://lake/serving", format="delta"))
+    tables.configure("fraud", CAPTURE)
+    for index in range(3):
+        tables.capture(record(index))
+    await tables.close()
+    location = "s3://lake/serving/ml.serving.fraud_payload"
+    rows = DeltaTable(location, storage_options=storage_options(location)).to_pyarrow_table().to_pylist()
+    assert sorted(row["client_request_id"] for row in rows) == ["client-0", "client-1", "client-2"]
+    assert tables.counters["fraud"].written == 3 and tables.counters["fraud"].failed == 0

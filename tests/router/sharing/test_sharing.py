@@ -173,3 +173,39 @@ def test_the_cli_defines_a_share_and_writes_the_profile_to_hand_over(shared: Sha
         assert [item["name"] for item in insurer.get("/delta-sharing/shares").json()["items"]] == ["insurers"]
         version = insurer.get("/delta-sharing/shares/insurers/schemas/fraud/tables/scores/version")
         assert version.status_code == 200 and version.headers["delta-table-version"] == "1"
+
+
+def test_a_table_on_s3_is_shared_with_presigned_urls(
+    client_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deltalake import write_deltalake
+
+    from router.observability._delta import storage_options
+    from tests.router.gateway_process import s3_models
+
+    with s3_models("lake", {}) as environment:
+        location = "s3://lake/scores"
+        for name, value in environment.items():  # the writer here reads what the gateway is given
+            monkeypatch.setenv(name, value)
+        write_deltalake(location, pa.table({"customer_id": [7, 8], "score": [0.2, 0.8]}),
+                        storage_options=storage_options(location))
+        with GatewayProcess(tmp_path / "home", env=environment) as gw, gw.client(timeout=30) as admin:
+            admin.post(SHARES, json={"name": "lake"})
+            admin.post(f"{SHARES}/lake/tables",
+                       json={"schema": "risk", "name": "scores", "location": location})
+            token = admin.post("/api/2.0/zeroserve/tokens", json={"principal": "bank"}).json()["token"]
+            admin.post(f"{SHARES}/lake/recipients", json={"principal": "bank"})
+            with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}) as bank:
+                query = bank.post("/delta-sharing/shares/lake/schemas/risk/tables/scores/query", json={})
+            [line] = [orjson.loads(text)["file"] for text in query.text.splitlines()[2:]]
+            assert line["url"].startswith(environment["ZEROSERVE_S3_ENDPOINT_URL"])
+            assert "Signature" in line["url"]
+            assert httpx.get(line["url"]).content.startswith(b"PAR1")  # presigned: no credentials needed
+            profile = tmp_path / "bank.share"
+            profile.write_text(json.dumps({"shareCredentialsVersion": 1, "bearerToken": token,
+                                           "endpoint": f"{gw.url}/delta-sharing/"}))
+            script = ("import delta_sharing; print(sorted(delta_sharing.load_as_pandas("
+                      f"{str(profile)!r} + '#lake.risk.scores')['customer_id'].tolist()))")
+            run = subprocess.run([client_python, "-c", script], capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr[-3000:]
+            assert run.stdout.strip().splitlines()[-1] == "[7, 8]"
