@@ -131,4 +131,4 @@ def test_torch_export_and_mlflow_pytorch_agree_with_torchscript(
 def test_preload_imports_flavor_libraries() -> None:
     preload(["onnx"])
     with pytest.raises(ValueError, match="unknown flavor"):
-        preload(["tensorflow"])
+        preload(["caffe"])
