@@ -180,4 +180,10 @@ def test_pods_come_and_go_without_losing_requests(kube: str, tmp_path: Path, mod
     finally:
         stop.set()
         gateway.stop()
-    assert failures == [] and sent[0] > 50, (failures[:5], sent[0])
+    # A request a pod already held when it went away is answered with a clear 503 that says so, never
+    # resent (a model that crashes on an input would crash the next pod too); with a 1 s grace period
+    # one can cross the pod's shutdown (a keep-alive connection closed as the request was written): at
+    # most one per load thread, each saying why. Nothing else may fail.
+    held = "the replica closed the connection while serving the request"
+    unexplained = [failure for failure in failures if not (failure.startswith("503 ") and held in failure)]
+    assert unexplained == [] and len(failures) <= 4 and sent[0] > 50, (failures[:5], sent[0])
