@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="50 calls per row instead of 500")
     args = parser.parse_args(argv)
     calls = 50 if args.quick else 500
+    import onnxruntime  # noqa: F401 - loaded first, so that detection reports its providers
+
     accelerators = detect()
     print(f"accelerators: {accelerators.describe()}; onnxruntime providers: "
           f"{', '.join(accelerators.onnxruntime_providers)}")

@@ -8,12 +8,14 @@ and say why.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from runtime.devices import Accelerators, Gpu, detect, onnx_providers, torch_device
+from runtime.devices import Gpu, detect, onnx_providers, torch_device
 from runtime.errors import ModelLoadError
 
 SMI = "0, NVIDIA H100 80GB HBM3, 81559\n1, NVIDIA H100 80GB HBM3, 81559\n2, Tesla T4, 15360\n"
@@ -48,11 +50,21 @@ def test_without_nvidia_smi_the_drivers_proc_folder_names_the_devices(tmp_path: 
 
 
 def test_this_machine_has_no_gpu_and_says_so(tmp_path: Path) -> None:
+    import onnxruntime  # noqa: F401 - detection only asks a library already loaded
+
     found = detect(environ={}, nvidia_smi=None, proc=tmp_path / "absent")
-    assert found == Accelerators((), found.onnxruntime_providers, found.torch_cuda_devices, "none")
+    assert (found.gpus, found.source) == ((), "none")
     assert "CPUExecutionProvider" in found.onnxruntime_providers
     assert found.describe() == "no CUDA device" and not found.cuda
     assert found.to_dict()["gpus"] == []
+
+
+def test_detection_loads_neither_onnxruntime_nor_torch() -> None:
+    # The gateway detects at start: loading onnxruntime there cost 19 MiB of resident memory.
+    script = ("import sys; from runtime.devices import detect; found = detect(); "
+              "print('onnxruntime' in sys.modules, 'torch' in sys.modules, found.onnxruntime_providers)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["False", "False", "()"], run.stderr
 
 
 def test_a_cpu_replica_uses_the_cpu_provider_and_a_gpu_replica_without_cuda_refuses() -> None:
