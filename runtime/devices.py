@@ -14,6 +14,7 @@ so, rather than serving on the CPU behind a GPU price.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -131,13 +132,13 @@ def _visible(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
 def _onnxruntime_providers(*, load: bool = False) -> tuple[str, ...]:
     """What this onnxruntime build can run on; asked only of an onnxruntime already loaded unless
     ``load`` (detection in the gateway must not load it: +19 MiB resident, measured, for a list)."""
-    onnxruntime = sys.modules.get("onnxruntime")
-    if onnxruntime is None and load:
+    module: Any = sys.modules.get("onnxruntime")
+    if module is None and load:
         try:
-            import onnxruntime
+            module = importlib.import_module("onnxruntime")
         except ImportError:
             return ()
-    return tuple(onnxruntime.get_available_providers()) if onnxruntime is not None else ()
+    return tuple(module.get_available_providers()) if module is not None else ()
 
 
 def _torch_cuda_devices() -> int | None:
