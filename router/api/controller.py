@@ -110,7 +110,8 @@ class EndpointController:
         config = normalize_config(request.config)
         check_specs(config)
         await check_registered(config)
-        await self._check_gpus(config)
+        capacity = await self._gpu_capacity()
+        _check_gpus(config, capacity)
         await self._removed(name)
         record = self.store.create(
             name,
@@ -120,7 +121,7 @@ class EndpointController:
             tags={tag.key: tag.value for tag in request.tags},
             extras=_extras(request),
         )
-        await self._suggest(name, config)
+        await self._suggest(name, config, capacity)
         if self.leading:
             self._start_rollout(record)
         return record
@@ -130,33 +131,24 @@ class EndpointController:
         config = normalize_config(parse_body(EndpointCoreConfigInput, body, ""), prefix="")
         check_specs(config, "served_entities")
         await check_registered(config, "served_entities")
-        await self._check_gpus(config, "served_entities")
+        capacity = await self._gpu_capacity()
+        _check_gpus(config, capacity, "served_entities")
         record = self.store.submit_config(name, config, principal)
-        await self._suggest(name, config)
+        await self._suggest(name, config, capacity)
         if self.leading:
             self._start_rollout(record)
         return record
 
-    async def _check_gpus(self, config: EndpointConfig, where: str = "config.served_entities") -> None:
-        """A GPU workload type where the backend has no GPU is refused now (400), not accepted, priced and
-        then crash-looping or served on the CPU."""
-        wanting = [(index, entity.workload_type) for index, entity in enumerate(config.served_entities)
-                   if entity.workload_type != "CPU"]
-        if not wanting or self.gpu_capacity is None:
-            return
-        capacity = await self.gpu_capacity()
-        if capacity.gpus is None or capacity.gpus > 0:
-            return
-        index, workload_type = wanting[0]
-        raise InvalidParameterValue(
-            f"{where}[{index}].workload_type {workload_type} needs a GPU, and {capacity.where} has none: "
-            "use workload_type CPU, or a backend with GPUs")
+    async def _gpu_capacity(self) -> GpuCapacity | None:
+        """Asked once per create or update (on Kubernetes it lists the nodes), for the check and the
+        suggestions both."""
+        return await self.gpu_capacity() if self.gpu_capacity is not None else None
 
-    async def _suggest(self, name: str, config: EndpointConfig) -> None:
+    async def _suggest(self, name: str, config: EndpointConfig, capacity: GpuCapacity | None) -> None:
         self.suggestions.pop(name, None)
-        if self.gpu_capacity is None or all(e.workload_type != "CPU" for e in config.served_entities):
+        if capacity is None or not capacity.gpus:
             return
-        found = await asyncio.to_thread(gpu_suggestions, config, await self.gpu_capacity())
+        found = await asyncio.to_thread(gpu_suggestions, config, capacity)
         if found:
             self.suggestions[name] = found
 
@@ -345,6 +337,19 @@ class _RolloutFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _check_gpus(config: EndpointConfig, capacity: GpuCapacity | None,
+                where: str = "config.served_entities") -> None:
+    """A GPU workload type where the backend has no GPU is refused now (400), not accepted, priced and
+    then crash-looping or served on the CPU. ``capacity`` None: the backend cannot tell; nothing refused."""
+    if capacity is None or capacity.gpus is None or capacity.gpus > 0:
+        return
+    for index, entity in enumerate(config.served_entities):
+        if entity.workload_type != "CPU":
+            raise InvalidParameterValue(
+                f"{where}[{index}].workload_type {entity.workload_type} needs a GPU, and {capacity.where} "
+                "has none: use workload_type CPU, or a backend with GPUs")
 
 
 def _keys(name: str, config: EndpointConfig | None) -> set[EntityKey]:

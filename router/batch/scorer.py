@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from router.storage import arrow_filesystem, delta_storage_options, is_delta, s3_client
 from runtime.types import V2_TO_NUMPY, v2_datatype
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
@@ -79,40 +78,6 @@ class _Progress:
 # ---- storage ---------------------------------------------------------------------------------------
 
 
-def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path of a local path, ``file://`` URI or ``s3://`` URI (S3-compatible
-    stores via ``ZEROSERVE_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``, credentials from the AWS
-    environment)."""
-    if location.startswith("s3://"):
-        endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        options: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        return pafs.S3FileSystem(**options), location.removeprefix("s3://").rstrip("/")
-    path = location.removeprefix("file://")
-    return pafs.LocalFileSystem(), str(Path(path).absolute())
-
-
-def _s3_client() -> Any:
-    import botocore.session
-
-    endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    return botocore.session.get_session().create_client(
-        "s3", endpoint_url=endpoint or None, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-
-
-def delta_storage_options(location: str) -> dict[str, str]:
-    from router.observability._delta import storage_options
-
-    return storage_options(location) or {}
-
-
-def _is_delta(location: str) -> bool:
-    fs, path = filesystem(location)
-    return fs.get_file_info(f"{path}/_delta_log").type == pafs.FileType.Directory
-
-
 @dataclass
 class _Input:
     location: str
@@ -120,17 +85,19 @@ class _Input:
     schema: pa.Schema
     rows: int
     identity: list[list[Any]]  # (file, size) per fragment: what a resumed run must find again
+    delta: bool
 
     @classmethod
     def open(cls, location: str) -> _Input:
-        if _is_delta(location):
+        delta = is_delta(location)
+        if delta:
             from deltalake import DeltaTable
 
             table = DeltaTable(location, storage_options=delta_storage_options(location))
             dataset = table.to_pyarrow_dataset()
             identity_extra = [["delta version", table.version()]]
         else:
-            fs, path = filesystem(location)
+            fs, path = arrow_filesystem(location)
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise BatchScoringError(f"the input {location} does not exist")
@@ -139,9 +106,10 @@ class _Input:
         fragments = sorted(dataset.get_fragments(), key=lambda fragment: fragment.path)
         if not fragments:
             raise BatchScoringError(f"the input {location} holds no Parquet data")
-        rows = sum(fragment.count_rows() for fragment in fragments)
+        # Counted once: on S3 each count is a request for the file's footer.
         identity = [[fragment.path.rsplit("/", 1)[-1], fragment.count_rows()] for fragment in fragments]
-        return cls(location, fragments, dataset.schema, rows, identity_extra + identity)
+        rows = sum(count for _, count in identity)
+        return cls(location, fragments, dataset.schema, rows, identity_extra + identity, delta)
 
     def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Batches of exactly ``batch_rows`` rows (the last one shorter), the same on every run."""
@@ -149,6 +117,9 @@ class _Input:
         held = 0
         for fragment in self.fragments:
             for batch in fragment.to_batches(batch_size=batch_rows):
+                if not pending and batch.num_rows == batch_rows:
+                    yield batch  # the common case: a whole batch from one file, nothing to copy
+                    continue
                 pending.append(batch)
                 held += batch.num_rows
                 while held >= batch_rows:
@@ -167,16 +138,18 @@ class _Output:
     def __init__(self, location: str, delta: bool) -> None:
         self.location = location
         self.delta = delta
-        self.fs, self.path = filesystem(location)
+        self.fs, self.path = arrow_filesystem(location)
         # Delta commits one at a time: concurrent appends would race to create the table and conflict.
         self._commit = threading.Lock()
 
     def manifest(self) -> dict[str, Any] | None:
+        # Only "not there" means a first run: any other read failure stops the run (taking it for a first
+        # run would write a new manifest over the output of another).
         try:
             with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as stream:
                 document: dict[str, Any] = json.loads(stream.read())
                 return document
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:
             return None
 
     def start(self, manifest: dict[str, Any]) -> set[int]:
@@ -185,21 +158,21 @@ class _Output:
         if found is None:
             self._put(MANIFEST, json.dumps(manifest, indent=1).encode())
             return set()
-        if found == manifest and not self.location.startswith("s3://"):
+        if found != manifest:
+            raise BatchScoringError(
+                f"{self.location} holds the output of another run (input, batch size, endpoint or columns "
+                f"differ: {found} != {manifest}); write to a new output, or remove it to start over")
+        if not self.location.startswith("s3://"):
             # Parts a killed run was writing aside: never renamed into place, so never part of the output.
             for info in self.fs.get_file_info(pafs.FileSelector(self.path)):
                 name = info.path.rsplit("/", 1)[-1]
                 if name.startswith(".") and name.endswith(".tmp"):
                     self.fs.delete_file(info.path)
-        if found != manifest:
-            raise BatchScoringError(
-                f"{self.location} holds the output of another run (input, batch size, endpoint or columns "
-                f"differ: {found} != {manifest}); write to a new output, or remove it to start over")
         return self._done()
 
     def _done(self) -> set[int]:
         if self.delta:
-            if not _is_delta(self.location):
+            if not is_delta(self.location):
                 return set()
             from deltalake import DeltaTable
 
@@ -210,7 +183,7 @@ class _Output:
         done = set()
         for info in self.fs.get_file_info(selector):
             name = info.path.rsplit("/", 1)[-1]
-            if name.startswith("part-") and name.endswith(".parquet"):
+            if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
                 done.add(int(name[5:-8]))
         return done
 
@@ -221,7 +194,7 @@ class _Output:
             table = table.append_column(BATCH_COLUMN, pa.array(np.full(table.num_rows, index, np.int64)))
             with self._commit:
                 write_deltalake(self.location, table, mode="append",
-                                storage_options=delta_storage_options(self.location) or None)
+                                storage_options=delta_storage_options(self.location))
             return
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
@@ -232,7 +205,7 @@ class _Output:
         if self.location.startswith("s3://"):
             # One PUT (atomic on S3); pyarrow's writer would make a multipart upload of every object.
             bucket, _, prefix = self.path.partition("/")
-            _s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"), Body=data)
+            s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"), Body=data)
             return
         self.fs.create_dir(self.path, recursive=True)
         aside = f"{self.path}/.{name}-{uuid.uuid4().hex[:8]}.tmp"  # aside, then renamed into place
@@ -246,8 +219,7 @@ class _Output:
 
 def request_body(batch: pa.RecordBatch, features: Sequence[str]) -> bytes:
     columns = [batch.column(name) for name in features]
-    if all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
-           for c in columns) and all(c.null_count == 0 for c in columns):
+    if _numeric(batch, features):
         data: Any = np.column_stack([c.to_numpy(zero_copy_only=False) for c in columns])
     else:
         data = [list(row) for row in zip(*(c.to_pylist() for c in columns), strict=True)]
@@ -360,6 +332,25 @@ async def _send(
     raise AssertionError("unreachable")
 
 
+async def score_batch(
+    client: httpx.AsyncClient, batch: pa.RecordBatch, *, endpoint: str, features: Sequence[str],
+    protocol: str, index: int, progress: _Progress, max_retries: int,
+) -> pa.Table:
+    """The endpoint's predictions for ``batch`` (retried as ``_send`` does), as columns."""
+    if protocol == "v2-binary" or (protocol == "auto" and _numeric(batch, features)):
+        body, length = v2_binary_body(batch, features)
+        response = await _send(client, f"/v2/models/{endpoint}/infer", body, index, progress, max_retries, {
+            "content-type": "application/octet-stream", "inference-header-content-length": str(length)})
+        return v2_table(v2_predictions(response), batch.num_rows)
+    body = request_body(batch, features)
+    response = await _send(client, f"/serving-endpoints/{endpoint}/invocations", body, index, progress,
+                           max_retries)
+    return predictions_table(orjson.loads(response.content), batch.num_rows)
+
+
+PROTOCOLS = ("auto", "json", "v2-binary")
+
+
 # ---- the run ----------------------------------------------------------------------------------------
 
 
@@ -393,24 +384,22 @@ def score(job: BatchJob) -> BatchResult:
 async def score_async(job: BatchJob) -> BatchResult:
     if job.batch_rows < 1 or job.concurrency < 1 or job.part_rows < 1:
         raise BatchScoringError("batch_rows, part_rows and concurrency must be at least 1")
+    if job.protocol not in PROTOCOLS:  # before anything is written
+        raise BatchScoringError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {job.protocol!r}")
     source = await asyncio.to_thread(_Input.open, job.input)
     names = source.schema.names
     missing = [name for name in (*job.key, *(job.features or ())) if name not in names]
     if missing:
         raise BatchScoringError(f"columns {missing} are not in the input (it has {names})")
     features = list(job.features) if job.features else [name for name in names if name not in job.key]
-    delta = (job.output_format or ("delta" if _is_delta(job.input) else "parquet")) == "delta"
+    delta = (job.output_format or ("delta" if source.delta else "parquet")) == "delta"
     output = _Output(job.output, delta)
     per_part = max(1, job.part_rows // job.batch_rows)  # batches per part: the unit that lands, or not
     manifest = {"input": source.identity, "batch_rows": job.batch_rows, "batches_per_part": per_part,
                 "endpoint": job.endpoint, "key": list(job.key), "features": features}
     done = await asyncio.to_thread(output.start, manifest)
     progress = _Progress(source.rows, on_advance=job.on_progress)
-    path = f"/serving-endpoints/{job.endpoint}/invocations"
-    v2_path = f"/v2/models/{job.endpoint}/infer"
     headers = {"Authorization": f"Bearer {job.token}"} if job.token else {}
-    if job.protocol not in ("auto", "json", "v2-binary"):
-        raise BatchScoringError(f"protocol must be auto, json or v2-binary, got {job.protocol!r}")
     started = time.monotonic()
     scored = skipped = batches = 0
     # A part's batches, answered (by batch index), until the part is whole and written.
@@ -440,17 +429,9 @@ async def score_async(job: BatchJob) -> BatchResult:
 
         async def one(index: int, batch: pa.RecordBatch) -> None:
             try:
-                binary = job.protocol == "v2-binary" or (job.protocol == "auto" and _numeric(batch, features))
-                if binary:
-                    body, length = v2_binary_body(batch, features)
-                    response = await _send(client, v2_path, body, index, progress, job.max_retries, {
-                        "content-type": "application/octet-stream",
-                        "inference-header-content-length": str(length)})
-                    predicted = v2_table(v2_predictions(response), batch.num_rows)
-                else:
-                    response = await _send(client, path, request_body(batch, features), index, progress,
-                                           job.max_retries)
-                    predicted = predictions_table(orjson.loads(response.content), batch.num_rows)
+                predicted = await score_batch(client, batch, endpoint=job.endpoint, features=features,
+                                              protocol=job.protocol, index=index, progress=progress,
+                                              max_retries=job.max_retries)
                 keys = batch.select(list(job.key))
                 answered.setdefault(index // per_part, {})[index] = pa.Table.from_arrays(
                     [*keys.columns, *predicted.columns], names=[*keys.schema.names, *predicted.column_names])

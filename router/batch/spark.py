@@ -16,19 +16,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
-import orjson
 import pyarrow as pa
 
-from router.batch.scorer import (
-    _numeric,
-    _Progress,
-    _send,
-    predictions_table,
-    request_body,
-    v2_binary_body,
-    v2_predictions,
-    v2_table,
-)
+from router.batch.scorer import PROTOCOLS, BatchScoringError, _Progress, score_batch
 
 
 def score_dataframe(
@@ -49,6 +39,8 @@ def score_dataframe(
     SQL type). ``features``: the columns the model takes (default: every column not in ``key``)."""
     from pyspark.sql.types import StructField, StructType, _parse_datatype_string
 
+    if protocol not in PROTOCOLS:  # refused on the driver, not on every executor
+        raise BatchScoringError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     columns = list(features) if features else [name for name in frame.columns if name not in key]
     fields = [field for field in frame.schema.fields if field.name in key]
     schema = StructType([*fields, StructField("prediction", _parse_datatype_string(result_type), True)])
@@ -72,7 +64,10 @@ def _score_chunks(chunks: Iterator[Any], settings: dict[str, Any]) -> Iterator[A
             for start in range(0, len(chunk), settings["batch_rows"]):
                 rows = chunk.iloc[start: start + settings["batch_rows"]]
                 batch = pa.RecordBatch.from_pandas(rows, preserve_index=False)
-                predicted = loop.run_until_complete(_score_batch(client, batch, settings))
+                predicted = loop.run_until_complete(score_batch(
+                    client, batch, endpoint=settings["endpoint"], features=settings["features"],
+                    protocol=settings["protocol"], index=start, progress=_Progress(len(rows)),
+                    max_retries=settings["max_retries"]))
                 scored = rows[settings["key"]].reset_index(drop=True)
                 values = predicted.column(0).to_pylist()
                 scored["prediction"] = values
@@ -80,19 +75,3 @@ def _score_chunks(chunks: Iterator[Any], settings: dict[str, Any]) -> Iterator[A
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()
-
-
-async def _score_batch(
-    client: httpx.AsyncClient, batch: pa.RecordBatch, settings: dict[str, Any]
-) -> pa.Table:
-    features, progress = settings["features"], _Progress(batch.num_rows)
-    protocol = settings["protocol"]
-    if protocol == "v2-binary" or (protocol == "auto" and _numeric(batch, features)):
-        body, length = v2_binary_body(batch, features)
-        response = await _send(client, f"/v2/models/{settings['endpoint']}/infer", body, 0, progress,
-                               settings["max_retries"], {"content-type": "application/octet-stream",
-                                                         "inference-header-content-length": str(length)})
-        return v2_table(v2_predictions(response), batch.num_rows)
-    response = await _send(client, f"/serving-endpoints/{settings['endpoint']}/invocations",
-                           request_body(batch, features), 0, progress, settings["max_retries"])
-    return predictions_table(orjson.loads(response.content), batch.num_rows)

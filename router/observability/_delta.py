@@ -15,24 +15,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from router.observability import _parquet
+from router.storage import delta_storage_options
 
 if TYPE_CHECKING:
     from router.observability.inference_tables import CaptureRecord
-
-
-def storage_options(location: str) -> dict[str, str] | None:
-    if not location.startswith("s3://"):
-        return None
-    options = {"AWS_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-               # One writer per table (this gateway's capture task): no lock service is needed to commit.
-               "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    endpoint = os.environ.get("ZEROSERVE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    if endpoint:
-        options.update(AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        if os.environ.get(name):
-            options[name] = os.environ[name]
-    return options
 
 
 def location(root: str, table: str) -> str:
@@ -48,7 +34,7 @@ def append(root: str, table: str, records: list[CaptureRecord]) -> None:
     if not where.startswith("s3://"):
         os.makedirs(where, exist_ok=True)
     write_deltalake(where, _parquet.arrow_table(records), mode="append", partition_by=["date"],
-                    storage_options=storage_options(where))
+                    storage_options=delta_storage_options(where))
 
 
 def maintain(root: str, table: str, retention_days: float | None, now: datetime.datetime) -> dict[str, Any]:
@@ -58,7 +44,7 @@ def maintain(root: str, table: str, retention_days: float | None, now: datetime.
 
     where = location(root, table)
     try:
-        delta = DeltaTable(where, storage_options=storage_options(where))
+        delta = DeltaTable(where, storage_options=delta_storage_options(where))
     except TableNotFoundError:
         return {}
     done: dict[str, Any] = {"compacted": delta.optimize.compact().get("numFilesRemoved", 0)}

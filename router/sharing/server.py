@@ -28,8 +28,9 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import principal_of, require_admin
 from router.auth.types import Principal
-from router.sharing.store import SharedTable, SharingStore
+from router.sharing.store import Share, SharedTable, SharingStore
 from router.state.db import Database
+from router.storage import delta_storage_options, s3_client
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
 PREFIX = "/delta-sharing"
@@ -63,17 +64,16 @@ class SharingServer:
             return None
         return self.store.shares_of(principal.name)
 
-    def _share(self, request: Request) -> str:
+    def _share(self, request: Request) -> Share:
         name = request.path_params["share"]
         visible = self._visible(principal_of(request))
         if visible is not None and name not in visible:
             raise NotFound(f"Share '{name}' does not exist.")
-        self.store.share(name)
-        return str(name)
+        return self.store.share(name)
 
     def _table(self, request: Request) -> SharedTable:
         share = self._share(request)
-        return self.store.table(share, request.path_params["schema"], request.path_params["table"])
+        return self.store.table(share.name, request.path_params["schema"], request.path_params["table"])
 
     # ---- the protocol ------------------------------------------------------------------------------
 
@@ -84,22 +84,21 @@ class SharingServer:
         return _json({"items": items})
 
     async def get_share(self, request: Request) -> Response:
-        share = self.store.share(self._share(request))
+        share = self._share(request)
         return _json({"share": {"name": share.name, "id": share.id}})
 
     async def list_schemas(self, request: Request) -> Response:
-        share = self._share(request)
+        share = self._share(request).name
         names = sorted({table.schema for table in self.store.tables(share)})
         return _json({"items": [{"name": name, "share": share} for name in names]})
 
     async def list_tables(self, request: Request) -> Response:
         share = self._share(request)
         schema = request.path_params.get("schema")
-        tables = self.store.tables(share, schema)
+        tables = self.store.tables(share.name, schema)
         if schema is not None and not tables:
-            raise NotFound(f"Schema '{schema}' does not exist in share '{share}'.")
-        share_id = self.store.share(share).id
-        return _json({"items": [{"name": t.name, "schema": t.schema, "share": t.share, "shareId": share_id,
+            raise NotFound(f"Schema '{schema}' does not exist in share '{share.name}'.")
+        return _json({"items": [{"name": t.name, "schema": t.schema, "share": t.share, "shareId": share.id,
                                  "id": t.id} for t in tables]})
 
     async def version(self, request: Request) -> Response:
@@ -157,9 +156,7 @@ class SharingServer:
     def _url(self, table: SharedTable, path: str, expires_ms: int) -> str:
         if table.location.startswith("s3://"):
             bucket, _, prefix = table.location.removeprefix("s3://").partition("/")
-            from router.batch.scorer import _s3_client
-
-            return str(_s3_client().generate_presigned_url(
+            return str(s3_client().generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": f"{prefix.rstrip('/')}/{path}".lstrip("/")},
                 ExpiresIn=int(self.url_ttl_s)))
         claim = f"{table.share}\n{table.schema}\n{table.name}\n{path}\n{expires_ms}".encode()
@@ -297,10 +294,8 @@ def _open(location: str, version: int | None) -> Any:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from router.observability._delta import storage_options
-
     try:
-        return DeltaTable(location, version=version, storage_options=storage_options(location))
+        return DeltaTable(location, version=version, storage_options=delta_storage_options(location))
     except TableNotFoundError:
         raise NotFound(f"the shared table's data is not there (no Delta table at {location})") from None
     except Exception as error:  # a version that does not exist, an unreadable store

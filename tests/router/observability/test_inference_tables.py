@@ -238,7 +238,7 @@ async def test_an_endpoint_can_ask_for_delta_while_the_gateway_writes_parquet(tm
 async def test_a_delta_table_on_s3(moto_s3: Any) -> None:
     from deltalake import DeltaTable
 
-    from router.observability._delta import storage_options
+    from router.storage import delta_storage_options as storage_options
 
     moto_s3.create_bucket(Bucket="lake")
     tables = InferenceTables(InferenceTableSettings(uri="s3://lake/serving", format="delta"))

@@ -180,7 +180,7 @@ def test_a_table_on_s3_is_shared_with_presigned_urls(
 ) -> None:
     from deltalake import write_deltalake
 
-    from router.observability._delta import storage_options
+    from router.storage import delta_storage_options as storage_options
     from tests.router.gateway_process import s3_models
 
     with s3_models("lake", {}) as environment:
