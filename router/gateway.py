@@ -43,9 +43,9 @@ from router.api.observed import AutoscalerScaler
 from router.api.openapi import allowed_methods, gateway_openapi
 from router.api.views import EntityState
 from router.auth.access import FrontDoorAccess, require_admin
+from router.auth.admission import DATABRICKS_DISCOVERY
 from router.auth.directory import StoreDirectory
 from router.auth.frontdoor import FrontDoor
-from router.auth.middleware import DATABRICKS_DISCOVERY
 from router.auth.settings import SecuritySettings
 from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, error_response
 from router.dataplane.queries import GatewayQueries, query_protocol

@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autoscaler.backend import GpuCapacity, ReplicaHealth, ReplicaStartError
 from autoscaler.backends.local import runtime_argv
+from autoscaler.probe import READY_PATH, ReadinessProbe
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
 from runtime.pool import ASSIGN_PATH, POOL_PATH
@@ -61,7 +62,6 @@ ENDPOINT_ANNOTATION = "zeroserve.io/endpoint-name"
 ENTITY_ANNOTATION = "zeroserve.io/served-entity-name"
 CAPACITY_ANNOTATION = "zeroserve.io/capacity"
 POOL_LABEL = "zeroserve.io/pool"
-_PROBE_PATH = "/v2/health/ready"
 # What Kubernetes says when a container cannot start; each ends a start at once with that reason.
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
@@ -111,8 +111,7 @@ class KubernetesBackend:
                  ) -> None:
         self.settings = settings or KubernetesBackendSettings()
         self._client: Any = None
-        self._http: httpx.AsyncClient | None = None
-        self._probe_timeout_s = probe_timeout_s
+        self._probe = ReadinessProbe(probe_timeout_s)  # its client also carries the pool's calls
         self._replicas: dict[str, ReplicaInfo] = {}
         # The pod of each replica: a specialized pool pod keeps the name it was created with.
         self._pods: dict[str, str] = {}
@@ -136,8 +135,8 @@ class KubernetesBackend:
             config = (KubeConfig.from_file(self.settings.kubeconfig) if self.settings.kubeconfig
                       else KubeConfig.from_env())
             self._client = AsyncClient(config=config, namespace=self.settings.namespace)
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
+        if not self._probe.opened:
+            await self._probe.warm()
             if self.settings.pool_size > 0:
                 self._refill_later()
 
@@ -265,9 +264,8 @@ class KubernetesBackend:
             argv = self.pod_manifest(entity, spec, replica_id)["spec"]["containers"][0]["args"]
             argv = [pod.status.podIP if part == "$(POD_IP)" else part for part in argv]
             env = dict(spec.environment_vars)
-            assert self._http is not None
             try:
-                answer = await self._http.post(f"{url}{ASSIGN_PATH}", json={"argv": argv, "env": env})
+                answer = await self._probe.client.post(f"{url}{ASSIGN_PATH}", json={"argv": argv, "env": env})
             except httpx.HTTPError as error:
                 logger.warning("pool pod %s did not take its assignment: %s", name, error)
                 await self._delete(name, grace_s=0)
@@ -281,9 +279,8 @@ class KubernetesBackend:
         return None
 
     async def _idle(self, url: str) -> bool:
-        assert self._http is not None
         try:
-            answer = await self._http.get(f"{url}{POOL_PATH}")
+            answer = await self._probe.client.get(f"{url}{POOL_PATH}")
         except httpx.HTTPError:
             return False
         return answer.status_code == 200
@@ -454,7 +451,7 @@ class KubernetesBackend:
                 "args": argv,
                 "env": env,
                 "ports": [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}],
-                "readinessProbe": {"httpGet": {"path": _PROBE_PATH, "port": settings.port},
+                "readinessProbe": {"httpGet": {"path": READY_PATH, "port": settings.port},
                                    "periodSeconds": settings.probe_period_s, "failureThreshold": 3},
                 "resources": resources,
                 "volumeMounts": mounts,
@@ -522,15 +519,6 @@ class KubernetesBackend:
             with contextlib.suppress(Exception):
                 await events.aclose()
 
-    async def _probe(self, url: str) -> bool:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
-        try:
-            response = await self._http.get(url + _PROBE_PATH)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
     async def _delete(self, name: str, grace_s: int) -> None:
         from lightkube import ApiError
         from lightkube.resources.core_v1 import Pod
@@ -559,9 +547,7 @@ class KubernetesBackend:
             with contextlib.suppress(Exception):
                 await self._client.close()
             self._client = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._probe.aclose()
 
 
 def start_problem(pod: Any) -> str | None:

@@ -25,12 +25,11 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
-
 from autoscaler.backend import GpuCapacity, ReplicaHealth, ReplicaStartError
 from autoscaler.backends._process import ProcessOutput, kill, spawn, terminate
 from autoscaler.backends._worker import DETACHED_ENV
 from autoscaler.backends.warm_pool import WarmPool, needs_fresh_process
+from autoscaler.probe import ReadinessProbe
 from autoscaler.settings import LocalBackendSettings
 from autoscaler.spec import EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo, ReplicaOptimization
@@ -41,7 +40,6 @@ from runtime.store.cache import pid_alive
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
-_PROBE_PATH = "/v2/health/ready"
 
 
 # On a GPU a larger batch pays: the device's cost per call is flat over a wide range of batch sizes, so a
@@ -244,12 +242,11 @@ class LocalBackend:
         self._accelerators: Accelerators | None = None
         self._gpu_holders: dict[int, str] = {}
         self._memory_watch: asyncio.Task[None] | None = None
-        self._probe_timeout_s = probe_timeout_s
         self._replicas: dict[str, _LocalReplica] = {}
         # Replicas another gateway's backend started, taken over when this gateway began to lead.
         self._adopted: dict[str, _AdoptedReplica] = {}
         self._gone: OrderedDict[str, ProcessOutput] = OrderedDict()
-        self._client: httpx.AsyncClient | None = None
+        self._probe = ReadinessProbe(probe_timeout_s)
         # Model-cache counters announced by replicas when ready (hits, misses, bytes fetched), summed.
         self._cache_counters = [0, 0, 0]
 
@@ -268,11 +265,8 @@ class LocalBackend:
         if self._unix_sockets and self._socket_dir is None:
             remove_stale_socket_dirs(tempfile.gettempdir())
             self._socket_dir = tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-")  # mode 0700
-        if self._client is None:
-            self._client = self._new_client()
-            # The first request through a client imports its async backend (~50 ms): pay it here, on a
-            # port nothing listens on, rather than on the first cold start.
-            await self._probe("http://127.0.0.1:1")
+        if not self._probe.opened:
+            await self._probe.warm()
         if self._pool is not None:
             self._pool.start()
         if self._memory_watch is None and sys.platform == "linux":  # reads /proc
@@ -401,9 +395,7 @@ class LocalBackend:
                              *(terminate_pid(a.pid, 5.0) for a in adopted), return_exceptions=True)
         for replica in replicas:
             await self._retire(replica)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._probe.aclose()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
@@ -499,9 +491,7 @@ class LocalBackend:
             await replica.output.aclose()
         self._replicas.clear()
         self._adopted.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._probe.aclose()
 
     def started_from_pool(self, replica_id: str) -> bool:
         replica = self._replicas.get(replica_id)
@@ -552,20 +542,6 @@ class LocalBackend:
                                         log_tail=replica.output.tail())
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-
-    async def _probe(self, url: str) -> bool:
-        if self._client is None:
-            self._client = self._new_client()
-        try:
-            response = await self._client.get(url + _PROBE_PATH)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    def _new_client(self) -> httpx.AsyncClient:
-        # Probes go to loopback replicas only: no proxies from the environment, and no TLS (so no CA
-        # bundle to load, which costs ~150 ms).
-        return httpx.AsyncClient(timeout=self._probe_timeout_s, trust_env=False, verify=False)
 
     def _url_host(self) -> str:
         if self._host in ("0.0.0.0", ""):

@@ -1,33 +1,46 @@
-"""Error answers sent by the front door's ASGI middleware, which runs outside the app's exception handler.
+"""The one rendering of a ``ZeroserveError`` as an HTTP answer, whichever layer refused the request.
 
-They carry the same ``{"error_code", "message"}`` body as every other zeroserve error, built from the
-same ``ZeroserveError`` object, so a client cannot tell which layer refused it.
+The front door's ASGI middleware (which runs outside the app's exception handler), the app's handler and
+the query path below ASGI all answer through ``error_answer``, so a client cannot tell which layer
+refused it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import orjson
 from starlette.types import Send
 
 from runtime.errors import ZeroserveError
 
+# An answer as status, raw headers and body: what the query path writes, and what ``send_error`` sends.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+_JSON = (b"content-type", b"application/json")
+
 
 def error_body(error: ZeroserveError, path: str) -> bytes:
     """``{"error_code", "message"}``, plus ``error`` on Open Inference Protocol paths (its clients read
-    the message there): the one rendering of an error, whichever layer refused the request."""
+    the message there)."""
     payload: dict[str, str] = error.to_dict()
     if path.startswith("/v2/") or path == "/v2":
         payload["error"] = error.message
     return orjson.dumps(payload)
 
 
-async def send_error(
-    send: Send, error: ZeroserveError, extra_headers: dict[str, str] | None = None, *, path: str
-) -> None:
+def error_answer(error: ZeroserveError, path: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> Answer:
+    """``error``'s status, headers (its own, then ``extra``) and body for a request to ``path``."""
     body = error_body(error, path)
-    headers = {**error.headers, **(extra_headers or {})}
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                    for name, value in headers.items()]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": raw_headers})
+    headers = [_JSON, (b"content-length", b"%d" % len(body))]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in error.headers.items()]
+    headers += extra
+    return error.status_code, headers, body
+
+
+async def send_error(
+    send: Send, error: ZeroserveError, extra: Iterable[tuple[bytes, bytes]] = (), *, path: str
+) -> None:
+    status, headers, body = error_answer(error, path, extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

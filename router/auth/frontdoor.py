@@ -4,23 +4,25 @@ The gateway builds one ``FrontDoor`` over its database and endpoint directory, m
 wraps its app with ``wrap()``, and calls ``startup()`` once (which may return a freshly generated admin
 token to print). Outermost first, a request passes:
 
-    trusted proxies -> limits (size, time, last-resort 500) -> audit -> authentication
-        -> endpoint guard (data-plane permissions, rate limits) -> app
+    trusted proxies -> limits (body as it arrives, time, last-resort 500) -> audit
+        -> admission (declared size, token, data-plane permissions and rate limits) -> app
+
+The query path below ASGI (router.dataplane.queries) admits its queries through the same
+``admission()`` and applies the same limits.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from router.auth.admission import ALWAYS_PUBLIC, V2_HEALTH, Admission, AdmissionMiddleware
 from router.auth.audit import AuditLog, AuditMiddleware
-from router.auth.guard import DATAPLANE_RULES, EndpointGuard, GuardRule
 from router.auth.limits import LimitsMiddleware
-from router.auth.middleware import ALWAYS_PUBLIC, V2_HEALTH, AuthMiddleware
 from router.auth.permissions import Authorizer, PermissionStore
 from router.auth.ratelimit import RateLimiter, enforce
 from router.auth.settings import SecuritySettings
@@ -100,16 +102,20 @@ class FrontDoor:
 
         return front_door_routes(self, endpoint_store)
 
-    def wrap(self, app: ASGIApp, *, guard_rules: Iterable[GuardRule] = DATAPLANE_RULES) -> ASGIApp:
-        """The gateway app behind the front door's middleware (see the module docstring for the order)."""
-        settings = self.settings
-        wrapped: ASGIApp = EndpointGuard(app, front_door=self, rules=guard_rules)
-        wrapped = AuthMiddleware(
-            wrapped,
-            tokens=self.tokens if self.auth_enabled else None,
+    def admission(self, max_body_bytes: int | None = None) -> Admission:
+        """The admission step of this front door (``max_body_bytes``: a lower body limit than its own)."""
+        limit = self.settings.max_body_bytes
+        return Admission(
             front_door=self,
+            tokens=self.tokens if self.auth_enabled else None,
+            max_body_bytes=limit if max_body_bytes is None else min(limit, max_body_bytes),
             public_paths=self.public_paths(),
         )
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """The gateway app behind the front door's middleware (see the module docstring for the order)."""
+        settings = self.settings
+        wrapped: ASGIApp = AdmissionMiddleware(app, self.admission())
         wrapped = AuditMiddleware(wrapped, audit=self.audit)
         wrapped = LimitsMiddleware(
             wrapped,

@@ -1,9 +1,10 @@
 """Limits that keep bad or slow input from hurting the gateway: body size, body and request time, JSON depth.
 
-``LimitsMiddleware`` (pure ASGI, outermost) enforces:
+``LimitsMiddleware`` (pure ASGI, outermost) enforces, once a request is admitted (a declared
+``Content-Length`` over the limit is refused by admission, ``router.auth.admission``, before a byte is read):
 
-- the body size: a ``Content-Length`` over the limit is refused before a byte is read; a chunked body,
-  or one whose ``Content-Length`` lies, is counted as it arrives and refused (413) once it passes the limit;
+- the body size: a chunked body, or one whose ``Content-Length`` lies, is counted as it arrives and
+  refused (413) once it passes the limit;
 - the body read time: each chunk must arrive within ``body_timeout_s`` (a client that announces 1 MB
   and sends 10 bytes gets 408 instead of holding a task forever);
 - the request time: an app that has not started its response after ``request_timeout_s`` is cancelled
@@ -27,6 +28,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.auth._respond import send_error
+from router.auth.admission import CONNECTION_CLOSE, body_too_large
 from runtime.errors import InvalidInput, PayloadTooLarge, UpstreamTimeout, ZeroserveError
 
 log = logging.getLogger("zeroserve.limits")
@@ -38,10 +40,6 @@ DEFAULT_MAX_JSON_DEPTH = 64
 class RequestTimeout(ZeroserveError):
     status_code = 408
     error_code = "REQUEST_TIMEOUT"
-
-
-class _BodyTooLarge(PayloadTooLarge):
-    pass
 
 
 class LimitsMiddleware:
@@ -63,10 +61,6 @@ class LimitsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        declared = content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await send_error(send, self._too_large(), {"Connection": "close"}, path=scope["path"])
             return
         received = 0
         body_done = False
@@ -90,7 +84,7 @@ class LimitsMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise self._too_large()
+                    raise body_too_large(self.max_body_bytes)
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True
@@ -117,7 +111,7 @@ class LimitsMiddleware:
             # Raised by limited_receive where the app did not turn it into a response itself.
             if response_started:
                 raise
-            extra = {"Connection": "close"} if isinstance(error, PayloadTooLarge | RequestTimeout) else None
+            extra = CONNECTION_CLOSE if isinstance(error, PayloadTooLarge | RequestTimeout) else ()
             await send_error(send, error, extra, path=scope["path"])
         except Exception as exc:
             if response_started:
@@ -127,19 +121,6 @@ class LimitsMiddleware:
             if self.debug:
                 message += "\n" + "".join(traceback.format_exception(exc))
             await send_error(send, ZeroserveError(message), path=scope["path"])
-
-    def _too_large(self) -> PayloadTooLarge:
-        return _BodyTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.")
-
-
-def content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the HTTP parser has already refused it
-    return None
 
 
 # A JSON string literal; only applied to text orjson has already accepted as JSON.

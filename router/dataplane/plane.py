@@ -37,8 +37,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from autoscaler.types import EntityKey, ReplicaInfo
+from autoscaler.probe import ReadinessProbe
+from autoscaler.types import EntityKey
 from router.auth._respond import error_body
+from router.auth.admission import body_too_large
 from router.dataplane.activator import Activator, ClientGone, Clock, ScaleRequester
 from router.dataplane.balancer import EntityRemoved
 from router.dataplane.proxy import (
@@ -49,11 +51,11 @@ from router.dataplane.proxy import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
-from router.dataplane.routes import DATAPLANE_ROUTES, DataPlaneRoute, Kind, QueryMatcher
+from router.dataplane.routes import DATAPLANE_ROUTES, DataPlaneRoute, Kind, RouteMatcher
 from router.dataplane.routing import EndpointEntry, EndpointRouting, RoutingTable
 from router.dataplane.stats import DataPlaneStats
 from router.dataplane.traffic import choose_entity, peek_client_request_id, shadow_targets
-from runtime.errors import NoCapacity, PayloadTooLarge, UpstreamTimeout, ZeroserveError
+from runtime.errors import NoCapacity, UpstreamTimeout, ZeroserveError
 
 if TYPE_CHECKING:
     from router.observability.inference_tables import InferenceTables
@@ -67,8 +69,6 @@ SERVED_MODEL_NAME = "served-model-name"
 _DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"authorization", b"cookie", b"expect"}
 # The router's server writes its own date/server headers; the length is set for the body we send.
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
-# The probe an ejected replica must pass before it gets traffic again.
-_HEALTH_PATH = "/v2/health/ready"
 
 
 class QueryCaller(Protocol):
@@ -103,7 +103,9 @@ class DataPlane:
         self.table = table if table is not None else RoutingTable()
         self.pool = pool if pool is not None else UpstreamPool()
         self.activator = activator if activator is not None else Activator(scaler, clock=clock)
-        self.activator.set_health_check(self._health_check)
+        # An ejected replica gets traffic again once it passes the one readiness probe its backend uses.
+        self.probe = ReadinessProbe()
+        self.activator.set_health_check(lambda replica: self.probe(replica.url))
         self.stats = DataPlaneStats()
         # Inference tables (observability): handed each finished request of an endpoint that captures.
         self.capture: InferenceTables | None = None
@@ -129,6 +131,7 @@ class DataPlane:
             task.cancel()
         await self.activator.aclose()
         await self.pool.aclose()
+        await self.probe.aclose()
 
     # -- routing table (called by the control plane) -------------------------------------------------
 
@@ -465,21 +468,6 @@ class DataPlane:
         served = entry.cumulative[0][1].served_entity if entry.cumulative else ""
         await _send_response(send, UpstreamResponse(200 if ready else 503, [], b""), served)
 
-    async def _health_check(self, replica: ReplicaInfo) -> bool:
-        slot = next(
-            (s for s in self.activator.replicas(replica.entity) if s.replica_id == replica.replica_id), None
-        )
-        if slot is None:
-            return False
-        try:
-            response = await self.pool.request(
-                slot.host, slot.port, "GET", _HEALTH_PATH, [], b"", timeout_s=2.0,
-                unix_socket=slot.unix_socket,
-            )
-        except (ConnectionError, ZeroserveError):
-            return False
-        return response.status == 200
-
 
 def _forwarded(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
     """What a query passes on to the replica besides its body: its query string (``?...`` to append to
@@ -535,10 +523,6 @@ def error_response(request: Request, exc: Exception) -> Response:
         headers=exc.headers,
         media_type="application/json",
     )
-
-
-def body_too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
 
 class _Handler:
@@ -611,16 +595,18 @@ class QueryRoutes:
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
-        self._matcher = QueryMatcher()
+        self._matcher = RouteMatcher.queries()
         self._upstream = upstream_paths(dataplane)
 
-    def match(self, method: str, path: str) -> tuple[dict[str, str], Callable[[EntityKey], str]] | None:
-        """(path params, upstream path) when ``method path`` is a query route."""
+    def match(
+        self, method: str, path: str
+    ) -> tuple[dict[str, str], Callable[[EntityKey], str], DataPlaneRoute] | None:
+        """(path params, upstream path, the route) when ``method path`` is a query route."""
         found = self._matcher.match(method, path)
         if found is None:
             return None
         route, params = found
-        return params, self._upstream[cast(str, route.upstream)]
+        return params, self._upstream[cast(str, route.upstream)], route
 
 
 class QueryFastPath(QueryRoutes):
@@ -646,7 +632,7 @@ class QueryFastPath(QueryRoutes):
         if matched is None:
             await self.app(scope, receive, send)
             return
-        scope["path_params"], upstream_path = matched
+        scope["path_params"], upstream_path, _ = matched
         try:
             await self.dataplane.handle(scope, receive, send, upstream_path)
         except ZeroserveError as exc:

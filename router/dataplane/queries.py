@@ -4,10 +4,12 @@ Every inference request used to cross uvicorn's ASGI cycle (a scope, a task runn
 dicts through ``receive``/``send``) and five middleware layers, each wrapping ``send`` in a closure: on
 this kind of 2-core machine that was about half of the router's CPU time per routed request, and the
 router's CPU is what caps routed throughput when it shares the cores with the replica. Here a query is
-handled with the same checks in the same order, by the same functions:
+admitted by the front door's one admission step (``router.auth.admission``, as on the ASGI stack), then
+served under the same limits:
 
-    content length -> bearer token (401) -> CAN_QUERY + rate limits (403/404/429) -> body (413/408)
-        -> data plane, under the request timeout (504) -> answer + x-request-id -> access-log line
+    admission: content length (413) -> bearer token (401) -> CAN_QUERY + rate limits (403/404/429)
+        -> body (413/408) -> data plane, under the request timeout (504) -> answer + x-request-id
+        -> access-log line
 
 ``QueryProtocol`` is uvicorn's httptools protocol (with the front door's header limits) that names the
 query routes as its ``direct_handler``s: a ``POST`` to one is answered through a
@@ -38,21 +40,22 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, cast
 
 from autoscaler.types import EntityKey
-from router.auth.limits import RequestTimeout, content_length
-from router.auth.middleware import authenticate_token, challenge, token_of
+from router.auth._respond import Answer, error_answer
+from router.auth.admission import Admission, body_too_large, content_length
+from router.auth.limits import RequestTimeout
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
-from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
+from router.auth.types import Principal
 from router.dataplane.activator import ClientGone
 from router.dataplane.deadlines import Deadlines
-from router.dataplane.plane import DataPlane, QueryRoutes, body_too_large, error_body, response_headers
+from router.dataplane.plane import DataPlane, QueryRoutes, response_headers
 from router.dataplane.proxy import UpstreamResponse
+from router.dataplane.routes import DataPlaneRoute
 from router.observability.logging import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -61,21 +64,17 @@ from router.observability.logging import (
     request_id_of,
     request_id_var,
 )
-from runtime.errors import PayloadTooLarge, Unauthenticated, UpstreamTimeout, ZeroserveError
+from runtime.errors import PayloadTooLarge, UpstreamTimeout, ZeroserveError
 from runtime.http import ClientDisconnected, DirectExchange, DirectHandler, ImmediateHandler
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
-    from router.auth.tokens import TokenStore
 
 log = logging.getLogger("zeroserve.queries")
 
-_JSON = (b"content-type", b"application/json")
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
-
-# A query route: its path parameters, and the replica's path for the entity chosen.
-QueryRoute = tuple[dict[str, str], Callable[[EntityKey], str]]
+# A query route: its path parameters, the replica's path for the entity chosen, and its line of the table.
+QueryRoute = tuple[dict[str, str], Callable[[EntityKey], str], DataPlaneRoute]
 
 
 async def _read_body(exchange: DirectExchange, limit: int, timeout_s: float | None) -> bytes:
@@ -112,6 +111,12 @@ class GatewayQueries:
         self.front_door = front_door
         self.access_log = access_log
         self.routes = QueryRoutes(dataplane)
+        # Admission as on the ASGI stack; the body limit is also the data plane's own, if lower.
+        if front_door is None:
+            self.admission = Admission(front_door=None, tokens=None, max_body_bytes=dataplane.max_body_bytes)
+        else:
+            self.admission = front_door.admission(dataplane.max_body_bytes)
+        self.body_limit = cast(int, self.admission.max_body_bytes)
         self.match = self.routes.match
         # The front door's request timeout: one timer for all queries in flight (router.dataplane.deadlines);
         # an overdue query's task is cancelled, and the handler turns that cancellation into the 504.
@@ -188,11 +193,6 @@ class GatewayQueries:
         if self.access_log and access_logger.isEnabledFor(logging.INFO):
             log_access(scope, status, time.perf_counter() - started, request_id)
 
-    def _body_limit(self) -> int:
-        if self.front_door is None:
-            return self.dataplane.max_body_bytes
-        return min(self.front_door.settings.max_body_bytes, self.dataplane.max_body_bytes)
-
     def _admit(
         self,
         route: QueryRoute,
@@ -201,34 +201,23 @@ class GatewayQueries:
         authorization: bytes | None,
         body_size: int | None,
     ) -> Answer | None:
-        """The front door, before the body is read: its size (413; ``body_size``: as declared, or None),
-        the bearer token in ``authorization`` (401), then CAN_QUERY and rate limits (403/404/429).
-        None: admitted."""
-        scope["path_params"] = route[0]
-        limit = self._body_limit()
-        if body_size is not None and body_size > limit:
-            exchange.keep_alive = False  # the body is not read (or the rest of it)
-            return _error(body_too_large(limit), scope["path"])
-        front_door = self.front_door
-        if front_door is None:
-            return None
+        """The front door's one admission step (``router.auth.admission``), before the body is read;
+        ``body_size``: as declared, or None. None: admitted."""
+        params = scope["path_params"] = route[0]
         try:
-            scope[FRONT_DOOR_SCOPE_KEY] = front_door
-            principal = None
-            if front_door.auth_enabled:
-                # Query routes are only served on QueryProtocol connections (its direct_handler).
-                connection: QueryProtocol = exchange.protocol  # type: ignore[assignment]
-                found = _authenticate(connection, front_door.tokens, authorization)
-                if isinstance(found, Unauthenticated):
-                    return _error(found, scope["path"], [(b"www-authenticate", challenge(found).encode())])
-                principal = found
-            scope[PRINCIPAL_SCOPE_KEY] = principal
-            front_door.admit_query(principal, route[0]["name"])
-        except ZeroserveError as error:
-            return _error(error, scope["path"])
+            # Query routes are only served on QueryProtocol connections (its direct_handler), which
+            # remember the token they last verified.
+            connection: QueryProtocol = exchange.protocol  # type: ignore[assignment]
+            refusal = self.admission.admit(
+                scope, authorization, body_size, route[2], params["name"], connection
+            )
         except Exception:
             return self._internal(scope)
-        return None
+        if refusal is None:
+            return None
+        if refusal.close:
+            exchange.keep_alive = False  # the body is not read (or the rest of it)
+        return error_answer(refusal.error, scope["path"], refusal.headers)
 
     async def _forward(
         self,
@@ -247,7 +236,7 @@ class GatewayQueries:
         try:
             if body is None:
                 body_timeout_s = None if front_door is None else front_door.settings.body_timeout_s
-                body = await _read_body(exchange, self._body_limit(), body_timeout_s)
+                body = await _read_body(exchange, self.body_limit, body_timeout_s)
             if front_door is not None:
                 loop = exchange.loop  # the protocol's: asking asyncio for the running loop costs more
                 task = asyncio.current_task(loop)
@@ -262,7 +251,7 @@ class GatewayQueries:
             except asyncio.CancelledError:
                 if task is None or task not in self._overdue or task.uncancel() > 0:
                     raise  # cancelled by someone else (shutdown), not by its deadline
-                return _error(UpstreamTimeout(_took_longer(request_timeout_s)), scope["path"])
+                return error_answer(UpstreamTimeout(_took_longer(request_timeout_s)), scope["path"])
             finally:
                 if task is not None:
                     self._deadlines.forget(task)
@@ -273,7 +262,7 @@ class GatewayQueries:
         except ZeroserveError as error:
             if isinstance(error, PayloadTooLarge | RequestTimeout):
                 exchange.keep_alive = False  # what is left of the body would be read as a request
-            return _error(error, scope["path"])
+            return error_answer(error, scope["path"])
         except Exception:
             return self._internal(scope)
 
@@ -286,7 +275,7 @@ class GatewayQueries:
         message = "Internal error."
         if self.front_door is not None and self.front_door.settings.debug:
             message += "\n" + traceback.format_exc()
-        return _error(ZeroserveError(message), scope["path"])
+        return error_answer(ZeroserveError(message), scope["path"])
 
 
 @dataclass(slots=True, eq=False)
@@ -306,7 +295,7 @@ class ImmediateQuery:
         self._answer(_answer_of(response, entity))
 
     def failed(self, error: ZeroserveError) -> None:
-        self._answer(_error(error, self.exchange.scope["path"]))
+        self._answer(error_answer(error, self.exchange.scope["path"]))
 
     def fall_back(self, entity: EntityKey | None) -> None:
         self.entity = entity
@@ -341,35 +330,6 @@ class QueryHandler(ImmediateHandler):
         self.queries.serve_at_once(self.route, exchange)
 
 
-def _authenticate(
-    connection: QueryProtocol, tokens: TokenStore, authorization: bytes | None
-) -> Principal | Unauthenticated:
-    """The caller of a query on ``connection``, from its ``Authorization`` header.
-
-    A client sends the same token with every request of a keep-alive connection: the connection keeps
-    the header it last verified and its principal, and a request carrying the same header (compared in
-    constant time: behind a proxy, one connection may carry several callers' requests) takes that
-    principal without hashing the token again, while ``TokenStore.still_valid`` says nothing has
-    changed (not revoked, not expired, not reloaded). Measured: 1.5 µs less per query in a loop
-    (``benchmarks.router_path``), 2-6 µs less router CPU per routed request in ``router_overhead``'s
-    gateway (paired runs of 20-24 rounds). The header stays in memory as long as the connection does,
-    not only while one of its requests is served."""
-    known = connection.verified_token
-    if (
-        known is not None
-        and authorization is not None
-        and compare_digest(authorization, known[0])
-        and tokens.still_valid(known[1])
-    ):
-        return known[1]
-    found = authenticate_token(tokens, token_of(authorization))
-    if isinstance(found, Unauthenticated):
-        connection.verified_token = None
-    else:  # a principal was found, so there was a header
-        connection.verified_token = (cast(bytes, authorization), found)
-    return found
-
-
 def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | None]:
     """The request's id (now also in the scope) and its first ``Authorization`` header: one pass over
     the headers for both."""
@@ -387,17 +347,6 @@ def _request_id_and_authorization(scope: dict[str, Any]) -> tuple[str, bytes | N
 @lru_cache(maxsize=8)
 def _took_longer(timeout_s: float) -> str:
     return f"The request took longer than {timeout_s:g} s."
-
-
-def _error(error: ZeroserveError, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> Answer:
-    """The same answer the ASGI layers give for ``error``: ``{"error_code", "message"}``, plus ``error``
-    on Open Inference Protocol paths (where tritonclient and KServe clients look for the message)."""
-    body = error_body(error, path)
-    headers = [_JSON, (b"content-length", b"%d" % len(body))]
-    headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                for name, value in error.headers.items()]
-    headers += extra
-    return error.status_code, headers, body
 
 
 class QueryProtocol(HeaderLimitedHttpToolsProtocol):

@@ -2,14 +2,15 @@
 
 Every way into the data plane is derived from ``DATAPLANE_ROUTES``: the Starlette routes of the ASGI
 stack (``plane.dataplane_routes``: dispatch, 405s, the OpenAPI document), the permission and rate-limit
-rules the front door applies to them (``auth.guard``), and the matcher of the query path below ASGI
-(``QueryMatcher``, used by ``plane.QueryFastPath`` and ``queries``). A new route, or a new permission or
-limit on one, is a line here.
+checks of the front door's one admission step (``auth.admission``, through a ``RouteMatcher`` of the routes
+that name an endpoint), and the matcher of the query path below ASGI (``RouteMatcher.queries()``, used by
+``plane.QueryFastPath`` and ``queries``). A new route, or a new permission or limit on one, is a line here.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,10 +73,13 @@ class _Pattern:
     def __init__(self, route: DataPlaneRoute) -> None:
         segments = route.path.split("/")
         params = [index for index, segment in enumerate(segments) if segment.startswith("{")]
+        if not params:
+            raise ValueError(f"{route.path}: only templates with a parameter are matched here")
         first, last = params[0], params[-1]
         self.route = route
         self.prefix = "/".join(segments[:first]) + "/"
-        self.suffix = "/" + "/".join(segments[last + 1:])
+        rest = segments[last + 1:]
+        self.suffix = "/" + "/".join(rest) if rest else ""  # "" when the template ends in a parameter
         self.middle = tuple(segments[first:last + 1])  # literal segments, or "{param}"
         # The common case, one parameter between prefix and suffix: no split needed.
         self.single = self.middle[0][1:-1] if len(self.middle) == 1 else None
@@ -101,15 +105,28 @@ class _Pattern:
         return params
 
 
-class QueryMatcher:
-    """Matches ``method path`` against the query routes of the table: (route, path params) or None."""
+class RouteMatcher:
+    """Matches ``method path`` against some routes of the table (those ``select`` keeps): (route, path
+    params) or None, as Starlette's routing would (tests/router/dataplane/test_routes.py checks)."""
 
-    def __init__(self, routes: tuple[DataPlaneRoute, ...] = DATAPLANE_ROUTES) -> None:
+    def __init__(
+        self, select: Callable[[DataPlaneRoute], bool], routes: tuple[DataPlaneRoute, ...] = DATAPLANE_ROUTES
+    ) -> None:
         by_method: dict[str, list[_Pattern]] = {}
         for route in routes:
-            if route.query:
+            if select(route):
                 by_method.setdefault(route.method, []).append(_Pattern(route))
         self._by_method = {method: tuple(patterns) for method, patterns in by_method.items()}
+
+    @classmethod
+    def queries(cls) -> RouteMatcher:
+        """The query routes: what the query path below ASGI serves."""
+        return cls(lambda route: route.query)
+
+    @classmethod
+    def guarded(cls) -> RouteMatcher:
+        """The routes that name an endpoint: where admission checks a permission (and rate limits)."""
+        return cls(lambda route: route.level is not None)
 
     def match(self, method: str, path: str) -> tuple[DataPlaneRoute, dict[str, str]] | None:
         for pattern in self._by_method.get(method, ()):

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from router.auth.admission import Admission, AdmissionMiddleware
 from router.auth.api import _json_response
 from router.auth.audit import REDACTED, AuditLog, AuditMiddleware, describe_body, redact
-from router.auth.middleware import AuthMiddleware
 from router.auth.tokens import TokenStore
 from router.state.db import Database
 from tests.router.auth.conftest import FakeClock
@@ -49,7 +49,8 @@ def setup(db: Database, clock: FakeClock) -> tuple[httpx.AsyncClient, AuditLog, 
     audit = AuditLog(db, clock=clock)
     app = Starlette(routes=[Route("/api/2.0/thing", change, methods=["GET", "PUT", "DELETE"]),
                             Route("/serving-endpoints/x/invocations", change, methods=["POST"])])
-    asgi = AuditMiddleware(AuthMiddleware(app, tokens=tokens), audit=audit)
+    asgi = AuditMiddleware(
+        AdmissionMiddleware(app, Admission(front_door=None, tokens=tokens, max_body_bytes=None)), audit=audit)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://gw")
     return client, audit, token
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from router.auth.admission import Admission, AdmissionMiddleware
 from router.auth.limits import LimitsMiddleware, json_depth, loads_json
 from router.auth.tls import uvicorn_options
 from router.dataplane.plane import error_response
@@ -56,7 +57,10 @@ def make_app(debug: bool = False) -> LimitsMiddleware:
             raise RuntimeError("database password is hunter2")
         await starlette_app(scope, receive, send)
 
-    return LimitsMiddleware(app, max_body_bytes=LIMIT, body_timeout_s=0.3, request_timeout_s=1.0, debug=debug)
+    # As the front door stacks them: a declared length over the limit is refused by admission.
+    admitted = AdmissionMiddleware(app, Admission(front_door=None, tokens=None, max_body_bytes=LIMIT))
+    return LimitsMiddleware(admitted, max_body_bytes=LIMIT, body_timeout_s=0.3, request_timeout_s=1.0,
+                            debug=debug)
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,10 @@ class Poker:
 
 
 @pytest.fixture
-async def dataplane() -> AsyncIterator[DataPlane]:
-    async with running(DataPlane(scaler=Poker())) as plane:
+async def dataplane(request: pytest.FixtureRequest) -> AsyncIterator[DataPlane]:
+    # A test may set the body limit: @pytest.mark.parametrize("dataplane", [limit], indirect=True).
+    limit = getattr(request, "param", 16 * 1024 * 1024)
+    async with running(DataPlane(scaler=Poker(), max_body_bytes=limit)) as plane:
         yield plane
 
 
@@ -103,7 +105,7 @@ def test_fast_path_matches_exactly_the_query_routes(
         assert matched is None
     else:
         assert matched is not None
-        params, upstream = matched
+        params, upstream, _ = matched
         assert (params, upstream(A)) == expected
 
 
@@ -116,8 +118,6 @@ async def test_a_local_replica_is_reached_over_its_unix_socket(
         response = await client.post("/serving-endpoints/ep/invocations", content=b'{"inputs": [1]}')
         assert response.status_code == 200 and response.content == b'{"inputs": [1]}'
         assert response.headers["x-client-port"] == "unix"  # the replica saw no TCP peer
-        # So does the health check that readmits an ejected replica.
-        assert await dataplane._health_check(replica.info(A))
         assert replica.requests == 1
 
 
@@ -276,6 +276,48 @@ async def test_upstream_timeout_is_504(dataplane: DataPlane, client: httpx.Async
     assert response.json()["error_code"] == "DEADLINE_EXCEEDED"
 
 
+async def test_an_ejected_replica_returns_once_it_passes_the_readiness_probe(
+    dataplane: DataPlane, client: httpx.AsyncClient
+) -> None:
+    # A replica that drops every query (ejected after two in a row) while its readiness probe, the one
+    # every backend uses, answers as ``ready`` says: out while it is not ready, back once it is.
+    ready = False
+    probed = 0
+
+    async def drops_queries(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal probed
+        while True:
+            request = await read_request(reader)
+            if not request.startswith(b"GET /v2/health/ready "):
+                return  # closes the connection without an answer
+            probed += 1
+            writer.write(b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % (b"200 OK" if ready else b"503 No"))
+            await writer.drain()
+
+    async with raw_server(drops_queries) as port, echo_replica("good", capacity=8) as good:
+        dataplane.set_endpoint("ep", [(A, 100)])
+        dataplane.activator.replica_ready(ReplicaInfo("flaky", A, f"http://127.0.0.1:{port}", 8))
+        dataplane.activator.replica_ready(good.info(A))
+        slot = next(slot for slot in dataplane.activator.replicas(A) if slot.replica_id == "flaky")
+        for _ in range(40):
+            await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+            if slot.ejected:
+                break
+        assert slot.ejected
+        for _ in range(100):
+            if probed:
+                break
+            await asyncio.sleep(0.05)
+        assert probed and slot.ejected  # probed, not ready: stays out
+        ready = True
+        for _ in range(100):
+            if not slot.ejected:
+                break
+            await asyncio.sleep(0.05)
+        assert not slot.ejected
+    assert not await dataplane.probe(f"http://127.0.0.1:{port}")  # nothing answers there any more
+
+
 async def test_unreachable_replica_is_retried_elsewhere_then_ejected(
     dataplane: DataPlane, client: httpx.AsyncClient
 ) -> None:
@@ -357,8 +399,8 @@ async def test_shadow_entity_gets_a_copy_whose_answer_is_dropped(
     assert main.requests == 5 and shadow.requests == 5
 
 
+@pytest.mark.parametrize("dataplane", [1000], indirect=True)
 async def test_oversized_body_is_413(dataplane: DataPlane, client: httpx.AsyncClient) -> None:
-    dataplane.max_body_bytes = 1000
     dataplane.set_endpoint("ep", [(A, 100)])
     response = await client.post("/serving-endpoints/ep/invocations", content=b"x" * 1001, headers=JSON)
     assert response.status_code == 413 and response.json()["error_code"] == "REQUEST_TOO_LARGE"

@@ -1,15 +1,17 @@
-"""The data plane's one route table and everything derived from it: the Starlette routes, the front door's
-rules, and the query path's string matcher, which must match exactly what Starlette's would."""
+"""The data plane's one route table and everything derived from it: the Starlette routes, and the string
+matchers of the query path and of admission, which must match exactly what Starlette's would."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.routing import Route, compile_path
 
-from router.auth.guard import DATAPLANE_RULES
 from router.dataplane.plane import DataPlane, dataplane_routes
-from router.dataplane.routes import DATAPLANE_ROUTES, Kind, QueryMatcher
+from router.dataplane.routes import DATAPLANE_ROUTES, DataPlaneRoute, RouteMatcher
 
 
 def test_the_asgi_routes_are_the_table() -> None:
@@ -20,16 +22,17 @@ def test_the_asgi_routes_are_the_table() -> None:
     assert declared == {(route.path, route.method) for route in DATAPLANE_ROUTES}
 
 
-def test_the_front_doors_rules_are_the_tables_routes_that_name_an_endpoint() -> None:
-    rules = {(rule.path, next(iter(rule.methods)), rule.level, rule.query) for rule in DATAPLANE_RULES}
-    assert rules == {(route.path, route.method, route.level, route.kind is Kind.QUERY)
-                     for route in DATAPLANE_ROUTES if route.level is not None}
-    assert all(route.level is not None for route in DATAPLANE_ROUTES if route.query)
+def test_every_query_names_an_endpoint_and_needs_a_permission_on_it() -> None:
+    queries = [route for route in DATAPLANE_ROUTES if route.query]
+    assert all(route.level is not None and "{name}" in route.path for route in queries)
+    assert all("{name}" in route.path for route in DATAPLANE_ROUTES if route.level is not None)
 
 
-def _starlette_match(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+def _starlette_match(
+    method: str, path: str, select: Callable[[DataPlaneRoute], bool]
+) -> tuple[str, dict[str, str]] | None:
     for route in DATAPLANE_ROUTES:
-        if route.query and route.method == method:
+        if select(route) and route.method == method:
             found = compile_path(route.path)[0].match(path)
             if found is not None:
                 return route.path, found.groupdict()
@@ -40,19 +43,33 @@ SEGMENTS = st.sampled_from(["serving-endpoints", "invocations", "v2", "models", 
                             "7", "", "a b", "%2F", "ready", "infer.json"])
 
 
+QUERIES, GUARDED = RouteMatcher.queries(), RouteMatcher.guarded()
+
+
 @given(method=st.sampled_from(["POST", "GET"]), segments=st.lists(SEGMENTS, max_size=7),
        trailing=st.booleans())
-def test_the_query_matcher_matches_exactly_what_starlette_would(
+def test_the_matchers_match_exactly_what_starlette_would(
     method: str, segments: list[str], trailing: bool
 ) -> None:
     path = "/" + "/".join(segments) + ("/" if trailing else "")
-    found = QueryMatcher().match(method, path)
-    mine = (found[0].path, found[1]) if found is not None else None
-    assert mine == _starlette_match(method, path), path
+    for matcher, select in ((QUERIES, lambda route: route.query),
+                            (GUARDED, lambda route: route.level is not None)):
+        found = matcher.match(method, path)
+        mine = (found[0].path, found[1]) if found is not None else None
+        assert mine == _starlette_match(method, path, select), path
+
+
+def test_a_template_without_a_parameter_is_not_taken() -> None:
+    with pytest.raises(ValueError, match="only templates with a parameter"):
+        RouteMatcher(lambda route: route.path == "/v2")
 
 
 def test_known_paths() -> None:
-    matcher = QueryMatcher()
+    route, params = GUARDED.match("GET", "/v2/models/fraud") or (None, None)
+    assert route is not None and route.upstream == "metadata" and params == {"name": "fraud"}
+    assert GUARDED.match("GET", "/v2/models/fraud/versions/3/ready") is not None
+    assert GUARDED.match("GET", "/v2/health/ready") is None
+    matcher = QUERIES
     route, params = matcher.match("POST", "/v2/models/fraud/versions/3/infer") or (None, None)
     assert route is not None and route.upstream == "infer" and params == {"name": "fraud", "version": "3"}
     assert matcher.match("POST", "/serving-endpoints/fraud/invocations") is not None

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from autoscaler.testing import FakeClock
 from autoscaler.types import EntityKey
-from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
+from router.auth.admission import ALWAYS_PUBLIC, Admission, AdmissionMiddleware
 from router.auth.tokens import TokenStore
 from router.dataplane.plane import error_response
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes, endpoint_metrics
@@ -61,7 +61,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     app = Starlette(routes=[*dashboard_routes(observability),
                             Route("/api/2.0/serving-endpoints/{name}/metrics", metrics_of)],
                     exception_handlers={ZeroserveError: error_response})
-    asgi = AuthMiddleware(app, tokens=tokens, public_paths=ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS)
+    asgi = AdmissionMiddleware(app, Admission(front_door=None, tokens=tokens, max_body_bytes=None,
+                                              public_paths=ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://gw") as http:
         yield Served(http, token, observability, clock)
     db.close()

@@ -25,7 +25,7 @@ from autoscaler.backend import MonotonicClock, ReplicaHealth
 from autoscaler.loop import Autoscaler
 from autoscaler.spec import AutoscalingSpec, EntitySpec
 from autoscaler.types import EntityKey, ReplicaInfo
-from router.auth.middleware import ALWAYS_PUBLIC, AuthMiddleware
+from router.auth.admission import ALWAYS_PUBLIC, Admission, AdmissionMiddleware
 from router.auth.tokens import TokenStore
 from router.dataplane.plane import DataPlane, dataplane_routes, error_response
 from router.observability.dashboard import DASHBOARD_PUBLIC_PATHS, dashboard_routes
@@ -187,8 +187,9 @@ async def test_the_dashboard_shows_live_charts_after_traffic(tmp_path: Path) -> 
         token, _ = tokens.create("operator", is_admin=True)
         app = Starlette(routes=[*dashboard_routes(observability), *dataplane_routes(dataplane)],
                         exception_handlers={ZeroserveError: error_response})
-        asgi = RequestIdMiddleware(AuthMiddleware(app, tokens=tokens,
-                                                  public_paths=ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS))
+        admission = Admission(front_door=None, tokens=tokens, max_body_bytes=None,
+                              public_paths=ALWAYS_PUBLIC | DASHBOARD_PUBLIC_PATHS)
+        asgi = RequestIdMiddleware(AdmissionMiddleware(app, admission))
         await dataplane.start()
         await autoscaler.start()
         await observability.start()
