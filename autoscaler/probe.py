@@ -28,7 +28,11 @@ class ReadinessProbe:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False, verify=False)
+            # No keep-alive: a probe's idle connection would hold up a draining replica's exit (it
+            # lingers for requests on open connections, runtime.app.ReplicaProtocol); a loopback or pod
+            # connect per probe costs far less than that.
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False, verify=False,
+                                             limits=httpx.Limits(max_keepalive_connections=0))
         return self._client
 
     @property

@@ -455,23 +455,38 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def store_down(root: Path, duration_s: float) -> Row:
+_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def _moto_models() -> Iterator[tuple[subprocess.Popen[bytes], str, Any]]:
+    """moto's S3 server, a subprocess on loopback (a fault may kill it), with a ``models`` bucket: the
+    process, its address (host:port) and a boto3 client for it."""
     import boto3
 
+    address = f"127.0.0.1:{_free_port()}"
+    host, port = address.split(":")
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", port],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: httpx.get(f"http://{address}/moto-api/", timeout=1).status_code == 200, 30,
+                   "moto")
+        s3 = boto3.client("s3", endpoint_url=f"http://{address}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        yield moto, address, s3
+    finally:
+        if moto.poll() is None:
+            moto.kill()
+            moto.wait(timeout=30)
+
+
+def store_down(root: Path, duration_s: float) -> Row:
     from runtime.examples import logreg_rows
 
     uri, body = onnx_model(root)
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    try:
-        wait_until(lambda: httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code == 200, 30, "moto")
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="models")
+    with _moto_models() as (moto, address, s3):
+        endpoint = f"http://{address}"
         local = Path(uri.removeprefix("file://"))
         for prefix in ("cached", "never-fetched"):
             for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -479,7 +494,7 @@ def store_down(root: Path, duration_s: float) -> Row:
         zero = {"scale_to_zero_enabled": True,
                 "autoscaling": {"scale_to_zero_grace_s": 0.5, "stable_window_s": 1, "scale_down_delay_s": 0}}
         tally = Tally()
-        with gateway(root / "home-store", {**aws, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}) as gw:
+        with gateway(root / "home-store", {**_AWS, "ZEROSERVE_S3_ENDPOINT_URL": endpoint}) as gw:
             create(gw, "cached", "s3://models/cached", **zero)
             create(gw, "never-fetched", "s3://models/never-fetched", **zero)
             with httpx.Client(timeout=120) as client:
@@ -501,10 +516,6 @@ def store_down(root: Path, duration_s: float) -> Row:
         return Row.of("object store down", tally, recovery,
                       f"cached model served from cache; uncached failed in {failed_in:.1f} s: "
                       f"{tally.details('clear', 1)}", checks)
-    finally:
-        if moto.poll() is None:
-            moto.kill()
-            moto.wait(timeout=30)
 
 
 def hang_on_load(root: Path, duration_s: float) -> Row:
@@ -598,66 +609,52 @@ def memory_leak(root: Path, duration_s: float) -> Row:
 
 def store_flaky(root: Path, duration_s: float) -> Row:
     """The store misbehaves at cold start, one way per endpoint: each cold start is one request."""
-    import boto3
+    import onnx
 
     from runtime.store.testing import S3Proxy
 
     uri, body = onnx_model(root)
-    port = _free_port()
-    upstream = f"127.0.0.1:{port}"
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = S3Proxy(upstream).start()
-    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
     slow_s = 2.0
-    faults: dict[str, Callable[[], None]] = {
-        "answers 500 twice": lambda: proxy.fail_gets(2, 500),
-        "cuts the connection mid-object twice": lambda: proxy.cut_gets(2, after_bytes=64),
-        "sends a corrupted body once": lambda: proxy.corrupt_gets(1),
-        f"takes {slow_s:g} s per object": lambda: setattr(proxy, "before_get", lambda: time.sleep(slow_s)),
-        "answers 500 to every read": lambda: proxy.fail_gets(10_000, 500),
-    }
-    try:
-        wait_until(lambda: httpx.get(f"http://{upstream}/moto-api/", timeout=1).status_code == 200, 30,
-                   "moto")
-        s3 = boto3.client("s3", endpoint_url=f"http://{upstream}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="models")
-        import onnx
-
-        graph = onnx.load(str(Path(uri.removeprefix("file://")) / "model.onnx"))
-        names = [f"cold-{index}" for index in range(len(faults))]
-        for name in names:
-            # Each its own bytes: the cache reuses an object it already holds (same ETag) without a GET.
-            graph.doc_string = name
-            s3.put_object(Bucket="models", Key=f"{name}/model.onnx", Body=graph.SerializeToString())
-        tally, results = Tally(), []
-        with gateway(root / "home-flaky", {**aws, "ZEROSERVE_S3_ENDPOINT_URL": proxy.endpoint_url}) as gw:
+    with _moto_models() as (_, address, s3):
+        proxy = S3Proxy(address).start()
+        faults: dict[str, Callable[[], None]] = {
+            "answers 500 twice": lambda: proxy.fail_gets(2, 500),
+            "cuts the connection mid-object twice": lambda: proxy.cut_gets(2, after_bytes=64),
+            "sends a corrupted body once": lambda: proxy.corrupt_gets(1),
+            f"takes {slow_s:g} s per object":
+                lambda: setattr(proxy, "before_get", lambda: time.sleep(slow_s)),
+            "answers 500 to every read": lambda: proxy.fail_gets(10_000, 500),
+        }
+        try:
+            graph = onnx.load(str(Path(uri.removeprefix("file://")) / "model.onnx"))
+            names = [f"cold-{index}" for index in range(len(faults))]
             for name in names:
-                create(gw, name, f"s3://models/{name}", scale_to_zero_enabled=True)
-            with httpx.Client(timeout=120) as client:
-                for name, (what, make_fault) in zip(names, faults.items(), strict=True):
-                    proxy.clear_faults()
-                    proxy.before_get = None
-                    make_fault()
-                    started = time.monotonic()
-                    kind = send(client, gw.invocations(name), body, tally)
-                    results.append((what, kind, time.monotonic() - started, tally.outcomes[-1].detail))
-            proxy.clear_faults()
-            proxy.before_get = None
-        expected = ["ok"] * (len(faults) - 1) + ["clear"]
-        persistent = results[-1]
-        checks = {"transient faults absorbed": [kind for _, kind, _, _ in results] == expected,
-                  "a store that keeps failing is named": "models" in persistent[3] or "s3" in persistent[3],
-                  "none lost": tally.count("lost") == 0}
-        summary = "; ".join(f"{what}: {kind} in {seconds:.1f} s" for what, kind, seconds, _ in results)
-        return Row.of("object store flaky at cold start", tally, max(seconds for _, _, seconds, _ in results),
-                      f"{summary}. Persistent: {persistent[3][:200]}", checks)
-    finally:
-        proxy.stop()
-        moto.kill()
-        moto.wait(timeout=30)
+                # Each its own bytes: the cache reuses an object it already holds (same ETag) without a GET.
+                graph.doc_string = name
+                s3.put_object(Bucket="models", Key=f"{name}/model.onnx", Body=graph.SerializeToString())
+            tally, results = Tally(), []
+            env = {**_AWS, "ZEROSERVE_S3_ENDPOINT_URL": proxy.endpoint_url}
+            with gateway(root / "home-flaky", env) as gw:
+                for name in names:
+                    create(gw, name, f"s3://models/{name}", scale_to_zero_enabled=True)
+                with httpx.Client(timeout=120) as client:
+                    for name, (what, make_fault) in zip(names, faults.items(), strict=True):
+                        proxy.clear_faults()
+                        proxy.before_get = None
+                        make_fault()
+                        started = time.monotonic()
+                        kind = send(client, gw.invocations(name), body, tally)
+                        results.append((what, kind, time.monotonic() - started, tally.outcomes[-1].detail))
+        finally:
+            proxy.stop()
+    expected = ["ok"] * (len(faults) - 1) + ["clear"]
+    persistent = results[-1]
+    checks = {"transient faults absorbed": [kind for _, kind, _, _ in results] == expected,
+              "a store that keeps failing is named": "models" in persistent[3] or "s3" in persistent[3],
+              "none lost": tally.count("lost") == 0}
+    summary = "; ".join(f"{what}: {kind} in {seconds:.1f} s" for what, kind, seconds, _ in results)
+    return Row.of("object store flaky at cold start", tally, max(seconds for _, _, seconds, _ in results),
+                  f"{summary}. Persistent: {persistent[3][:200]}", checks)
 
 
 FAULTS: dict[str, Callable[[Path, float], Row]] = {

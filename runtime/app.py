@@ -12,6 +12,7 @@ Protocol routes also carry ``"error"``, which ``tritonclient`` reads).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -234,17 +235,57 @@ class ReplicaApp:
 
 class ReplicaProtocol(CoalescingHttpToolsProtocol):
     """uvicorn's httptools protocol (responses in one write) that serves ``POST`` to the inference routes
-    below ASGI, through ``ReplicaApp.serve_direct``; every other request goes to the ASGI app."""
+    below ASGI, through ``ReplicaApp.serve_direct``; every other request goes to the ASGI app.
+
+    Draining (``shutdown``), uvicorn closes an idle keep-alive connection at once. A router that picked
+    that connection for a request just then — one that has not heard yet that the replica is going: a
+    pod deleted, the watch event still on its way — sees it close under the request it wrote and cannot
+    tell whether the replica ran it, so it must answer its client with an error. Here an idle connection
+    stays open ``linger_s`` more: a request that arrives meanwhile is served and answered with
+    ``Connection: close``; one that stays idle is closed at the end (or when the router closes it, as the
+    gateway does once it has drained the replica)."""
 
     replica_app: ReplicaApp
+    linger_s: float = 1.0
+    _closing = False  # draining: the next answer on this connection is its last
+    _linger: asyncio.TimerHandle | None = None
 
     def direct_handler(self, path: str) -> DirectHandler | None:
         return self.replica_app.serve_direct if _is_inference_path(path) else None
 
+    def shutdown(self) -> None:
+        self._closing = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # uvicorn's: close after this answer
+        elif self.linger_s > 0 and not self.transport.is_closing():
+            self._linger = self.loop.call_later(self.linger_s, self._end_linger)
+        else:
+            self.transport.close()
 
-def replica_protocol(app: ReplicaApp) -> type[ReplicaProtocol]:
-    """The protocol class a replica's uvicorn server runs, serving ``app``."""
-    return type("ReplicaProtocol", (ReplicaProtocol,), {"replica_app": app})
+    def _end_linger(self) -> None:
+        self._linger = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        # else: a request came during the linger; its answer closes the connection (see on_headers_complete)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._closing and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        super().connection_lost(exc)
+
+
+def replica_protocol(app: ReplicaApp, linger_s: float = 1.0) -> type[ReplicaProtocol]:
+    """The protocol class a replica's uvicorn server runs, serving ``app``; draining, idle connections
+    stay open ``linger_s`` for a request already on its way (see ``ReplicaProtocol``)."""
+    return type("ReplicaProtocol", (ReplicaProtocol,), {"replica_app": app, "linger_s": linger_s})
 
 
 def _is_inference_path(path: str) -> bool:

@@ -211,7 +211,9 @@ def _run(
     config = uvicorn.Config(
         app,
         # Inference requests answered below ASGI, and every response in one write (runtime.http).
-        http=replica_protocol(app),
+        # Draining, an idle keep-alive connection lingers up to a second for a request already sent on
+        # it (runtime.app.ReplicaProtocol), within the drain timeout.
+        http=replica_protocol(app, linger_s=min(1.0, settings.drain_timeout_s)),
         loop="none",
         lifespan="off",
         access_log=False,

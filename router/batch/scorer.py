@@ -84,9 +84,9 @@ class _Input:
     fragments: list[Any]  # pyarrow dataset fragments in name order
     schema: pa.Schema
     rows: int
-    identity: list[list[Any]]  # (file, size) per fragment: what a resumed run must find again
+    identity: list[list[Any]]  # (file, rows) per fragment: what a resumed run must find again
     delta: bool
-
+    counts: list[int]  # rows per fragment
     @classmethod
     def open(cls, location: str) -> _Input:
         delta = is_delta(location)
@@ -109,27 +109,57 @@ class _Input:
         # Counted once: on S3 each count is a request for the file's footer.
         identity = [[fragment.path.rsplit("/", 1)[-1], fragment.count_rows()] for fragment in fragments]
         rows = sum(count for _, count in identity)
-        return cls(location, fragments, dataset.schema, rows, identity_extra + identity, delta)
+        return cls(location, fragments, dataset.schema, rows, identity_extra + identity, delta,
+                   [count for _, count in identity])
 
-    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """Batches of exactly ``batch_rows`` rows (the last one shorter), the same on every run."""
+    def batches(
+        self, batch_rows: int, skip: Callable[[int], bool] = lambda index: False
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(index, batch): batches of exactly ``batch_rows`` rows (the last one shorter), the same on
+        every run, less those ``skip(index)`` names. A file whose rows all fall in skipped batches is not
+        read at all (its row count is known): a resumed run reads what it still has to score."""
         pending: list[pa.RecordBatch] = []
         held = 0
-        for fragment in self.fragments:
+        cursor = 0  # the input row where the next batch begins (a multiple of batch_rows)
+        begins = 0  # the input row where the next file begins
+        for fragment, count in zip(self.fragments, self.counts, strict=True):
+            first, last = begins // batch_rows, (begins + count - 1) // batch_rows
+            if count == 0:
+                continue
+            if all(skip(index) for index in range(first, last + 1)):
+                # What is pending belongs to batch ``first``: skipped too, as is the rest of batch
+                # ``last`` in the next file.
+                pending, held = [], 0
+                begins += count
+                cursor = (last + 1) * batch_rows
+                continue
+            drop = cursor - begins if not pending else 0  # rows of a skipped batch that began before
+            begins += count
             for batch in fragment.to_batches(batch_size=batch_rows):
+                if drop:
+                    if batch.num_rows <= drop:
+                        drop -= batch.num_rows
+                        continue
+                    batch = batch.slice(drop)
+                    drop = 0
                 if not pending and batch.num_rows == batch_rows:
-                    yield batch  # the common case: a whole batch from one file, nothing to copy
+                    # The common case: a whole batch from one file, nothing to copy.
+                    index, cursor = cursor // batch_rows, cursor + batch_rows
+                    if not skip(index):
+                        yield index, batch
                     continue
                 pending.append(batch)
                 held += batch.num_rows
                 while held >= batch_rows:
                     table = pa.Table.from_batches(pending).combine_chunks()
-                    yield table.slice(0, batch_rows).to_batches()[0]
+                    index, cursor = cursor // batch_rows, cursor + batch_rows
+                    if not skip(index):
+                        yield index, table.slice(0, batch_rows).to_batches()[0]
                     rest = table.slice(batch_rows)
                     pending = rest.to_batches() if rest.num_rows else []
                     held = rest.num_rows
-        if held:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        if held and not skip(cursor // batch_rows):
+            yield cursor // batch_rows, pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 class _Output:
@@ -401,10 +431,15 @@ async def score_async(job: BatchJob) -> BatchResult:
     progress = _Progress(source.rows, on_advance=job.on_progress)
     headers = {"Authorization": f"Bearer {job.token}"} if job.token else {}
     started = time.monotonic()
-    scored = skipped = batches = 0
+    batches = -(-source.rows // job.batch_rows)
+    # Rows of the parts already written: counted, and (whole files of them) not even read.
+    skipped = sum(min(job.batch_rows, source.rows - index * job.batch_rows)
+                  for index in range(batches) if index // per_part in done)
+    progress.advance(skipped)
+    scored = 0
     # A part's batches, answered (by batch index), until the part is whole and written.
     answered: dict[int, dict[int, pa.Table]] = {}
-    expected: dict[int, int] = {}  # batches of a part, once the input has moved past it
+    expected = {part: min(per_part, batches - part * per_part) for part in range(-(-batches // per_part))}
     writes: list[asyncio.Task[None]] = []
     failures: list[BaseException] = []
 
@@ -443,26 +478,12 @@ async def score_async(job: BatchJob) -> BatchResult:
                 slots.release()
 
         tasks: list[asyncio.Task[None]] = []
-        part = -1
-        for index, batch in enumerate(source.batches(job.batch_rows)):
-            batches += 1
-            if index // per_part != part:
-                if part >= 0:  # the previous part has all its batches: written once they are answered
-                    expected[part] = per_part
-                    part_whole(part)
-                part = index // per_part
-            if part in done:
-                skipped += batch.num_rows
-                progress.advance(batch.num_rows)
-                continue
+        for index, batch in source.batches(job.batch_rows, skip=lambda index: index // per_part in done):
             await slots.acquire()
             if failures:
                 slots.release()
                 break
             tasks.append(asyncio.create_task(one(index, batch)))
-        if part >= 0 and not failures:
-            expected[part] = batches - part * per_part
-            part_whole(part)
         await asyncio.gather(*tasks)
         await asyncio.gather(*writes)
     if failures:

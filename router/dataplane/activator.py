@@ -93,6 +93,8 @@ class Activator:
         self._background: set[asyncio.Task[Any]] = set()
         self._reporter: asyncio.Task[None] | None = None
         self._closed = False
+        # Called with a replica's slot once it has drained (the data plane closes its idle connections).
+        self.on_drained: Callable[[ReplicaSlot], None] | None = None
 
     def set_scaler(self, scaler: ScaleRequester | None) -> None:
         self._scaler = scaler
@@ -225,6 +227,8 @@ class Activator:
             await drained.wait()
         finally:
             self._drained.pop(replica.replica_id, None)
+        if self.on_drained is not None:
+            self.on_drained(slot)
 
     def replica_gone(self, replica: ReplicaInfo) -> None:
         logger.info("replica %s of %s gone", replica.replica_id, replica.entity)

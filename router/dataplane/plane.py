@@ -106,6 +106,9 @@ class DataPlane:
         # An ejected replica gets traffic again once it passes the one readiness probe its backend uses.
         self.probe = ReadinessProbe()
         self.activator.set_health_check(lambda replica: self.probe(replica.url))
+        # A drained replica is sent nothing more: its idle connections go, so that its shutdown does not
+        # wait on them.
+        self.activator.on_drained = lambda slot: self.pool.close_idle(slot.host, slot.port, slot.unix_socket)
         self.stats = DataPlaneStats()
         # Inference tables (observability): handed each finished request of an endpoint that captures.
         self.capture: InferenceTables | None = None

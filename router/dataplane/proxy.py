@@ -379,6 +379,14 @@ class UpstreamPool:
         self._deadlines.watch(connection, deadline)
         return True
 
+    def close_idle(self, host: str, port: int, unix_socket: str | None = None) -> None:
+        """Close the idle connections to one replica: it has drained, nothing more will be sent to it,
+        and its server waits for open connections while it shuts down (runtime.app.ReplicaProtocol)."""
+        for key in ((host, port), unix_socket):
+            if key is not None:
+                for connection in self._idle.pop(key, ()):
+                    connection.close()
+
     def _key(self, host: str, port: int, unix_socket: str | None) -> tuple[str, int] | str:
         if unix_socket is not None and unix_socket not in self._gone_sockets:
             return unix_socket

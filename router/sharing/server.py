@@ -31,7 +31,7 @@ from router.auth.types import Principal
 from router.sharing.store import Share, SharedTable, SharingStore
 from router.state.db import Database
 from router.storage import delta_storage_options, s3_client
-from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
+from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied, StoreError
 
 PREFIX = "/delta-sharing"
 FILES_PATH = f"{PREFIX}/files"  # public: the signature in the query string is the credential
@@ -224,8 +224,18 @@ class SharingServer:
     async def admin_add_table(self, request: Request) -> Response:
         require_admin(request)
         body = await _object(request)
-        table = self.store.add_table(request.path_params["share"], body.get("schema", "default"),
-                                     body.get("name"), body.get("location"))  # checked there: 400s
+        share, location = request.path_params["share"], body.get("location")
+        self.store.share(share)  # 404 before anything is opened
+        if isinstance(location, str) and location:
+            # Shared as it is found: a location with no Delta table is refused now, not at the first query.
+            try:
+                await asyncio.to_thread(_open, location, None)
+            except NotFound:
+                raise InvalidParameterValue(
+                    f"location {location!r} holds no Delta table: write the table first, then share it"
+                ) from None
+        table = self.store.add_table(share, body.get("schema", "default"), body.get("name"),
+                                     location)  # the names and the location's type checked there: 400s
         return _json({"share": table.share, "schema": table.schema, "name": table.name, "id": table.id})
 
     async def admin_remove_table(self, request: Request) -> Response:
@@ -290,16 +300,37 @@ def _inside(root: str, path: str) -> str:
     return target
 
 
+class TableUnreadable(StoreError):
+    """The shared table's store could not be reached, or its log could not be read (502)."""
+
+
 def _open(location: str, version: int | None) -> Any:
+    """The Delta table at ``location`` (at ``version``, or its latest). A recipient's question gets a
+    4xx: no table there (404), a version it never had (400); the server's own trouble a 502 that names
+    the store: unreachable, or a log that cannot be read."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    options = delta_storage_options(location)
     try:
-        return DeltaTable(location, version=version, storage_options=delta_storage_options(location))
+        return DeltaTable(location, version=version, storage_options=options)
     except TableNotFoundError:
         raise NotFound(f"the shared table's data is not there (no Delta table at {location})") from None
-    except Exception as error:  # a version that does not exist, an unreadable store
-        raise InvalidParameterValue(f"the table cannot be read at that version: {error}") from None
+    except OSError as error:  # the store did not answer (deltalake's I/O errors after its retries)
+        raise TableUnreadable(f"the shared table's store cannot be reached: {_first_line(error)}") from None
+    except Exception as error:
+        if version is not None:
+            latest = _open(location, None).version()
+            if version > latest:
+                raise InvalidParameterValue(
+                    f"version {version} of the table does not exist; its latest version is {latest}"
+                ) from None
+        raise TableUnreadable(f"the shared table cannot be read: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    # deltalake's messages carry a multi-line backtrace of the Rust kernel after the first line.
+    return str(error).strip().split("\n", 1)[0]
 
 
 def _protocol() -> dict[str, Any]:

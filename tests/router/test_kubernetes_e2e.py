@@ -180,10 +180,7 @@ def test_pods_come_and_go_without_losing_requests(kube: str, tmp_path: Path, mod
     finally:
         stop.set()
         gateway.stop()
-    # A request a pod already held when it went away is answered with a clear 503 that says so, never
-    # resent (a model that crashes on an input would crash the next pod too); with a 1 s grace period
-    # one can cross the pod's shutdown (a keep-alive connection closed as the request was written): at
-    # most one per load thread, each saying why. Nothing else may fail.
-    held = "the replica closed the connection while serving the request"
-    unexplained = [failure for failure in failures if not (failure.startswith("503 ") and held in failure)]
-    assert unexplained == [] and len(failures) <= 4 and sent[0] > 50, (failures[:5], sent[0])
+    # Nothing may fail: a pod that drains finishes what it holds, and a request the router writes on an
+    # idle keep-alive connection just as the pod starts draining (before the router has heard) is still
+    # answered, with Connection: close (runtime.app.ReplicaProtocol lingers) rather than cut off.
+    assert failures == [] and sent[0] > 50, (failures[:5], sent[0])

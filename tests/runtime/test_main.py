@@ -86,6 +86,56 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     assert replica.process.wait(timeout=15) == 0
 
 
+def _answer(conn: socket.socket) -> bytes:
+    """One whole answer with a Content-Length body read from ``conn`` (b"" when it closes first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return data
+
+
+def test_draining_a_request_on_an_idle_keep_alive_connection_is_served_and_the_connection_closed(
+    onnx_model: Path, start_replica: Callable[..., ReplicaProcess]
+) -> None:
+    # A router may write a request on its pooled connection just as the replica starts draining (a pod
+    # deleted before the router has heard): it must be answered, not cut off.
+    replica = start_replica("--model-uri", str(onnx_model), "--drain-timeout", "10")
+    body = orjson.dumps({"inputs": ROW})
+    request = (f"POST /invocations HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with (socket.create_connection(("127.0.0.1", replica.port), timeout=10) as used,
+          socket.create_connection(("127.0.0.1", replica.port), timeout=10) as idle):
+        for conn in (used, idle):
+            conn.sendall(request)
+            first = _answer(conn)
+            assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+        replica.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # draining once it stops accepting connections
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", replica.port)) != 0:
+                    break
+            assert time.monotonic() < deadline, "the replica still accepts connections 10 s after SIGTERM"
+            time.sleep(0.02)
+        used.sendall(request)
+        answer = _answer(used)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer
+        assert b"connection: close" in answer.lower()
+        assert used.recv(1) == b""  # and then it is closed
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # the connection that stayed idle is closed after the linger
+        assert time.monotonic() - started < 5
+    assert replica.process.wait(timeout=15) == 0
+
+
 def test_unix_socket_serves_the_same_routes_owner_only_and_is_removed_on_exit(
     onnx_model: Path, start_replica: Callable[..., ReplicaProcess], tmp_path: Path
 ) -> None:

@@ -318,6 +318,26 @@ async def test_an_ejected_replica_returns_once_it_passes_the_readiness_probe(
     assert not await dataplane.probe(f"http://127.0.0.1:{port}")  # nothing answers there any more
 
 
+async def test_a_drained_replicas_idle_connections_are_closed(
+    dataplane: DataPlane, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # Its server waits for open connections while it shuts down: the data plane lets go of them as soon
+    # as the replica has drained, and keeps those to the replicas that stay.
+    async with (echo_replica("going", unix_socket=str(tmp_path / "going.sock")) as going,
+                echo_replica("staying") as staying):
+        dataplane.set_endpoint("ep", [(A, 100)])
+        for replica in (going, staying):
+            dataplane.activator.replica_ready(replica.info(A))
+        for _ in range(10):
+            await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+        assert going.requests and staying.requests
+        assert dataplane.pool.idle_connections() == 2
+        await dataplane.activator.replica_draining(going.info(A))
+        assert dataplane.pool.idle_connections() == 1
+        await client.post("/serving-endpoints/ep/invocations", content=b"{}", headers=JSON)
+        assert dataplane.pool.idle_connections() == 1  # the one that stays is reused
+
+
 async def test_unreachable_replica_is_retried_elsewhere_then_ejected(
     dataplane: DataPlane, client: httpx.AsyncClient
 ) -> None:

@@ -83,6 +83,28 @@ def test_the_protocol_shows_a_recipient_its_share_and_nothing_else(shared: Share
         assert wrong.status_code == 401
 
 
+def test_what_cannot_be_shared_or_read_is_named(shared: Shared) -> None:
+    root = shared.table.parent
+    broken = root / "broken" / "_delta_log"
+    broken.mkdir(parents=True)
+    (broken / "00000000000000000000.json").write_text("not a log")
+    with shared.gateway.client(timeout=30) as admin:
+        empty = admin.post(f"{SHARES}/partners/tables",
+                           json={"schema": "risk", "name": "nothing", "location": str(root / "nothing")})
+        assert empty.status_code == 400 and "holds no Delta table" in empty.json()["message"], empty.text
+        unreadable = admin.post(f"{SHARES}/partners/tables",
+                                json={"schema": "risk", "name": "broken", "location": str(root / "broken")})
+        assert unreadable.status_code == 502, unreadable.text
+        assert "cannot be read" in unreadable.json()["message"]
+        assert "\n" not in unreadable.json()["message"]  # not the storage library's backtrace
+        tables = admin.get(f"{SHARES}/partners").json()["tables"]
+        assert [table["name"] for table in tables] == ["scores"]  # neither was added
+    with as_(shared, shared.token) as bank:
+        future = bank.post(f"{TABLE}/query", json={"version": 99})
+        assert future.status_code == 400
+        assert future.json()["message"] == "version 99 of the table does not exist; its latest version is 1"
+
+
 def test_file_urls_need_no_token_but_expire_and_cannot_be_forged(shared: Shared) -> None:
     with as_(shared, shared.token) as bank:
         lines = [orjson.loads(line) for line in bank.post(f"{TABLE}/query", json={}).text.splitlines()]
