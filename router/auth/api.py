@@ -20,7 +20,8 @@ from router.auth.limits import loads_json
 from router.auth.permissions import AclEntry, parse_access_control_list
 from router.auth.ratelimit import parse_rate_limits
 from router.auth.types import EndpointRef, PermissionLevel
-from runtime.errors import InvalidParameterValue, NotFound
+from router.errors import EndpointNotFound
+from runtime.errors import InvalidParameterValue
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor
@@ -176,7 +177,7 @@ class FrontDoorApi:
     def _endpoint(self, request: Request, endpoint: str, level: PermissionLevel) -> EndpointRef:
         ref = self.front_door.authorizer.authorize(principal_of(request), endpoint, level)
         if ref is None:  # auth disabled and no such endpoint
-            raise NotFound(f"Serving endpoint {endpoint!r} does not exist.")
+            raise EndpointNotFound(endpoint)
         return ref
 
     # -- rate limits and AI gateway settings (stored with the endpoint) ---------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
+from router.errors import EndpointNotFound
 from router.state.db import Database, DatabaseUnavailable
 from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
 
@@ -206,4 +207,4 @@ class Authorizer:
 
 def not_found(endpoint: str) -> NotFound:
     # Identical for "missing" and "not visible": the two must be indistinguishable.
-    return NotFound(f"Serving endpoint {endpoint!r} does not exist.")
+    return EndpointNotFound(endpoint)

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from autoscaler.types import EntityKey
-from runtime.errors import InvalidParameterValue, NotFound
+from router.errors import EndpointNotFound
+from runtime.errors import InvalidParameterValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class RoutingTable:
     def lookup(self, name: str) -> EndpointEntry:
         entry = self._endpoints.get(name)
         if entry is None:
-            raise NotFound(f"Endpoint with name '{name}' does not exist.")
+            raise EndpointNotFound(name)
         return entry
 
     def names(self) -> list[str]:

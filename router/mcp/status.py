@@ -13,9 +13,9 @@ from typing import Any
 from router.api.views import StateOf, endpoint_detailed, endpoint_summary
 from router.auth import PermissionLevel, authorize, filter_visible
 from router.auth.directory import endpoint_ref
+from router.errors import EndpointNotFound
 from router.mcp.tools import tool_name
 from router.state.endpoints import EndpointRecord, EndpointStore
-from runtime.errors import NotFound
 
 LIST_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 LIST_OUTPUT_SCHEMA: dict[str, Any] = {
@@ -81,7 +81,7 @@ def endpoint_status(
     authorize(conn, name, PermissionLevel.CAN_VIEW)
     record = store.find(name)
     if record is None:
-        raise NotFound(f"Serving endpoint {name!r} does not exist.")
+        raise EndpointNotFound(name)
     detailed = endpoint_detailed(record, state_of, base_url)
     config = detailed.get("config") or {}
     traffic = {route["served_entity_name"]: route["traffic_percentage"]

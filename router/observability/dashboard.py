@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import authorize, require_admin
 from router.auth.types import PermissionLevel
+from router.errors import EndpointNotFound
 from router.fleet.series import fleet_overview, merge_series
 from router.observability._views import overview as overview_json
 from router.observability._views import timeseries_json
@@ -96,7 +97,7 @@ def dashboard_routes(observability: Observability) -> list[BaseRoute]:
         name = request.path_params["name"]
         authorize(request, name, PermissionLevel.CAN_VIEW)
         if name not in observability.known_endpoints():
-            raise NotFound(f"Serving endpoint {name!r} does not exist.")
+            raise EndpointNotFound(name)
         raw_since = request.query_params.get("since")
         since = _since(raw_since)
         answer = timeseries_json(observability, name, since)

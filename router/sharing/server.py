@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import principal_of, require_admin
 from router.auth.types import Principal
+from router.errors import ShareNotFound
 from router.sharing.store import Share, SharedTable, SharingStore
 from router.state.db import Database
 from router.storage import delta_storage_options, s3_client
@@ -68,7 +69,7 @@ class SharingServer:
         name = request.path_params["share"]
         visible = self._visible(principal_of(request))
         if visible is not None and name not in visible:
-            raise NotFound(f"Share '{name}' does not exist.")
+            raise ShareNotFound(name)
         return self.store.share(name)
 
     def _table(self, request: Request) -> SharedTable:

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from router.errors import ShareNotFound
 from router.state.db import Database
 from runtime.errors import AlreadyExists, InvalidParameterValue, NotFound
 
@@ -90,7 +91,7 @@ class SharingStore:
     def share(self, name: str) -> Share:
         row = self._db.query_one("SELECT name, id FROM sharing_shares WHERE name = ?", (name,))
         if row is None:
-            raise NotFound(f"Share '{name}' does not exist.")
+            raise ShareNotFound(name)
         return Share(row["name"], row["id"])
 
     def shares(self) -> list[Share]:

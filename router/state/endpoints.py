@@ -16,6 +16,7 @@ from typing import Any
 
 from router.api.lifecycle import ConfigUpdate, UpdateEvent, next_state
 from router.api.models import EndpointConfig
+from router.errors import EndpointNotFound
 from router.state.db import Database
 from runtime.errors import AlreadyExists, NotFound
 
@@ -104,7 +105,7 @@ class EndpointStore:
     def get(self, name: str) -> EndpointRecord:
         row = self.db.query_one("SELECT * FROM endpoints WHERE name = ?", (name,))
         if row is None:
-            raise NotFound(f"Endpoint with name '{name}' does not exist.")
+            raise EndpointNotFound(name)
         return self._record(row)
 
     def find(self, name: str) -> EndpointRecord | None:
@@ -114,7 +115,7 @@ class EndpointStore:
     def get_by_id(self, endpoint_id: str) -> EndpointRecord:
         row = self.db.query_one("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,))
         if row is None:
-            raise NotFound(f"Endpoint with id '{endpoint_id}' does not exist.")
+            raise EndpointNotFound(endpoint_id)
         return self._record(row)
 
     def list_all(self) -> list[EndpointRecord]:
@@ -267,7 +268,7 @@ class EndpointStore:
     def _locked(self, conn: Any, name: str) -> EndpointRecord:
         row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise NotFound(f"Endpoint with name '{name}' does not exist.")
+            raise EndpointNotFound(name)
         return self._record(row, conn)
 
     def _record(self, row: Any, conn: Any | None = None) -> EndpointRecord:

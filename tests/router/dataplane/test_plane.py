@@ -150,7 +150,7 @@ async def test_unknown_endpoint_is_404(client: httpx.AsyncClient) -> None:
     assert response.status_code == 404
     assert response.json() == {
         "error_code": "RESOURCE_DOES_NOT_EXIST",
-        "message": "Endpoint with name 'nope' does not exist.",
+        "message": "Serving endpoint 'nope' does not exist.",
     }
 
 
@@ -204,7 +204,7 @@ async def test_open_inference_protocol_routes_map_the_endpoint_to_the_replica_mo
 async def test_oip_errors_carry_the_error_field_clients_read(client: httpx.AsyncClient) -> None:
     response = await client.post("/v2/models/nope/infer", content=b"{}", headers=JSON)
     assert response.status_code == 404
-    assert response.json()["error"] == "Endpoint with name 'nope' does not exist."
+    assert response.json()["error"] == "Serving endpoint 'nope' does not exist."
 
 
 async def test_model_ready_is_answered_without_waking_a_scaled_to_zero_entity(
