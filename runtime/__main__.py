@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtime.loaders.base import LoadedModel
 
-from runtime.ready import READY_PREFIX
+from runtime.ready import READY_PREFIX, optimization_status
+from runtime.store.uri import name_from_uri
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,28 +63,6 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_batching:
         overrides["batching"] = False
     return {key: value for key, value in overrides.items() if value is not None}
-
-
-# The ready line is read as one line of at most a few KiB; a converter's error message can be long.
-_MAX_REASON_CHARS = 1000
-
-
-def optimization_status(model: LoadedModel, mode: str) -> dict[str, str]:
-    """Which path serves ``model`` and why, as the ready line (and so the endpoint state) reports it."""
-    result = model.optimization
-    if result is not None:
-        reason = result.reason if len(result.reason) <= _MAX_REASON_CHARS else (
-            result.reason[: _MAX_REASON_CHARS - 3] + "...")
-        return {"path": result.path, "mode": result.mode, "reason": reason}
-    # Not an MLflow model that optimization looked at: its own flavor serves it.
-    if model.flavor == "onnx":
-        return {"path": "onnx", "mode": mode, "reason": "the model is an ONNX graph; nothing to convert"}
-    return {
-        "path": "native",
-        "mode": mode,
-        "reason": f"a {model.flavor} model is served by its own runtime; automatic optimization "
-        "converts MLflow models only",
-    }
 
 
 def announce_ready(
@@ -163,17 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         handle.close()
     return 0
-
-
-def name_from_uri(uri: str) -> str:
-    """A served name for a model URI: ``models:/churn/3`` and ``s3://b/m/churn.onnx`` give ``churn``."""
-    path = uri.split("?", 1)[0].split("://", 1)[-1]
-    if uri.startswith("models:/"):
-        path = path.removeprefix("models:/")
-        return path.strip("/").split("/", 1)[0] or "model"
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    stem = last.rsplit(".", 1)[0] if "." in last else last
-    return stem or "model"
 
 
 def _reason(exc: BaseException) -> str:

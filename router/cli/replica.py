@@ -55,12 +55,13 @@ def replica(
     """Serve one model (MLflow scoring at /invocations, Open Inference Protocol at /v2) until Ctrl-C."""
     if bool(model_uri) == example:
         raise click.UsageError("give exactly one of --model-uri and --example")
-    from runtime.__main__ import name_from_uri, optimization_status
     from runtime.config import ReplicaSettings
     from runtime.errors import ZeroserveError
     from runtime.examples import propensity_request
+    from runtime.ready import optimization_status
     from runtime.server import serve
     from runtime.store import open_model
+    from runtime.store.uri import name_from_uri
 
     overrides: dict[str, Any] = {}
     if no_batching:

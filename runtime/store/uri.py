@@ -102,3 +102,14 @@ def parse_model_uri(uri: str) -> ModelSource:
     raise InvalidParameterValue(
         f"unsupported model URI scheme {scheme!r} in {uri!r} (use s3://, file://, models:/ or runs:/)"
     )
+
+
+def name_from_uri(uri: str) -> str:
+    """A served name for a model URI: ``models:/churn/3`` and ``s3://b/m/churn.onnx`` give ``churn``."""
+    path = uri.split("?", 1)[0].split("://", 1)[-1]
+    if uri.startswith("models:/"):
+        path = path.removeprefix("models:/")
+        return path.strip("/").split("/", 1)[0] or "model"
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    stem = last.rsplit(".", 1)[0] if "." in last else last
+    return stem or "model"

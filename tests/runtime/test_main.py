@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from runtime.__main__ import name_from_uri
 from runtime.examples import logreg_rows
+from runtime.store.uri import name_from_uri
 from tests.runtime.conftest import ReplicaProcess
 
 ROW = logreg_rows(20, 1).tolist()
