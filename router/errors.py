@@ -1,10 +1,45 @@
-"""The gateway's typed errors: each thing a request can name that may be missing has one constructor
-and one wording, whichever layer finds it missing (the control plane, the data plane's routing table,
-the front door's permission check, MCP, the dashboard, Delta Sharing)."""
+"""The gateway's errors (``runtime.errors`` keeps those a replica gives too). Each thing a request can
+name that may be missing has one typed constructor and one wording, whichever layer finds it missing (the
+control plane, the data plane's routing table, the front door's permission check, MCP, the dashboard,
+Delta Sharing)."""
 
 from __future__ import annotations
 
-from runtime.errors import NotFound
+from runtime.errors import NotFound, ZeroserveError
+
+# The gateway's own refusals (a replica never gives them): who may call, how often, how long it waits.
+
+
+class Unauthenticated(ZeroserveError):
+    status_code = 401
+    error_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ZeroserveError):
+    status_code = 403
+    error_code = "PERMISSION_DENIED"
+
+
+class AlreadyExists(ZeroserveError):
+    status_code = 409
+    error_code = "RESOURCE_ALREADY_EXISTS"
+
+
+class RateLimited(ZeroserveError):
+    status_code = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+
+class RequestTimeout(ZeroserveError):
+    """The request's body did not arrive in time (the front door's body timeout)."""
+
+    status_code = 408
+    error_code = "REQUEST_TIMEOUT"
+
+
+class UpstreamTimeout(ZeroserveError):
+    status_code = 504
+    error_code = "DEADLINE_EXCEEDED"
 
 
 class EndpointNotFound(NotFound):

@@ -32,24 +32,9 @@ class InvalidParameterValue(ZeroserveError):
     error_code = "INVALID_PARAMETER_VALUE"
 
 
-class Unauthenticated(ZeroserveError):
-    status_code = 401
-    error_code = "UNAUTHENTICATED"
-
-
-class PermissionDenied(ZeroserveError):
-    status_code = 403
-    error_code = "PERMISSION_DENIED"
-
-
 class NotFound(ZeroserveError):
     status_code = 404
     error_code = "RESOURCE_DOES_NOT_EXIST"
-
-
-class AlreadyExists(ZeroserveError):
-    status_code = 409
-    error_code = "RESOURCE_ALREADY_EXISTS"
 
 
 class PayloadTooLarge(ZeroserveError):
@@ -67,11 +52,6 @@ class QueueFull(ZeroserveError):
     error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
-class RateLimited(ZeroserveError):
-    status_code = 429
-    error_code = "REQUEST_LIMIT_EXCEEDED"
-
-
 class ModelLoadError(ZeroserveError):
     status_code = 500
     error_code = "MODEL_LOAD_ERROR"
@@ -85,11 +65,6 @@ class InferenceError(ZeroserveError):
 class NoCapacity(ZeroserveError):
     status_code = 503
     error_code = "TEMPORARILY_UNAVAILABLE"
-
-
-class UpstreamTimeout(ZeroserveError):
-    status_code = 504
-    error_code = "DEADLINE_EXCEEDED"
 
 
 class StoreError(ZeroserveError):

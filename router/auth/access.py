@@ -17,7 +17,7 @@ from router.auth.types import (
     PermissionLevel,
     Principal,
 )
-from runtime.errors import PermissionDenied
+from router.errors import PermissionDenied
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor

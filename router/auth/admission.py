@@ -32,7 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from router.auth._respond import send_error
 from router.auth.types import FRONT_DOOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
 from router.dataplane.routes import DataPlaneRoute, RouteMatcher
-from runtime.errors import PayloadTooLarge, Unauthenticated, ZeroserveError
+from router.errors import Unauthenticated
+from runtime.errors import PayloadTooLarge, ZeroserveError
 
 if TYPE_CHECKING:
     from router.auth.frontdoor import FrontDoor

@@ -29,17 +29,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.auth._respond import send_error
 from router.auth.admission import CONNECTION_CLOSE, body_too_large
-from runtime.errors import InvalidInput, PayloadTooLarge, UpstreamTimeout, ZeroserveError
+from router.errors import RequestTimeout, UpstreamTimeout
+from runtime.errors import InvalidInput, PayloadTooLarge, ZeroserveError
 
 log = logging.getLogger("zeroserve.limits")
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH = 64
-
-
-class RequestTimeout(ZeroserveError):
-    status_code = 408
-    error_code = "REQUEST_TIMEOUT"
 
 
 class LimitsMiddleware:

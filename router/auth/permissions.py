@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from router.auth.types import EndpointDirectory, EndpointRef, PermissionLevel, Principal
-from router.errors import EndpointNotFound
+from router.errors import EndpointNotFound, PermissionDenied
 from router.state.db import Database, DatabaseUnavailable
-from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
+from runtime.errors import InvalidParameterValue, NotFound
 
 T = TypeVar("T")
 

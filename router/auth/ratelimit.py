@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.auth.types import ALL_USERS_GROUP, RENEWAL_PERIODS_S, EndpointRef, Principal, RateLimitRule
-from runtime.errors import InvalidParameterValue, RateLimited
+from router.errors import RateLimited
+from runtime.errors import InvalidParameterValue
 
 log = logging.getLogger("zeroserve.auth")
 _KEYS = {

@@ -55,7 +55,8 @@ from router.dataplane.routes import DATAPLANE_ROUTES, DataPlaneRoute, Kind, Rout
 from router.dataplane.routing import EndpointEntry, EndpointRouting, RoutingTable
 from router.dataplane.stats import DataPlaneStats
 from router.dataplane.traffic import choose_entity, peek_client_request_id, shadow_targets
-from runtime.errors import NoCapacity, UpstreamTimeout, ZeroserveError
+from router.errors import UpstreamTimeout
+from runtime.errors import NoCapacity, ZeroserveError
 
 if TYPE_CHECKING:
     from router.observability.inference_tables import InferenceTables

@@ -45,7 +45,7 @@ from typing import NamedTuple, cast
 import httptools
 
 from router.dataplane.deadlines import Deadlines
-from runtime.errors import UpstreamTimeout
+from router.errors import UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any, cast
 from autoscaler.types import EntityKey
 from router.auth._respond import Answer, error_answer
 from router.auth.admission import Admission, body_too_large, content_length
-from router.auth.limits import RequestTimeout
 from router.auth.tls import HeaderLimitedHttpToolsProtocol
 from router.auth.types import Principal
 from router.dataplane.activator import ClientGone
@@ -56,6 +55,7 @@ from router.dataplane.deadlines import Deadlines
 from router.dataplane.plane import DataPlane, QueryRoutes, response_headers
 from router.dataplane.proxy import UpstreamResponse
 from router.dataplane.routes import DataPlaneRoute
+from router.errors import RequestTimeout, UpstreamTimeout
 from router.observability.logging import (
     REQUEST_ID_HEADER,
     REQUEST_ID_SCOPE_KEY,
@@ -64,7 +64,7 @@ from router.observability.logging import (
     request_id_of,
     request_id_var,
 )
-from runtime.errors import PayloadTooLarge, UpstreamTimeout, ZeroserveError
+from runtime.errors import PayloadTooLarge, ZeroserveError
 from runtime.http import ClientDisconnected, DirectExchange, DirectHandler, ImmediateHandler
 
 if TYPE_CHECKING:

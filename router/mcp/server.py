@@ -38,6 +38,7 @@ from starlette.types import ASGIApp
 
 from router.api.views import StateOf
 from router.auth import PermissionLevel, authorize
+from router.errors import PermissionDenied
 from router.mcp.arguments import InvalidArguments
 from router.mcp.dispatch import InternalResponse, dispatch
 from router.mcp.hosts import HostPolicy
@@ -61,7 +62,7 @@ from router.mcp.tools import (
     endpoint_of_tool,
 )
 from router.state.endpoints import EndpointStore
-from runtime.errors import NotFound, PermissionDenied, ZeroserveError
+from runtime.errors import NotFound, ZeroserveError
 
 log = logging.getLogger("zeroserve.mcp")
 

@@ -27,13 +27,13 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import authorize, require_admin
 from router.auth.types import PermissionLevel
-from router.errors import EndpointNotFound
+from router.errors import EndpointNotFound, PermissionDenied
 from router.fleet.series import fleet_overview, merge_series
 from router.observability._views import overview as overview_json
 from router.observability._views import timeseries_json
 from router.observability.cost import sum_costs
 from router.observability.service import Observability
-from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
+from runtime.errors import InvalidParameterValue, NotFound
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DASHBOARD_PATH = "/dashboard"

@@ -28,11 +28,11 @@ from starlette.routing import BaseRoute, Route
 
 from router.auth.access import principal_of, require_admin
 from router.auth.types import Principal
-from router.errors import ShareNotFound
+from router.errors import PermissionDenied, ShareNotFound
 from router.sharing.store import Share, SharedTable, SharingStore
 from router.state.db import Database
 from router.storage import delta_storage_options, s3_client
-from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied, StoreError
+from runtime.errors import InvalidParameterValue, NotFound, StoreError
 
 PREFIX = "/delta-sharing"
 FILES_PATH = f"{PREFIX}/files"  # public: the signature in the query string is the credential

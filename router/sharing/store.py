@@ -12,9 +12,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from router.errors import ShareNotFound
+from router.errors import AlreadyExists, ShareNotFound
 from router.state.db import Database
-from runtime.errors import AlreadyExists, InvalidParameterValue, NotFound
+from runtime.errors import InvalidParameterValue, NotFound
 
 MIGRATIONS = [
     """

@@ -16,9 +16,9 @@ from typing import Any
 
 from router.api.lifecycle import ConfigUpdate, UpdateEvent, next_state
 from router.api.models import EndpointConfig
-from router.errors import EndpointNotFound
+from router.errors import AlreadyExists, EndpointNotFound
 from router.state.db import Database
-from runtime.errors import AlreadyExists, NotFound
+from runtime.errors import NotFound
 
 MIGRATIONS = [
     """

@@ -6,8 +6,9 @@ import pytest
 
 from router.auth.permissions import AclEntry, Authorizer, PermissionStore, parse_access_control_list
 from router.auth.types import EndpointRef, PermissionLevel, Principal
+from router.errors import PermissionDenied
 from router.state.db import Database
-from runtime.errors import InvalidParameterValue, NotFound, PermissionDenied
+from runtime.errors import InvalidParameterValue, NotFound
 from tests.router.auth.conftest import FakeClock, FakeDirectory
 
 VIEW, QUERY, MANAGE = PermissionLevel.CAN_VIEW, PermissionLevel.CAN_QUERY, PermissionLevel.CAN_MANAGE

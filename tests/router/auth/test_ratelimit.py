@@ -6,7 +6,8 @@ import pytest
 
 from router.auth.ratelimit import RateLimiter, enforce, gcra, parse_rate_limits
 from router.auth.types import EndpointRef, Principal, RateLimitRule
-from runtime.errors import InvalidParameterValue, RateLimited
+from router.errors import RateLimited
+from runtime.errors import InvalidParameterValue
 
 ALICE, BOB = Principal("alice", frozenset({"ml"})), Principal("bob", frozenset({"ml"}))
 CAROL = Principal("carol", frozenset({"ops"}))

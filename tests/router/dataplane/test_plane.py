@@ -26,7 +26,8 @@ from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, e
 from router.dataplane.proxy import UpstreamResponse
 from router.dataplane.queries import GatewayQueries, query_protocol
 from router.dataplane.routing import EndpointRouting
-from runtime.errors import NoCapacity, UpstreamTimeout, ZeroserveError
+from router.errors import UpstreamTimeout
+from runtime.errors import NoCapacity, ZeroserveError
 from tests.router._servers import echo_replica, raw_server, read_request, serving
 
 A = EntityKey("ep", "a")

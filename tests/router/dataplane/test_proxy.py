@@ -16,7 +16,7 @@ from router.dataplane.proxy import (
     UpstreamProtocolError,
     forwardable,
 )
-from runtime.errors import UpstreamTimeout
+from router.errors import UpstreamTimeout
 from tests.router._servers import echo_replica, free_port, raw_server, read_request
 
 

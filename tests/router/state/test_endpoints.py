@@ -6,9 +6,10 @@ import pytest
 
 from router.api.lifecycle import ConfigUpdate, ResourceConflict
 from router.api.models import EndpointConfig, Route, ServedEntity
+from router.errors import AlreadyExists
 from router.state.db import Database
 from router.state.endpoints import EndpointStore
-from runtime.errors import AlreadyExists, NotFound
+from runtime.errors import NotFound
 
 
 def make_config(*versions: str) -> EndpointConfig:
