@@ -99,7 +99,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
                     assert (await admin.put(f"{API}/{name}/rate-limits", json=limit)).status_code == 200
             stranger = await admin.post("/api/2.0/zeroserve/tokens", json={"principal": "stranger"})
             assert stranger.status_code == 200, stranger.text
-            tokens = {"admin": ADMIN_TOKEN, "stranger": stranger.json()["token"]}
+            viewer = await admin.post("/api/2.0/zeroserve/tokens", json={"principal": "viewer"})
+            grant = {"access_control_list": [{"user_name": "viewer", "permission_level": "CAN_VIEW"}]}
+            granted = await admin.patch("/api/2.0/permissions/serving-endpoints/ep", json=grant)
+            assert granted.status_code == 200, granted.text
+            tokens = {"admin": ADMIN_TOKEN, "stranger": stranger.json()["token"],
+                      "viewer": viewer.json()["token"]}
             yield Served(gateway, fast, plain, tokens, fast_server)
 
 
@@ -124,6 +129,7 @@ CASES: list[tuple[str, str, str | None, bytes, dict[str, str]]] = [
     ("no token", "/serving-endpoints/ep/invocations", None, b"{}", {}),
     ("bad token", "/serving-endpoints/ep/invocations", "zs_0123456789abcdef_" + "A" * 43, b"{}", {}),
     ("no grant", "/serving-endpoints/ep/invocations", "stranger", b"{}", {}),
+    ("may view, not query", "/serving-endpoints/ep/invocations", "viewer", b"{}", {}),
     ("unknown endpoint", "/serving-endpoints/nope/invocations", "admin", b"{}", {}),
     ("oip unknown endpoint", "/v2/models/nope/infer", "admin", b"{}", {}),
     ("rate limited", "/serving-endpoints/closed/invocations", "admin", b"{}", {}),
@@ -134,6 +140,7 @@ CASES: list[tuple[str, str, str | None, bytes, dict[str, str]]] = [
     ("oip no token", "/v2/models/ep/infer", None, b"{}", {}),
     ("oip bad token", "/v2/models/ep/infer", "zs_0123456789abcdef_" + "A" * 43, b"{}", {}),
     ("oip no grant", "/v2/models/ep/infer", "stranger", b"{}", {}),
+    ("oip may view, not query", "/v2/models/ep/infer", "viewer", b"{}", {}),
     ("oip too large", "/v2/models/ep/infer", "admin", b"x" * (MAX_BODY + 1), {}),
     # Two failures at once: both paths admit in one order (size, token, permission, rate limit).
     ("too large without a token", "/serving-endpoints/ep/invocations", None, b"x" * (MAX_BODY + 1), {}),
@@ -169,6 +176,7 @@ async def test_query_protocol_answers_as_the_asgi_stack_does(
     request_id = fast.headers["x-request-id"]
     assert request_id == extra.get("x-request-id", request_id) and len(request_id) >= 8
     expected = {"ok": 200, "no token": 401, "bad token": 401, "no grant": 404, "unknown endpoint": 404,
+                "may view, not query": 403,
                 "rate limited": 429, "too large": 413, "request timeout": 504}
     if case.removeprefix("oip ") in expected:
         assert fast.status_code == expected[case.removeprefix("oip ")], fast.text
@@ -179,6 +187,18 @@ async def test_query_protocol_answers_as_the_asgi_stack_does(
             assert error["error"] == error["message"], error
     if case == "ok":
         assert fast.json() == {"echo": body.decode()}
+
+
+@pytest.mark.parametrize("path", ["/serving-endpoints/ep/invocations", "/v2/models/ep/infer"])
+async def test_a_query_route_with_another_method_is_405_alike(served: Served, path: str) -> None:
+    answers = []
+    for port in (served.fast, served.plain):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                     headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+            answers.append(await http.put(path, content=b"{}"))
+    fast, plain = answers
+    assert fast.status_code == plain.status_code == 405
+    assert fast.content == plain.content and fast.headers["allow"] == plain.headers["allow"] == "POST"
 
 
 def _connection_cycles(server: uvicorn.Server) -> list[object]:
