@@ -45,7 +45,7 @@ MAX_BODY = 4096
 
 async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
     """The stand-in replica: echoes the body in ``{"echo": ...}``; a body containing ``slow`` waits 2 s,
-    one containing ``pause`` 0.3 s."""
+    one containing ``pause`` 0.3 s, and one containing ``drop`` is cut off mid-answer."""
     if scope["type"] != "http":
         return
     body = b""
@@ -54,6 +54,10 @@ async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if b"drop" in body:
+        # Starts an answer, then fails: uvicorn closes the connection under the gateway's request.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("the stand-in replica drops this request")
     if b"slow" in body:
         await asyncio.sleep(2.0)
     elif b"pause" in body:
@@ -136,6 +140,8 @@ CASES: list[tuple[str, str, str | None, bytes, dict[str, str]]] = [
     ("oip rate limited", "/v2/models/closed/infer", "admin", b"{}", {}),
     ("too large", "/serving-endpoints/ep/invocations", "admin", b"x" * (MAX_BODY + 1), {}),
     ("request timeout", "/serving-endpoints/ep/invocations", "admin", b'"slow"', {}),
+    ("replica fails", "/serving-endpoints/ep/invocations", "admin", b'"drop"', {}),
+    ("oip replica fails", "/v2/models/ep/infer", "admin", b'"drop"', {}),
     # Every failure on an Open Inference Protocol path too: there the body also carries "error".
     ("oip no token", "/v2/models/ep/infer", None, b"{}", {}),
     ("oip bad token", "/v2/models/ep/infer", "zs_0123456789abcdef_" + "A" * 43, b"{}", {}),
@@ -176,7 +182,7 @@ async def test_query_protocol_answers_as_the_asgi_stack_does(
     request_id = fast.headers["x-request-id"]
     assert request_id == extra.get("x-request-id", request_id) and len(request_id) >= 8
     expected = {"ok": 200, "no token": 401, "bad token": 401, "no grant": 404, "unknown endpoint": 404,
-                "may view, not query": 403,
+                "may view, not query": 403, "replica fails": 503,
                 "rate limited": 429, "too large": 413, "request timeout": 504}
     if case.removeprefix("oip ") in expected:
         assert fast.status_code == expected[case.removeprefix("oip ")], fast.text
