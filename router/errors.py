@@ -37,9 +37,36 @@ class RequestTimeout(ZeroserveError):
     error_code = "REQUEST_TIMEOUT"
 
 
+class NotLeader(ZeroserveError):
+    """A fleet-internal call that only the leading gateway answers reached another one."""
+
+    status_code = 409
+    error_code = "NOT_LEADER"
+
+
 class UpstreamTimeout(ZeroserveError):
     status_code = 504
     error_code = "DEADLINE_EXCEEDED"
+
+
+class NoSuchRoute(ZeroserveError):
+    """A path no route serves (Databricks' code for an API that does not exist)."""
+
+    status_code = 404
+    error_code = "ENDPOINT_NOT_FOUND"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"No API found for '{method} {path}'")
+
+
+class MethodNotAllowed(ZeroserveError):
+    """A path served, but not with this method; ``allowed``: every method it is served with."""
+
+    status_code = 405
+    error_code = "BAD_REQUEST"
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"Method {method} is not allowed on {path}", headers={"Allow": ", ".join(allowed)})
 
 
 class EndpointNotFound(NotFound):

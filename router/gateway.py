@@ -49,6 +49,7 @@ from router.auth.frontdoor import FrontDoor
 from router.auth.settings import SecuritySettings
 from router.dataplane.plane import DataPlane, QueryFastPath, dataplane_routes, error_response
 from router.dataplane.queries import GatewayQueries, query_protocol
+from router.errors import MethodNotAllowed, NoSuchRoute, NotLeader, PermissionDenied
 from router.fleet.member import (
     INTERNAL_PREFIX,
     LIVE_HEARTBEATS,
@@ -71,7 +72,7 @@ from router.sharing.server import SharingServer
 from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
 from runtime.devices import Accelerators
-from runtime.errors import ZeroserveError
+from runtime.errors import InvalidInput, ZeroserveError
 from runtime.server import settle_heap
 
 if TYPE_CHECKING:
@@ -463,15 +464,18 @@ class Gateway:
             found["devices"] = detected.to_dict()
         return found
 
+    def _fleet_only(self, request: Request) -> None:
+        """The fleet's internal routes take the fleet's shared secret, not a token."""
+        assert self.fleet is not None
+        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
+            raise PermissionDenied("not a gateway of this fleet")
+
     async def fleet_load(self, request: Request) -> Response:
         """A follower's load reports and pokes (internal: the fleet's shared secret, not a token)."""
         assert self.fleet is not None
-        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
-            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
-                                status_code=403)
+        self._fleet_only(request)
         if not self.fleet.leading:
-            return JSONResponse({"error_code": "NOT_LEADER", "message": "this gateway does not lead"},
-                                status_code=409)
+            raise NotLeader("this gateway does not lead")
         body = orjson.loads(await request.body())
         source = f"gateway:{body.get('gateway')}"
         for item in body.get("reports", []):
@@ -526,25 +530,19 @@ class Gateway:
 
     async def fleet_dashboard(self, request: Request) -> Response:
         assert self.fleet is not None
-        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
-            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
-                                status_code=403)
+        self._fleet_only(request)
         since = request.query_params.get("since")
         return JSONResponse(self.observability.dashboard_share(request.query_params.get("endpoint"),
                                                                float(since) if since else None))
 
     async def fleet_metrics(self, request: Request) -> Response:
         assert self.fleet is not None
-        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
-            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
-                                status_code=403)
+        self._fleet_only(request)
         return Response(self.observability.hub.exposition(), media_type="text/plain; version=0.0.4")
 
     async def fleet_logs(self, request: Request) -> Response:
         assert self.fleet is not None
-        if not self.fleet.check_secret(request.headers.get(SECRET_HEADER)):
-            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "not a gateway of this fleet"},
-                                status_code=403)
+        self._fleet_only(request)
         key = EntityKey(request.query_params["endpoint"], request.query_params["served_entity"])
         build = request.query_params.get("build") == "1"
         return JSONResponse({"logs": self.scaler.build_logs(key) if build else self.scaler.logs(key)})
@@ -608,21 +606,21 @@ async def _stop_orphan(pid: int | None) -> None:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    # Unknown routes and methods answer in the API's error shape, like everything else.
+    # Unknown routes and methods (Starlette's HTTPExceptions) answer through the one error renderer,
+    # like every other refusal: the API's error shape, plus OIP's "error" on /v2 paths.
     assert isinstance(exc, HTTPException)
+    method, path = request.method, request.url.path
+    error: ZeroserveError
     if exc.status_code == 404:
-        code, message = "ENDPOINT_NOT_FOUND", f"No API found for '{request.method} {request.url.path}'"
+        error = NoSuchRoute(method, path)
     elif exc.status_code == 405:
-        code, message = "BAD_REQUEST", f"Method {request.method} is not allowed on {request.url.path}"
         # Starlette's Allow names the first route that matched the path; a path served by several
         # routes (GET and POST /api/2.0/serving-endpoints) must list every method (RFC 9110, 15.5.6).
-        allowed = allowed_methods(request.app.routes, request.url.path)
-        return JSONResponse({"error_code": code, "message": message}, status_code=405,
-                            headers={"Allow": ", ".join(allowed)})
+        error = MethodNotAllowed(method, path, allowed_methods(request.app.routes, path))
     else:
-        code, message = "BAD_REQUEST", str(exc.detail)
-    return JSONResponse({"error_code": code, "message": message}, status_code=exc.status_code,
-                        headers=exc.headers)
+        error = InvalidInput(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status_code = exc.status_code
+    return error_response(request, error)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -177,6 +177,13 @@ async def test_a_405_lists_every_method_the_path_answers(harness: Harness) -> No
     refused = await harness.client.request("POST", f"{API}/ep")
     assert refused.status_code == 405 and refused.headers["allow"] == "DELETE, GET, HEAD"
     assert refused.json()["message"] == f"Method POST is not allowed on {API}/ep"
+    # On Open Inference Protocol paths, with OIP's "error" too: the one error renderer answers these.
+    oip = await harness.client.request("PUT", "/v2/models/ep/infer")
+    assert oip.status_code == 405 and oip.headers["allow"] == "POST"
+    said = "Method PUT is not allowed on /v2/models/ep/infer"
+    assert oip.json() == {"error_code": "BAD_REQUEST", "message": said, "error": said}
+    missing = await harness.client.get("/v2/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"] == "No API found for 'GET /v2/nothing-here'"
 
 
 async def test_no_token_is_401_and_probes_are_public(harness: Harness) -> None:
