@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from runtime.errors import InferenceError
 from runtime.payload import Payload
-from runtime.types import InputSchema, Params, Prediction, Tensors, TensorSpec
+from runtime.types import Array, InputSchema, Layout, Params, Prediction, Tensors, TensorSpec
 from runtime.validation import conform
 
 if TYPE_CHECKING:
@@ -65,3 +67,22 @@ class LoadedModel(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.flavor} {self.description}>"
+
+
+def tensors_prediction(
+    result: Any, output_names: list[str], to_numpy: Callable[[Any], Array], tensor_types: tuple[type, ...]
+) -> Prediction:
+    """A tensor framework's answer (one tensor, a dict or a sequence of them) as a ``Prediction``: one
+    tensor is the single output (named after the model's one output, else "predictions"); a dict's
+    entries keep their names; a sequence takes the output names when they match in number."""
+    if isinstance(result, tensor_types):
+        name = output_names[0] if len(output_names) == 1 else "predictions"
+        return Prediction({name: to_numpy(result)}, Layout.SINGLE)
+    if isinstance(result, dict):
+        return Prediction({str(key): to_numpy(value) for key, value in result.items()}, Layout.COLUMNS)
+    if isinstance(result, list | tuple):
+        names = output_names if len(output_names) == len(result) else [
+            f"output_{position}" for position in range(len(result))]
+        return Prediction({name: to_numpy(value) for name, value in zip(names, result, strict=True)},
+                          Layout.COLUMNS)
+    raise InferenceError(f"the model returned a {type(result).__name__}; expected tensors")

@@ -16,8 +16,8 @@ import numpy as np
 from runtime.config import ReplicaSettings
 from runtime.errors import InferenceError, InvalidInput, ModelLoadError
 from runtime.loaders._mlmodel import MLmodelInfo
-from runtime.loaders.base import LoadedModel
-from runtime.types import Layout, Params, Prediction, Tensors, TensorSchema, TensorSpec
+from runtime.loaders.base import LoadedModel, tensors_prediction
+from runtime.types import Params, Prediction, Tensors, TensorSchema, TensorSpec
 
 
 def import_tensorflow(settings: ReplicaSettings) -> Any:
@@ -80,19 +80,11 @@ class TensorFlowModel(LoadedModel):
             raise InvalidInput(f"the model rejected the input: {str(exc).splitlines()[0]}") from exc
         except Exception as exc:
             raise InferenceError(f"TensorFlow inference failed: {exc}") from exc
-        names = [spec.name for spec in self.output_specs]
-        if isinstance(result, dict):
-            arrays = {str(key): np.asarray(value) for key, value in result.items()}
-            if len(arrays) == 1:
-                (array,) = arrays.values()
-                return Prediction({names[0] if len(names) == 1 else "predictions": array}, Layout.SINGLE)
-            return Prediction(arrays, Layout.COLUMNS)
-        if isinstance(result, list | tuple):
-            if len(names) != len(result):
-                names = [f"output_{position}" for position in range(len(result))]
-            return Prediction({name: np.asarray(value) for name, value in zip(names, result, strict=True)},
-                              Layout.COLUMNS)
-        return Prediction({names[0] if len(names) == 1 else "predictions": np.asarray(result)}, Layout.SINGLE)
+        if isinstance(result, dict) and len(result) == 1:
+            # A signature answers a dict even for its one output: that output is the single prediction.
+            (result,) = result.values()
+        return tensors_prediction(result, [spec.name for spec in self.output_specs], np.asarray,
+                                  (tf.Tensor, np.ndarray))
 
 
 def _spec(name: str, spec: Any) -> TensorSpec:

@@ -20,8 +20,8 @@ from runtime.devices import torch_device
 from runtime.errors import InferenceError, InvalidInput, ModelLoadError
 from runtime.loaders._imports import quiet_import
 from runtime.loaders._mlmodel import MLmodelInfo
-from runtime.loaders.base import LoadedModel
-from runtime.types import V2_TO_NUMPY, Layout, Params, Prediction, Tensors, TensorSchema, TensorSpec
+from runtime.loaders.base import LoadedModel, tensors_prediction
+from runtime.types import V2_TO_NUMPY, Params, Prediction, Tensors, TensorSchema, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -73,22 +73,7 @@ class TorchModel(LoadedModel):
             raise InvalidInput(f"the model rejected the input: {str(exc).splitlines()[0]}") from exc
         except Exception as exc:
             raise InferenceError(f"PyTorch inference failed: {exc}") from exc
-        return self._prediction(result)
-
-    def _prediction(self, result: Any) -> Prediction:
-        torch = self._torch
-        names = [spec.name for spec in self.output_specs]
-        if isinstance(result, torch.Tensor):
-            return Prediction({names[0] if len(names) == 1 else "predictions": _numpy(result)}, Layout.SINGLE)
-        if isinstance(result, dict):
-            return Prediction({str(key): _numpy(value) for key, value in result.items()}, Layout.COLUMNS)
-        if isinstance(result, list | tuple):
-            if len(names) != len(result):
-                names = [f"output_{position}" for position in range(len(result))]
-            return Prediction(
-                {name: _numpy(value) for name, value in zip(names, result, strict=True)}, Layout.COLUMNS
-            )
-        raise InferenceError(f"the model returned a {type(result).__name__}; expected tensors")
+        return tensors_prediction(result, [spec.name for spec in self.output_specs], _numpy, (torch.Tensor,))
 
 
 def _numpy(value: Any) -> Any:
