@@ -36,7 +36,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from router.storage import arrow_filesystem, delta_storage_options, is_delta, s3_client
-from runtime.types import V2_TO_NUMPY, v2_datatype
+from runtime.errors import InvalidInput
+from runtime.protocol import v2
+from runtime.types import v2_datatype
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 MANIFEST = "_zeroserve_batch.json"
@@ -277,32 +279,15 @@ def v2_binary_body(batch: pa.RecordBatch, features: Sequence[str]) -> tuple[byte
     return header + b"".join(array.tobytes() for array in arrays), len(header)
 
 
-def v2_predictions(response: httpx.Response) -> dict[str, np.ndarray]:
-    """The outputs of an Open Inference Protocol answer (binary or JSON tensors), by name."""
-    content = response.content
-    length = response.headers.get("inference-header-content-length")
-    header = orjson.loads(content[: int(length)] if length else content)
-    offset = int(length) if length else 0
-    outputs = {}
-    for entry in header.get("outputs", []):
-        dtype, shape = V2_TO_NUMPY[entry["datatype"]], tuple(entry["shape"])
-        size = (entry.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            values = np.frombuffer(content, dtype=dtype.newbyteorder("<"), count=int(np.prod(shape)),
-                                   offset=offset)
-            offset += int(size)
-        else:
-            values = np.asarray(entry["data"], dtype=dtype)
-        outputs[str(entry["name"])] = values.reshape(shape)
-    return outputs
-
-
 def v2_table(outputs: dict[str, np.ndarray], rows: int) -> pa.Table:
     columns = {}
     for name, values in outputs.items():
         if values.shape[:1] != (rows,):
             raise BatchScoringError(f"the endpoint answered output {name!r} of shape {values.shape} for "
                                     f"{rows} rows")
+        if values.dtype.kind == "O":  # BYTES: text (labels), as the replica encoded it
+            text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values.ravel()]
+            values = np.array(text, dtype=object).reshape(values.shape)
         if values.ndim > 1:  # one list of values per row
             flat = pa.array(values.reshape(rows, -1).ravel())
             column = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
@@ -371,7 +356,13 @@ async def score_batch(
         body, length = v2_binary_body(batch, features)
         response = await _send(client, f"/v2/models/{endpoint}/infer", body, index, progress, max_retries, {
             "content-type": "application/octet-stream", "inference-header-content-length": str(length)})
-        return v2_table(v2_predictions(response), batch.num_rows)
+        length = response.headers.get("inference-header-content-length")
+        try:
+            outputs = v2.decode_outputs(response.content, length)
+        except InvalidInput as error:
+            raise BatchScoringError(
+                f"batch {index}: the endpoint's answer cannot be read: {error.message}") from None
+        return v2_table(outputs, batch.num_rows)
     body = request_body(batch, features)
     response = await _send(client, f"/serving-endpoints/{endpoint}/invocations", body, index, progress,
                            max_retries)

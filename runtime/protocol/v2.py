@@ -30,35 +30,13 @@ class InferRequest:
 
 
 def decode(body: bytes, header_length: str | None) -> InferRequest:
-    if header_length is not None:
-        try:
-            split_at = int(header_length)
-        except ValueError:
-            raise InvalidInput(
-                f"Inference-Header-Content-Length is not an integer: {header_length!r}"
-            ) from None
-        if not 0 < split_at <= len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {split_at} does not fit a body of {len(body)} bytes"
-            )
-        document, binary = loads(body[:split_at]), memoryview(body)[split_at:]
-    else:
-        document, binary = loads(body), memoryview(b"")
+    document, binary = _split(body, header_length)
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput('the inference request needs a non-empty "inputs" list')
-    named: dict[str, Any] = {}
-    offset = 0
-    for position, raw in enumerate(raw_inputs):
-        name, array, used = _decode_input(raw, position, binary, offset)
-        if name in named:
-            raise InvalidInput(f"input {name!r} is given twice")
-        named[name] = array
-        offset += used
-    if offset != len(binary):
-        raise InvalidInput(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+    named = _decode_tensors(raw_inputs, binary, "input")
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput('"parameters" must be an object')
@@ -71,11 +49,51 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
-def _decode_input(raw: Any, position: int, binary: memoryview, offset: int) -> tuple[str, Array, int]:
+def decode_outputs(body: bytes, header_length: str | None) -> dict[str, Array]:
+    """The outputs of an inference response (JSON or binary tensors) by name: what a client reads (the
+    gateway's batch scorer); the same checks as a request's inputs get."""
+    document, binary = _split(body, header_length)
+    raw_outputs = document.get("outputs") if isinstance(document, dict) else None
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput('the inference response has no "outputs" list')
+    return _decode_tensors(raw_outputs, binary, "output")
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    """The JSON header and the binary data after it (``Inference-Header-Content-Length``)."""
+    if header_length is None:
+        return loads(body), memoryview(b"")
+    try:
+        split_at = int(header_length)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
+    if not 0 < split_at <= len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {split_at} does not fit a body of {len(body)} bytes")
+    return loads(body[:split_at]), memoryview(body)[split_at:]
+
+
+def _decode_tensors(raw: list[Any], binary: memoryview, kind: str) -> dict[str, Array]:
+    named: dict[str, Array] = {}
+    offset = 0
+    for position, entry in enumerate(raw):
+        name, array, used = _decode_tensor(entry, position, binary, offset, kind)
+        if name in named:
+            raise InvalidInput(f"{kind} {name!r} is given twice")
+        named[name] = array
+        offset += used
+    if offset != len(binary):
+        raise InvalidInput(f"the body has {len(binary) - offset} bytes of binary data that no {kind} claims")
+    return named
+
+
+def _decode_tensor(
+    raw: Any, position: int, binary: memoryview, offset: int, kind: str
+) -> tuple[str, Array, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InvalidInput(f"inputs[{position}] must be an object with a name, shape, datatype and data")
+        raise InvalidInput(f"{kind}s[{position}] must be an object with a name, shape, datatype and data")
     name = raw["name"]
-    what = f"input {name!r}"
+    what = f"{kind} {name!r}"
     datatype = raw.get("datatype")
     dtype = V2_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:

@@ -62,3 +62,15 @@ def test_skipped_batches_are_left_out_and_whole_files_of_them_not_read(
         needed = {row // batch_rows for row in range(begins, begins + size)}
         assert (fragment.fragment.path in reads) == bool(needed - skipped), (begins, size, needed, skipped)
         begins += size
+
+
+def test_text_outputs_land_as_strings_and_a_wrong_row_count_is_named() -> None:
+    import numpy as np
+    import pytest
+
+    from router.batch.scorer import BatchScoringError, v2_table
+
+    labels = np.array([b"fraud", b"ok"], dtype=object)  # BYTES as the protocol decodes them
+    assert v2_table({"label": labels}, 2).column("prediction").to_pylist() == ["fraud", "ok"]
+    with pytest.raises(BatchScoringError, match="of shape"):
+        v2_table({"label": labels}, 3)

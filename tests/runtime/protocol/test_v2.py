@@ -137,3 +137,21 @@ def test_unknown_requested_output_is_400() -> None:
     request = v2.decode(orjson.dumps({**orjson.loads(_input()), "outputs": [{"name": "nope"}]}), None)
     with pytest.raises(InvalidInput, match="unknown output"):
         v2.encode(_prediction(), request, model_name="m", model_version=None)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_response_decodes_back_to_its_outputs(binary: bool) -> None:
+    # What a client of the protocol reads (the gateway's batch scorer): numbers and text, JSON or binary.
+    prediction = Prediction({"label": np.array(["fraud", "ok"], dtype=object),
+                             "probabilities": np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32)},
+                            Layout.COLUMNS)
+    asked = {**orjson.loads(_input()), "parameters": {"binary_data_output": binary}}
+    request = v2.decode(orjson.dumps(asked), None)
+    body, header_length = v2.encode(prediction, request, model_name="m", model_version=None)
+    assert (header_length is not None) == binary
+    outputs = v2.decode_outputs(body, None if header_length is None else str(header_length))
+    assert outputs["probabilities"].tolist() == prediction.outputs["probabilities"].tolist()
+    assert [value.decode() if isinstance(value, bytes) else value
+            for value in outputs["label"].tolist()] == ["fraud", "ok"]
+    with pytest.raises(InvalidInput, match="no \"outputs\" list"):
+        v2.decode_outputs(b'{"model_name": "m"}', None)
