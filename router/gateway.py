@@ -178,7 +178,7 @@ class Gateway:
             version=_version(),
         )
         # Delta Sharing for partners (/delta-sharing); its file URLs are fetched without a token.
-        self.sharing = SharingServer(self.db)
+        self.sharing = SharingServer(self.db, url_ttl_s=settings.sharing_url_ttl_s)
         self.sharing.base_url = settings.advertise_url or ""
         self.front_door.extra_public.add(SHARING_FILES_PATH)
         self.ready = False

@@ -42,6 +42,9 @@ class GatewaySettings(BaseSettings):
     rollout_timeout_s: float = Field(default=300.0, gt=0)
     # Graceful shutdown: how long in-flight requests get to finish when the gateway stops.
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    # How long the file URLs of a Delta Sharing query stay valid (presigned on S3, signed by the gateway
+    # for local tables); at most 7 days, the longest an S3 presigned URL may live.
+    sharing_url_ttl_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     log_level: str = "info"
     # "json": one JSON object per line (for log collectors); "text": plain lines for a person; "auto":
     # text when the gateway's stderr is a terminal, JSON otherwise.

@@ -50,11 +50,11 @@ def _json(content: Any) -> Response:
 
 
 class SharingServer:
-    def __init__(self, db: Database, *, url_ttl_s: float | None = None) -> None:
+    def __init__(self, db: Database, *, url_ttl_s: float = 3600.0) -> None:
         self.store = SharingStore(db)
         self._db = db
         db.migrate("sharing_keys", KEY_MIGRATIONS)
-        self.url_ttl_s = url_ttl_s or float(os.environ.get("ZEROSERVE_SHARING_URL_TTL_S", "3600"))
+        self.url_ttl_s = url_ttl_s
         self._key: bytes | None = None
 
     # ---- who may see what ------------------------------------------------------------------------
