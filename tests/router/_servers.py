@@ -21,6 +21,16 @@ from runtime.server import bind_socket
 from tests._uvicorn import uvicorn_server
 
 
+async def read_body(receive: Receive) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+
+
 @dataclass
 class EchoReplica:
     """A stand-in replica: a real uvicorn server with scriptable behaviour."""
@@ -44,12 +54,7 @@ class EchoReplica:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(receive)
         path: str = scope["path"]
         headers = {name.decode(): value.decode() for name, value in scope["headers"]}
         query = dict(part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part)

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from router.batch import BatchJob, BatchScoringError, score
 from runtime.examples import make_logreg_mlflow_sklearn
-from tests.router._servers import serving
+from tests.router._servers import read_body, serving
 from tests.router.gateway_process import ADMIN_TOKEN, GatewayProcess, s3_models, wait_for
 
 pytestmark = pytest.mark.slow
@@ -159,12 +159,7 @@ async def flaky(scope: Scope, receive: Receive, send: Send) -> None:
     request is a 503 with Retry-After 0, the rest echo one prediction per row."""
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     flaky.calls += 1  # type: ignore[attr-defined]
     if flaky.calls % 2:  # type: ignore[attr-defined]
         answer, status = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}', 503

@@ -35,7 +35,7 @@ from router.observability.logging import configure_logging, flush_logging
 from router.settings import GatewaySettings
 from runtime.http import DirectExchange
 from tests._uvicorn import uvicorn_server
-from tests.router._servers import serving
+from tests.router._servers import read_body, serving
 from tests.router.auth.conftest import ADMIN_TOKEN, StandInBackend
 
 API = "/api/2.0/serving-endpoints"
@@ -48,12 +48,7 @@ async def replica_app(scope: Scope, receive: Receive, send: Send) -> None:
     one containing ``pause`` 0.3 s, and one containing ``drop`` is cut off mid-answer."""
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if b"drop" in body:
         # Starts an answer, then fails: uvicorn closes the connection under the gateway's request.
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
