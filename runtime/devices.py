@@ -147,7 +147,7 @@ def _torch_cuda_devices() -> int | None:
         return None
     try:
         return int(torch.cuda.device_count())
-    except Exception:
+    except RuntimeError:  # a driver torch cannot talk to: no device it can use
         return 0
 
 

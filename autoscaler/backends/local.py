@@ -40,8 +40,6 @@ from runtime.store.cache import pid_alive
 
 logger = logging.getLogger("zeroserve.autoscaler.local")
 
-
-
 # On a GPU a larger batch pays: the device's cost per call is flat over a wide range of batch sizes, so a
 # short wait for more rows buys throughput (used where the spec leaves batching to the defaults).
 GPU_MAX_BATCH_SIZE = 256
@@ -240,7 +238,7 @@ class LocalBackend:
         # This machine's CUDA devices (asked of the driver once, at open) and which replica holds each:
         # one GPU per replica, as Kubernetes gives nvidia.com/gpu.
         self._accelerators: Accelerators | None = None
-        self._gpu_holders: dict[int, str] = {}
+        self._gpu_of: dict[str, int] = {}  # replica id -> the GPU it holds
         self._memory_watch: asyncio.Task[None] | None = None
         self._replicas: dict[str, _LocalReplica] = {}
         # Replicas another gateway's backend started, taken over when this gateway began to lead.
@@ -418,15 +416,16 @@ class LocalBackend:
         if not gpus:
             raise ReplicaStartError(f"workload_type {spec.workload_type} needs a GPU, and this machine has "
                                     "no CUDA device")
-        free = [gpu.index for gpu in gpus if gpu.index not in self._gpu_holders]
+        held = set(self._gpu_of.values())
+        free = [gpu.index for gpu in gpus if gpu.index not in held]
         if not free:
             raise ReplicaStartError(f"no free GPU for replica {replica_id}: each of this machine's "
                                     f"{len(gpus)} GPU(s) serves a replica already (one GPU per replica)")
-        self._gpu_holders[free[0]] = replica_id
+        self._gpu_of[replica_id] = free[0]
         return free[0]
 
     def _release_gpu(self, replica_id: str) -> None:
-        self._gpu_holders = {gpu: holder for gpu, holder in self._gpu_holders.items() if holder != replica_id}
+        self._gpu_of.pop(replica_id, None)
 
     async def _watch_memory(self, interval_s: float = 0.5) -> None:
         """Kill a replica whose resident memory passes its limit, as a container's OOM killer would: a

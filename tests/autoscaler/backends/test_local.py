@@ -229,9 +229,9 @@ async def test_a_gpu_replica_gets_its_own_device_and_refuses_when_the_libraries_
             await backend.start_replica(KEY, spec, "gpu-1")
         logs = backend.logs("gpu-1")
         assert "becomes replica" not in logs  # a fresh process, never a warm-pool worker
-        assert backend._gpu_holders == {}  # its device is free again
+        assert backend._gpu_of == {}  # its device is free again
         # Held devices are not handed out twice: with both taken, the next GPU replica is refused.
-        backend._gpu_holders = {0: "a", 1: "b"}
+        backend._gpu_of = {"a": 0, "b": 1}
         with pytest.raises(ReplicaStartError, match=r"no free GPU for replica gpu-2: each of this machine's "
                                                     r"2 GPU\(s\) serves a replica already"):
             await backend.start_replica(KEY, spec, "gpu-2")
