@@ -133,6 +133,9 @@ class SharingServer:
         # An Arrow stream (arro3), read as a pyarrow table.
         actions = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
         expires_ms = int((time.time() + self.url_ttl_s) * 1000)
+        # One client for every URL of the answer (reading the S3 settings is not free, and a table may
+        # have thousands of files).
+        presigner = s3_client() if table.location.startswith("s3://") else None
         files = []
         rows = 0
         for action in sorted(actions, key=lambda item: item["path"]):
@@ -140,7 +143,7 @@ class SharingServer:
                           for key, value in action.items() if key.startswith("partition.")}
             records = action.get("num_records")
             files.append({"file": {
-                "url": self._url(table, action["path"], expires_ms),
+                "url": self._url(table, action["path"], expires_ms, presigner),
                 "id": hashlib.sha256(f"{table.id}/{action['path']}".encode()).hexdigest()[:32],
                 "partitionValues": partitions,
                 "size": int(action["size_bytes"]),
@@ -154,10 +157,12 @@ class SharingServer:
 
     # ---- file URLs ---------------------------------------------------------------------------------
 
-    def _url(self, table: SharedTable, path: str, expires_ms: int) -> str:
-        if table.location.startswith("s3://"):
+    def _url(self, table: SharedTable, path: str, expires_ms: int, presigner: Any) -> str:
+        """A URL the recipient fetches ``path`` of ``table`` at without a token: presigned by
+        ``presigner`` (a botocore S3 client) for a table on S3, signed by this gateway otherwise."""
+        if presigner is not None:
             bucket, _, prefix = table.location.removeprefix("s3://").partition("/")
-            return str(s3_client().generate_presigned_url(
+            return str(presigner.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": f"{prefix.rstrip('/')}/{path}".lstrip("/")},
                 ExpiresIn=int(self.url_ttl_s)))
         claim = f"{table.share}\n{table.schema}\n{table.name}\n{path}\n{expires_ms}".encode()
