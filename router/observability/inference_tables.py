@@ -140,7 +140,7 @@ class InferenceTables:
         self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._s3_writer: _parquet.S3Writer | None = None
-        self._maintained_at = time.monotonic()
+        self._maintenance: asyncio.Task[None] | None = None
 
     # Configuration (control plane) -------------------------------------------------------------
 
@@ -227,14 +227,19 @@ class InferenceTables:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="zeroserve-inference-tables")
+        if self._maintenance is None:
+            # Its own task: a long compaction must not hold up the writer (the buffer would fill and
+            # captured requests be dropped meanwhile).
+            self._maintenance = asyncio.create_task(self._maintain_every(), name="inference-table-upkeep")
 
     async def close(self) -> None:
         """Stop the writer after writing what is buffered."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._maintenance):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._maintenance = None
         await self.flush()
         if self._s3_writer is not None:
             await self._s3_writer.close()
@@ -249,9 +254,11 @@ class InferenceTables:
                 await self.flush()
             except Exception:  # never let one bad batch stop capture for good
                 logger.exception("inference table flush failed")
-            if time.monotonic() - self._maintained_at >= self.settings.maintenance_interval_s:
-                self._maintained_at = time.monotonic()
-                await self.maintain()
+
+    async def _maintain_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval_s)
+            await self.maintain()
 
     async def maintain(self) -> dict[str, dict[str, Any]]:
         """Compact (and, with a retention, trim and vacuum) every Delta inference table; per table what
