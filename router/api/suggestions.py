@@ -8,51 +8,41 @@ not fetched to decide.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import yaml
 
 from autoscaler.backend import GpuCapacity
 from router.api.models import EndpointConfig
 
 LARGE_BYTES = 500 * 2**20
 _DEEP_FLAVORS = {"pytorch": "a PyTorch model", "tensorflow": "a TensorFlow model", "keras": "a Keras model"}
-_DEEP_SUFFIXES = {".pt2": "a PyTorch program", ".pt": "a PyTorch model", ".pth": "a PyTorch model"}
+# What the replica's loaders would make of the model (runtime.loaders.detect), for the deep-learning kinds.
+_DEEP_KINDS = {"tensorflow.saved_model": "a TensorFlow SavedModel", "torch.export": "a PyTorch program",
+               "torchscript": "a PyTorch model"}
 
 
 def why_gpu(model_uri: str) -> str | None:
     """What makes the model at ``model_uri`` worth a GPU, or None (or when it is not on this disk)."""
     if "://" in model_uri and not model_uri.startswith("file://"):
         return None
+    from runtime.errors import ModelLoadError
+    from runtime.loaders import detect
+    from runtime.loaders._mlmodel import read_mlmodel
+
     path = Path(model_uri.removeprefix("file://"))
     try:
-        if path.is_file():
-            kind = _DEEP_SUFFIXES.get(path.suffix)
-            size = path.stat().st_size
-        elif path.is_dir():
-            kind = _kind_of_directory(path)
-            size = sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+        kind, _ = detect(path)  # as a replica would see it
+        if kind == "mlflow":
+            flavors = read_mlmodel(path).flavors
+            reason = next((why for flavor, why in _DEEP_FLAVORS.items() if flavor in flavors), None)
         else:
-            return None
-    except OSError:
+            reason = _DEEP_KINDS.get(kind)
+        size = path.stat().st_size if path.is_file() else sum(
+            entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+    except (OSError, ModelLoadError):  # not a model a replica could load: nothing to suggest
         return None
-    if kind is not None:
-        return kind
+    if reason is not None:
+        return reason
     return f"{size / 2**20:,.0f} MiB of model" if size > LARGE_BYTES else None
-
-
-def _kind_of_directory(path: Path) -> str | None:
-    if (path / "saved_model.pb").is_file():
-        return "a TensorFlow SavedModel"
-    if (path / "MLmodel").is_file():
-        try:
-            flavors = (yaml.safe_load((path / "MLmodel").read_text()) or {}).get("flavors") or {}
-        except (OSError, yaml.YAMLError):
-            return None
-        return next((kind for flavor, kind in _DEEP_FLAVORS.items() if flavor in flavors), None)
-    return next((kind for name in sorted(os.listdir(path))
-                 if (kind := _DEEP_SUFFIXES.get(Path(name).suffix)) is not None), None)
 
 
 def gpu_suggestions(config: EndpointConfig, capacity: GpuCapacity) -> list[str]:
