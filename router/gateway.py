@@ -72,7 +72,7 @@ from router.sharing.server import SharingServer
 from router.state.db import DatabaseUnavailable, open_database
 from router.state.endpoints import EndpointStore
 from runtime.devices import Accelerators
-from runtime.errors import InvalidInput, ZeroserveError
+from runtime.errors import InvalidInput, InvalidParameterValue, ZeroserveError
 from runtime.server import settle_heap
 
 if TYPE_CHECKING:
@@ -543,7 +543,10 @@ class Gateway:
     async def fleet_logs(self, request: Request) -> Response:
         assert self.fleet is not None
         self._fleet_only(request)
-        key = EntityKey(request.query_params["endpoint"], request.query_params["served_entity"])
+        params = request.query_params
+        if "endpoint" not in params or "served_entity" not in params:
+            raise InvalidParameterValue("the endpoint and served_entity query parameters are required")
+        key = EntityKey(params["endpoint"], params["served_entity"])
         build = request.query_params.get("build") == "1"
         return JSONResponse({"logs": self.scaler.build_logs(key) if build else self.scaler.logs(key)})
 

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import _register, cli
+from router.fleet.member import INTERNAL_PREFIX, SECRET_HEADER
 from router.state.testing import PostgresServer
 from runtime.examples import logreg_rows, make_logreg_onnx
 from runtime.store.cache import pid_alive
@@ -153,6 +154,18 @@ def test_one_truth_across_three_gateways(fleet: Fleet, model_dir: Path) -> None:
     with third.client(timeout=10) as client:
         series = client.get("/api/2.0/zeroserve/timeseries/fraud")
         assert series.status_code == 200 and "requests_per_s" in series.json()["series"], series.text
+
+    # The fleet's internal routes take the fleet's secret, and refuse in the API's error shape.
+    leader = fleet.leader()
+    with httpx.Client(base_url=leader.url, timeout=10) as raw:
+        refused = raw.get(f"{INTERNAL_PREFIX}/logs", params={"endpoint": "fraud", "served_entity": "logreg"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error_code"] == "PERMISSION_DENIED"
+        with psycopg.connect(fleet.database_url) as conn:
+            row = conn.execute("SELECT value FROM fleet_secrets WHERE name = 'internal'").fetchone()
+        secret = str(row[0]) if row else ""
+        missing = raw.get(f"{INTERNAL_PREFIX}/logs", headers={SECRET_HEADER: secret})
+        assert missing.status_code == 400 and "served_entity" in missing.json()["message"], missing.text
 
     # A token minted on one, a grant made on another, a revoke on the third: in force on all within 1 s.
     with first.client(timeout=10) as client:
